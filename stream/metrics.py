@@ -1,0 +1,100 @@
+"""Every Prometheus metric fairstream exports, defined in one place.
+
+Names follow ``fairstream_<subsystem>_<what>_<unit>``; counters end in
+``_total``, durations are ``_seconds`` histograms, and label values come from
+small, bounded sets (event types, rejection reasons, partitions, configured
+groups) — never a user or item id.
+
+Each process builds one :class:`Metrics` on its own registry, so tests can run
+several workers in one interpreter without colliding series.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)
+
+
+@dataclass
+class Metrics:
+    """The worker's and server's metric families on one registry."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.events_consumed = Counter(
+            "fairstream_events_consumed_total",
+            "Valid events consumed from fairstream.events, by event type.",
+            ["type"], registry=r,
+        )
+        self.events_rejected = Counter(
+            "fairstream_events_rejected_total",
+            "Events sent to the dead-letter topic, by rejection reason.",
+            ["reason"], registry=r,
+        )
+        self.events_duplicate = Counter(
+            "fairstream_events_duplicate_total",
+            "Events ignored because their event_id was already processed.",
+            registry=r,
+        )
+        self.bandit_updates = Counter(
+            "fairstream_bandit_updates_total",
+            "(features, reward) rows applied to the bandit's statistics.",
+            registry=r,
+        )
+        self.bandit_update_seconds = Histogram(
+            "fairstream_bandit_update_duration_seconds",
+            "Wall time of one batched bandit update.",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "fairstream_consumer_lag_messages",
+            "Messages between the worker's position and the partition's high watermark.",
+            ["partition"], registry=r,
+        )
+        self.checkpoint_age = Gauge(
+            "fairstream_checkpoint_age_seconds",
+            "Seconds since the last checkpoint of state and offsets was written.",
+            registry=r,
+        )
+        self.checkpoints = Counter(
+            "fairstream_checkpoints_total",
+            "Checkpoints of state and offsets written.",
+            registry=r,
+        )
+        self.checkpoint_seconds = Histogram(
+            "fairstream_checkpoint_duration_seconds",
+            "Wall time to write one checkpoint (atomic replace included).",
+            registry=r,
+        )
+        self.impressions_joined = Counter(
+            "fairstream_rewards_joined_total",
+            "Shown items whose attribution window closed, by user group.",
+            ["user_group"], registry=r,
+        )
+        self.reward_sum = Counter(
+            "fairstream_rewards_sum_total",
+            "Sum of rewards of shown items whose attribution window closed, by user group.",
+            ["user_group"], registry=r,
+        )
+        self.exposure = Counter(
+            "fairstream_exposure_total",
+            "Position-weighted exposure given to shown items, by item group.",
+            ["item_group"], registry=r,
+        )
+        self.catalog_items = Gauge(
+            "fairstream_catalog_items",
+            "Items in the worker's materialised catalog.",
+            registry=r,
+        )
+        self.policy_version = Gauge(
+            "fairstream_policy_version",
+            "Version number of the worker's current policy.",
+            registry=r,
+        )
