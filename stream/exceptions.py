@@ -1,0 +1,33 @@
+"""Errors raised by the stream layer; each says what happened."""
+
+from __future__ import annotations
+
+
+class FairstreamError(Exception):
+    """Base class of fairstream's stream-layer errors."""
+
+
+class ConfigError(FairstreamError):
+    """Settings are invalid; the message names the offending key."""
+
+
+class InvalidEvent(FairstreamError):
+    """An event failed to decode or validate.
+
+    ``reason`` is one of a small fixed set (see :data:`stream.events.REASONS`);
+    it is what the dead-letter record and the rejection counter carry, while
+    ``detail`` says precisely what was wrong.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class BrokerError(FairstreamError):
+    """The embedded broker could not be started or did not become ready."""
+
+
+class DataUnavailable(FairstreamError):
+    """A data set is missing and could not be fetched."""

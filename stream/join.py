@@ -1,0 +1,160 @@
+"""Reward join: impressions ⋈ clicks/purchases inside an event-time attribution window.
+
+A shown item's reward is the largest configured weight of the feedback it got
+within ``window_s`` of its impression (event time), 0 when none came. An
+impression is closed — emitted with its rewards — once the partition's
+watermark (the largest event time seen on it) passes ``ts + window_s``.
+
+Everything is per partition: events are keyed by user_id, so an impression and
+its feedback share a partition, and the order of closing depends only on that
+partition's order — replaying a partition from a checkpoint closes the same
+impressions with the same rewards, however polls interleave partitions.
+
+>>> j = RewardJoiner(window_s=60, weights={"click": 1.0, "purchase": 2.0})
+>>> j.add_impression(0, Pending("r1", "u1", 100.0, ("a", "b"), (1.0, 1.0), {}))
+[]
+>>> j.add_feedback(0, "r1", "b", "click", 130.0)
+[]
+>>> [(c.request_id, c.rewards) for c in j.advance(0, 161.0)]
+[('r1', [0.0, 1.0])]
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Pending:
+    """An impression waiting for its attribution window to close."""
+
+    request_id: str
+    user_id: str
+    ts: float
+    items: tuple[str, ...]
+    propensities: tuple[float, ...]
+    user: dict[str, Any]
+    rewards: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.rewards:
+            self.rewards = [0.0] * len(self.items)
+
+
+@dataclass
+class _PartitionState:
+    watermark: float = float("-inf")
+    heap: list[tuple[float, int, str]] = field(default_factory=list)  # (ts, seq, request_id)
+
+
+class RewardJoiner:
+    """Holds open impressions per partition and closes them by watermark."""
+
+    def __init__(self, window_s: float, weights: dict[str, float]) -> None:
+        self.window_s = float(window_s)
+        self.weights = dict(weights)
+        self._open: dict[str, Pending] = {}
+        self._partitions: dict[int, _PartitionState] = {}
+        self._seq = 0
+        self.orphans = 0  # feedback with no open impression (late, or for an unknown request)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def _state(self, partition: int) -> _PartitionState:
+        return self._partitions.setdefault(partition, _PartitionState())
+
+    def add_impression(self, partition: int, pending: Pending) -> list[Pending]:
+        if pending.request_id in self._open:
+            self.orphans += 1  # a second impression for one request: keep the first
+            return self.advance(partition, pending.ts)
+        self._open[pending.request_id] = pending
+        self._seq += 1
+        heapq.heappush(self._state(partition).heap, (pending.ts, self._seq, pending.request_id))
+        return self.advance(partition, pending.ts)
+
+    def add_feedback(self, partition: int, request_id: str, item_id: str, kind: str,
+                     ts: float) -> list[Pending]:
+        pending = self._open.get(request_id)
+        if pending is None or not pending.ts <= ts <= pending.ts + self.window_s:
+            self.orphans += 1
+        else:
+            try:
+                pos = pending.items.index(item_id)
+            except ValueError:
+                self.orphans += 1
+            else:
+                pending.rewards[pos] = max(pending.rewards[pos], self.weights[kind])
+        return self.advance(partition, ts)
+
+    def advance(self, partition: int, ts: float) -> list[Pending]:
+        """Move the partition's watermark to ``ts`` and return impressions it closes."""
+        state = self._state(partition)
+        state.watermark = max(state.watermark, ts)
+        closed = []
+        while state.heap and state.heap[0][0] + self.window_s < state.watermark:
+            _, _, request_id = heapq.heappop(state.heap)
+            closed.append(self._open.pop(request_id))
+        return closed
+
+    def flush(self) -> list[Pending]:
+        """Close every open impression (end of a bounded run), in (ts, arrival) order."""
+        everything = sorted((entry for s in self._partitions.values() for entry in s.heap))
+        for state in self._partitions.values():
+            state.heap.clear()
+        return [self._open.pop(request_id) for _, _, request_id in everything]
+
+    def state(self) -> dict[str, Any]:
+        """JSON-able state for checkpoints."""
+        return {
+            "seq": self._seq,
+            "orphans": self.orphans,
+            "watermarks": {str(p): s.watermark for p, s in self._partitions.items()},
+            "open": [
+                [p, seq, vars(self._open[rid])]
+                for p, s in self._partitions.items() for (_, seq, rid) in s.heap
+            ],
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self._seq = state["seq"]
+        self.orphans = state["orphans"]
+        self._open.clear()
+        self._partitions = {int(p): _PartitionState(watermark=w)
+                            for p, w in state["watermarks"].items()}
+        for partition, seq, fields in state["open"]:
+            pending = Pending(**{**fields, "items": tuple(fields["items"]),
+                                 "propensities": tuple(fields["propensities"])})
+            self._open[pending.request_id] = pending
+            heapq.heappush(self._state(partition).heap, (pending.ts, seq, pending.request_id))
+
+
+class SeenIds:
+    """Bounded memory of processed event_ids (oldest forgotten first).
+
+    >>> s = SeenIds(capacity=2)
+    >>> [s.check_and_add(x) for x in ["a", "b", "a", "c", "a"]]
+    [False, False, True, False, False]
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def check_and_add(self, event_id: str) -> bool:
+        """True if ``event_id`` was seen already; otherwise remember it and return False."""
+        if event_id in self._ids:
+            return True
+        self._ids[event_id] = None
+        if len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+        return False
+
+    def state(self) -> list[str]:
+        return list(self._ids)
+
+    def load_state(self, ids: list[str]) -> None:
+        self._ids = OrderedDict.fromkeys(ids[-self.capacity:])

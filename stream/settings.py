@@ -1,0 +1,230 @@
+"""The one settings object: a TOML file plus ``FAIRSTREAM_*`` environment overrides.
+
+Sections map to typed records; an unknown key anywhere (file or environment) is
+an error that names it. Environment variables use a double underscore between
+section and key, e.g. ``FAIRSTREAM_KAFKA__BOOTSTRAP=kafka:9092``.
+
+>>> s = load_settings(env={"FAIRSTREAM_KAFKA__EVENTS_PARTITIONS": "8"})
+>>> s.kafka.events_partitions, s.topics.events
+(8, 'fairstream.events')
+>>> load_settings(env={"FAIRSTREAM_KAFKA__BOOTSRAP": "x"})
+Traceback (most recent call last):
+...
+stream.exceptions.ConfigError: unknown setting kafka.bootsrap (from FAIRSTREAM_KAFKA__BOOTSRAP)
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from stream.exceptions import ConfigError
+
+ENV_PREFIX = "FAIRSTREAM_"
+
+
+def _default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "fairstream")
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class KafkaSettings(_Section):
+    bootstrap: str = "127.0.0.1:9092"
+    events_partitions: int = 4
+    group_id: str = "fairstream-workers"
+    client_id: str = "fairstream"
+    session_timeout_ms: int = 10_000
+
+
+class TopicSettings(_Section):
+    prefix: str = "fairstream"
+
+    @property
+    def items(self) -> str:
+        return f"{self.prefix}.items"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}.events"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}.events.dlq"
+
+    @property
+    def policies(self) -> str:
+        return f"{self.prefix}.policies"
+
+    @property
+    def fairness(self) -> str:
+        return f"{self.prefix}.fairness"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.prefix}.stats"
+
+    def all(self) -> list[str]:
+        return [self.items, self.events, self.dlq, self.policies, self.fairness, self.stats]
+
+
+class EventSettings(_Section):
+    max_bytes: int = 64 * 1024
+    max_slate: int = 100
+    attribution_window_s: float = 1800.0
+    click_weight: float = 1.0
+    purchase_weight: float = 1.0
+    dedup_capacity: int = 500_000
+
+
+class DataSettings(_Section):
+    cache_dir: str = msgspec.field(default_factory=_default_cache_dir)
+
+
+class ModelSettings(_Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = 64
+    embedding_cache: str = ""  # empty: <data.cache_dir>/embeddings
+
+
+class FeatureSettings(_Section):
+    dim: int = 64
+    profile_decay: float = 0.9
+    profile_capacity: int = 100_000
+    seed: int = 0
+
+
+class BanditSettings(_Section):
+    algorithm: Literal["linucb", "ts", "egreedy"] = "linucb"
+    alpha: float = 0.5
+    lam: float = 1.0
+    gamma: float = 1.0
+    epsilon: float = 0.0
+    v: float = 0.3
+    slate_size: int = 5
+    seed: int = 0
+
+
+class WorkerSettings(_Section):
+    checkpoint_path: str = "runs/worker/checkpoint.npz"
+    checkpoint_every_events: int = 20_000
+    checkpoint_every_s: float = 30.0
+    metrics_port: int = 9100
+    metrics_host: str = "127.0.0.1"
+    poll_max_records: int = 2000
+    poll_timeout_ms: int = 200
+
+
+class PolicySettings(_Section):
+    signing_key: str = "fairstream-dev-key-change-me"
+
+
+class Settings(_Section):
+    kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
+    topics: TopicSettings = msgspec.field(default_factory=TopicSettings)
+    events: EventSettings = msgspec.field(default_factory=EventSettings)
+    data: DataSettings = msgspec.field(default_factory=DataSettings)
+    model: ModelSettings = msgspec.field(default_factory=ModelSettings)
+    features: FeatureSettings = msgspec.field(default_factory=FeatureSettings)
+    bandit: BanditSettings = msgspec.field(default_factory=BanditSettings)
+    worker: WorkerSettings = msgspec.field(default_factory=WorkerSettings)
+    policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
+
+    @property
+    def embedding_cache_dir(self) -> Path:
+        return Path(self.model.embedding_cache or Path(self.data.cache_dir) / "embeddings")
+
+    def replace(self, **sections: Mapping[str, Any]) -> Settings:
+        """A copy with some keys of some sections changed, validated like a file.
+
+        >>> Settings().replace(kafka={"bootstrap": "127.0.0.1:1"}).kafka.bootstrap
+        '127.0.0.1:1'
+        """
+        raw = msgspec.to_builtins(self)
+        for section, values in sections.items():
+            raw.setdefault(section, {}).update(values)
+        return _convert(raw, strict=True)
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    f.name: f.type for f in msgspec.structs.fields(Settings)
+}
+
+
+def _convert(raw: Mapping[str, Any], *, strict: bool) -> Settings:
+    try:
+        settings = msgspec.convert(raw, Settings, strict=strict)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from None
+    _check_ranges(settings)
+    return settings
+
+
+def _check_ranges(s: Settings) -> None:
+    positive = {
+        "kafka.events_partitions": s.kafka.events_partitions,
+        "events.max_bytes": s.events.max_bytes,
+        "events.max_slate": s.events.max_slate,
+        "features.dim": s.features.dim,
+        "features.profile_capacity": s.features.profile_capacity,
+        "bandit.lam": s.bandit.lam,
+        "bandit.slate_size": s.bandit.slate_size,
+        "worker.checkpoint_every_events": s.worker.checkpoint_every_events,
+        "worker.poll_max_records": s.worker.poll_max_records,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+    unit = {"bandit.gamma": s.bandit.gamma, "features.profile_decay": s.features.profile_decay}
+    for key, value in unit.items():
+        if not 0.0 < value <= 1.0:
+            raise ConfigError(f"{key} must be in (0, 1], got {value}")
+    if not 0.0 <= s.bandit.epsilon <= 1.0:
+        raise ConfigError(f"bandit.epsilon must be in [0, 1], got {s.bandit.epsilon}")
+    if s.events.attribution_window_s < 0:
+        raise ConfigError("events.attribution_window_s must be >= 0")
+
+
+def load_settings(path: str | os.PathLike[str] | None = None,
+                  env: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from ``path`` (TOML, optional), then apply ``FAIRSTREAM_*`` overrides.
+
+    ``env`` defaults to ``os.environ``. Raises :class:`ConfigError` naming the
+    offending key for unknown keys, wrong types and out-of-range values.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"settings file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"settings file {path} is not valid TOML: {exc}") from None
+    env = os.environ if env is None else env
+    overrides: dict[str, dict[str, str]] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        section, sep, key = name[len(ENV_PREFIX):].lower().partition("__")
+        if not sep or section not in _SECTIONS:
+            raise ConfigError(f"unknown setting {section}.{key} (from {name})" if sep
+                              else f"environment variable {name} is not FAIRSTREAM_<SECTION>__<KEY>")
+        if key not in _SECTIONS[section].__struct_fields__:
+            raise ConfigError(f"unknown setting {section}.{key} (from {name})")
+        overrides.setdefault(section, {})[key] = value
+    file_settings = _convert(raw, strict=True)
+    if not overrides:
+        return file_settings
+    merged = msgspec.to_builtins(file_settings)
+    for section, values in overrides.items():
+        merged[section].update(values)
+    # Environment values are strings: let msgspec coerce "8" -> 8, "true" -> True.
+    return _convert(merged, strict=False)

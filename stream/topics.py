@@ -1,0 +1,54 @@
+"""Idempotent creation of fairstream's topics."""
+
+from __future__ import annotations
+
+import logging
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_COMPACTED = {"cleanup.policy": "compact"}
+
+
+def topic_specs(settings: Settings) -> list[NewTopic]:
+    """The topics fairstream needs, with partitions and configs.
+
+    Events are keyed by user_id and spread over ``kafka.events_partitions``
+    (the parallelism of the worker group); the DLQ mirrors that. Catalog and
+    policies are compacted: the latest value per key is the state.
+    """
+    t, parts = settings.topics, settings.kafka.events_partitions
+    return [
+        NewTopic(t.items, 1, 1, topic_configs=_COMPACTED),
+        NewTopic(t.events, parts, 1),
+        NewTopic(t.dlq, parts, 1),
+        NewTopic(t.policies, 1, 1, topic_configs=_COMPACTED),
+        NewTopic(t.fairness, 1, 1),
+        NewTopic(t.stats, 1, 1),
+    ]
+
+
+def ensure_topics(settings: Settings) -> list[str]:
+    """Create whichever of the topics are missing; returns the names created."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap,
+                             client_id=f"{settings.kafka.client_id}-admin")
+    try:
+        existing = set(admin.list_topics())
+        missing = [spec for spec in topic_specs(settings) if spec.name not in existing]
+        created = []
+        for spec in missing:
+            try:
+                admin.create_topics([spec])
+                created.append(spec.name)
+            except TopicAlreadyExistsError:  # another process won the race
+                pass
+        if created:
+            log.info("created topics %s", created)
+        return created
+    finally:
+        admin.close()
