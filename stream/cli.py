@@ -1,0 +1,160 @@
+"""``fairstream``: one entry point, one library call per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from stream.exceptions import FairstreamError
+from stream.settings import Settings, load_settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    if getattr(args, "bootstrap", None):
+        settings = settings.replace(kafka={"bootstrap": args.bootstrap})
+    return settings
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from stream.broker import run_broker
+
+    return run_broker(args.port)
+
+
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    from stream.topics import ensure_topics
+
+    created = ensure_topics(_settings(args))
+    print(f"created: {', '.join(created) or 'none (all exist)'}")
+    return 0
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from stream import data
+
+    settings = _settings(args)
+    data.fetch(settings.data.cache_dir, tuple(args.datasets))
+    for name in args.datasets:
+        print(f"{name}: {data.dataset_dir(settings.data.cache_dir, name)}")
+    return 0
+
+
+def cmd_produce_catalog(args: argparse.Namespace) -> int:
+    from stream import data
+    from stream.producers import catalog_items, publish_catalog
+
+    settings = _settings(args)
+    ml = data.load_movielens(settings.data.cache_dir)
+    n = publish_catalog(settings, catalog_items(ml))
+    print(f"published {n} items to {settings.topics.items}")
+    return 0
+
+
+def cmd_produce_replay(args: argparse.Namespace) -> int:
+    from stream import data
+    from stream.producers import publish_events, replay_events
+
+    settings = _settings(args)
+    ml = data.load_movielens(settings.data.cache_dir)
+    n = publish_events(settings, replay_events(ml, args.limit), rate=args.rate)
+    print(f"published {n} events to {settings.topics.events}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from stream.worker import Worker
+
+    settings = _settings(args)
+    worker = Worker(settings)
+    stop = threading.Event()
+
+    def _drain(signum: int, _frame: object) -> None:
+        logging.getLogger("fairstream").info("signal %d: draining", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _drain)
+    signal.signal(signal.SIGINT, _drain)
+    port = worker.serve_metrics()
+    logging.getLogger("fairstream").info("metrics on :%d/metrics", port)
+    report = worker.run(stop, idle_exit_s=args.exit_when_idle)
+    print(json.dumps({"events": report.events, "rejected": report.rejected,
+                      "duplicates": report.duplicates, "rows_learned": report.rows_learned,
+                      "by_type": report.by_type}), flush=True)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from stream.demo import run_demo
+
+    run_demo(_settings(args), events=args.events, out_dir=args.out, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fairstream", description=__doc__)
+    p.add_argument("--config", type=Path, help="settings TOML (FAIRSTREAM_* env overrides)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")
+    b.add_argument("--port", type=int, default=9092)
+    b.set_defaults(func=cmd_broker)
+
+    t = sub.add_parser("topics", help="topic administration").add_subparsers(
+        dest="action", required=True)
+    tc = t.add_parser("create", help="create missing topics (idempotent)")
+    tc.add_argument("--bootstrap")
+    tc.set_defaults(func=cmd_topics_create)
+
+    d = sub.add_parser("data", help="data sets").add_subparsers(dest="action", required=True)
+    df = d.add_parser("fetch", help="fetch MovieLens-100K and the Open Bandit sample")
+    df.add_argument("datasets", nargs="*", default=["ml100k", "obd"])
+    df.set_defaults(func=cmd_data_fetch)
+
+    pr = sub.add_parser("produce", help="event producers").add_subparsers(
+        dest="what", required=True)
+    pc = pr.add_parser("catalog", help="publish the item catalog to fairstream.items")
+    pc.add_argument("--bootstrap")
+    pc.set_defaults(func=cmd_produce_catalog)
+    rp = pr.add_parser("replay", help="publish logged events in timestamp order")
+    rp.add_argument("--dataset", choices=["ml100k"], default="ml100k")
+    rp.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+    rp.add_argument("--limit", type=int, help="number of ratings to replay")
+    rp.add_argument("--bootstrap")
+    rp.set_defaults(func=cmd_produce_replay)
+
+    w = sub.add_parser("worker", help="run a learning worker")
+    w.add_argument("--bootstrap")
+    w.add_argument("--exit-when-idle", type=float, metavar="SECONDS",
+                   help="exit once caught up and idle this long (batch runs)")
+    w.set_defaults(func=cmd_worker)
+
+    dm = sub.add_parser("demo", help="closed-loop demo on MovieLens-100K, all embedded")
+    dm.add_argument("--events", type=int, help="arrivals to simulate (default: all 100,000)")
+    dm.add_argument("--out", default="runs/latest")
+    dm.add_argument("--seed", type=int, default=0)
+    dm.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except FairstreamError as exc:
+        print(f"fairstream: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

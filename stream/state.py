@@ -1,0 +1,241 @@
+"""The worker's learning state, and how events move it.
+
+:class:`Catalog` holds the frozen embeddings of every known item;
+:class:`LearningState` composes the reward join, user profiles, feature map and
+bandit policy, and is what a checkpoint captures. Nothing here touches Kafka:
+the worker feeds it decoded events with their partition, and the simulator and
+server ask it for slates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bandits import Policy, dump_snapshot, load_snapshot, policy_from_config
+from learners import Adapter, Encoder, FeatureMap, ProfileStore, user_groups
+from stream.checkpoint import Checkpoint
+from stream.events import CatalogItem, Click, Event, Impression, Purchase
+from stream.join import Pending, RewardJoiner, SeenIds
+from stream.settings import Settings
+
+
+def position_weight(position: int) -> float:
+    """Exposure of a 1-based slate position (DCG-style): 1/log2(1 + position)."""
+    return 1.0 / math.log2(1.0 + position)
+
+
+class Catalog:
+    """Known items: ids, frozen embeddings (float32, unit norm) and group labels."""
+
+    def __init__(self, dim: int = 384) -> None:
+        self.ids: list[str] = []
+        self.index: dict[str, int] = {}
+        self.groups: list[dict[str, str]] = []
+        self._emb = np.zeros((0, dim), dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self.index
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        return self._emb[: len(self.ids)]
+
+    def add(self, items: Sequence[CatalogItem], encoder: Encoder) -> list[int]:
+        """Embed and add (or update) items; returns their row indices."""
+        if not items:
+            return []
+        vectors = encoder.embed([it.text for it in items])
+        rows = []
+        for item, vec in zip(items, vectors, strict=True):
+            row = self.index.get(item.item_id)
+            if row is None:
+                row = len(self.ids)
+                if row == len(self._emb):
+                    grown = np.zeros((max(16, 2 * row), self._emb.shape[1]), dtype=np.float32)
+                    grown[:row] = self._emb[:row]
+                    self._emb = grown
+                self.ids.append(item.item_id)
+                self.groups.append({})
+                self.index[item.item_id] = row
+            self._emb[row] = vec
+            self.groups[row] = dict(item.groups)
+            rows.append(row)
+        return rows
+
+    def group_of(self, item_id: str, kind: str = "popularity") -> str:
+        return self.groups[self.index[item_id]].get(kind, "unknown")
+
+
+@dataclass
+class Learned:
+    """What one batch of closed impressions taught the policy."""
+
+    rows: int = 0
+    reward_by_user_group: dict[str, list[float]] = field(default_factory=dict)  # [sum, n]
+    exposure_by_item_group: dict[str, float] = field(default_factory=dict)
+
+
+class LearningState:
+    """Catalog + join + profiles + φ + policy: everything a checkpoint captures."""
+
+    def __init__(self, settings: Settings, catalog: Catalog, fmap: FeatureMap, policy: Policy,
+                 profiles: ProfileStore | None = None) -> None:
+        ev, feat = settings.events, settings.features
+        self.settings = settings
+        self.catalog = catalog
+        self.fmap = fmap
+        self.policy = policy
+        self.profiles = profiles or ProfileStore(emb_dim=catalog.embeddings.shape[1],
+                                                 decay=feat.profile_decay,
+                                                 capacity=feat.profile_capacity)
+        self.joiner = RewardJoiner(ev.attribution_window_s,
+                                   {"click": ev.click_weight, "purchase": ev.purchase_weight})
+        self.seen = SeenIds(ev.dedup_capacity)
+        self.offsets: dict[int, int] = {}
+        self.version = 0
+        self._adapted = np.zeros((0, fmap.k_item))
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def fresh(cls, settings: Settings, catalog: Catalog) -> LearningState:
+        """A new state whose adapter is the PCA projection of the current catalog."""
+        feat = settings.features
+        adapter = Adapter.from_pca(catalog.embeddings, out_dim=FeatureMap.adapter_dim(feat.dim),
+                                   seed=feat.seed)
+        fmap = FeatureMap(adapter, dim=feat.dim)
+        return cls(settings, catalog, fmap, _new_policy(settings, fmap))
+
+    # -- learning -----------------------------------------------------------------------------
+
+    def adapted_items(self, rows: np.ndarray) -> np.ndarray:
+        """Adapted embeddings of catalog rows, cached per feature space as the catalog grows."""
+        n = len(self.catalog)
+        if len(self._adapted) < n:
+            self._adapted = np.vstack(
+                [self._adapted, self.fmap.adapt(self.catalog.embeddings[len(self._adapted):n])])
+        return self._adapted[rows]
+
+    def features(self, user_id: str, user: dict[str, Any], item_ids: Sequence[str],
+                 now: float) -> np.ndarray:
+        rows = np.fromiter((self.catalog.index[i] for i in item_ids), dtype=np.intp,
+                           count=len(item_ids))
+        profile = self.profiles.get(user_id, now=now)
+        return self.fmap.transform(None, profile, user, adapted_items=self.adapted_items(rows))
+
+    def observe(self, event: Event, partition: int) -> list[Pending]:
+        """Feed one valid, non-duplicate event; returns impressions whose window closed."""
+        if isinstance(event, Impression):
+            pending = Pending(event.request_id, event.user_id, event.ts, tuple(event.items),
+                              tuple(event.propensities), dict(event.user))
+            return self.joiner.add_impression(partition, pending)
+        kind = "click" if isinstance(event, Click) else "purchase"
+        assert isinstance(event, Click | Purchase)
+        return self.joiner.add_feedback(partition, event.request_id, event.item_id, kind,
+                                        event.ts)
+
+    def learn(self, closed: Iterable[Pending]) -> Learned:
+        """One batched policy update from closed impressions (in closing order).
+
+        Each impression's features use its user's profile as it stood before that
+        impression's own feedback; the profile then absorbs the liked items. The
+        profile walk is sequential and the policy update is one exact batch, so
+        the result does not depend on how polls cut the stream into batches.
+        """
+        learned = Learned()
+        xs, rs = [], []
+        emb = self.catalog.embeddings
+        for p in closed:
+            xs.append(self.features(p.user_id, p.user, p.items, p.ts))
+            rs.extend(p.rewards)
+            for label in _user_labels(p.user):
+                acc = learned.reward_by_user_group.setdefault(label, [0.0, 0.0])
+                acc[0] += sum(p.rewards)
+                acc[1] += len(p.rewards)
+            for pos, (item, reward) in enumerate(zip(p.items, p.rewards, strict=True), start=1):
+                group = self.catalog.group_of(item)
+                learned.exposure_by_item_group[group] = (
+                    learned.exposure_by_item_group.get(group, 0.0) + position_weight(pos))
+                if reward > 0:
+                    self.profiles.observe(p.user_id, emb[self.catalog.index[item]], reward,
+                                          now=p.ts)
+        if xs:
+            X = np.vstack(xs)
+            self.policy.update(X, np.asarray(rs, dtype=np.float64))
+            learned.rows = len(X)
+        return learned
+
+    # -- deciding -----------------------------------------------------------------------------
+
+    def recommend(self, user_id: str, user: dict[str, Any], candidates: Sequence[str], k: int,
+                  rng: np.random.Generator, now: float) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """A slate of ``k`` of ``candidates``: (item ids, propensities, scores)."""
+        X = self.features(user_id, user, candidates, now)
+        slate = self.policy.select(X, k=k, rng=rng, item_ids=list(candidates))
+        return [candidates[i] for i in slate.indices], slate.propensities, slate.scores
+
+    @property
+    def policy_version(self) -> str:
+        return f"{self.fmap.feature_space}/{self.policy.n_updates}"
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def to_checkpoint(self) -> Checkpoint:
+        key = self.settings.policy.signing_key.encode()
+        profiles = self.profiles.state()
+        arrays = {
+            "policy": np.frombuffer(dump_snapshot(self.policy, key=key, version=self.version),
+                                    dtype=np.uint8),
+            "adapter": np.frombuffer(self.fmap.adapter.to_bytes(), dtype=np.uint8),
+        }
+        header: dict[str, Any] = {"version": self.version, "joiner": self.joiner.state(),
+                                  "seen": self.seen.state(), "profiles": {}}
+        for name, value in profiles.items():
+            if isinstance(value, np.ndarray):
+                arrays[f"profiles.{name}"] = value
+            else:
+                header["profiles"][name] = value
+        return Checkpoint(offsets=dict(self.offsets), header=header, arrays=arrays)
+
+    @classmethod
+    def from_checkpoint(cls, settings: Settings, catalog: Catalog,
+                        ck: Checkpoint) -> LearningState:
+        key = settings.policy.signing_key.encode()
+        fmap = FeatureMap(Adapter.from_bytes(ck.arrays["adapter"].tobytes()),
+                          dim=settings.features.dim)
+        policy = load_snapshot(ck.arrays["policy"].tobytes(), key=key)
+        profile_state = dict(ck.header["profiles"])
+        for name, value in ck.arrays.items():
+            if name.startswith("profiles."):
+                profile_state[name.removeprefix("profiles.")] = value
+        state = cls(settings, catalog, fmap, policy, ProfileStore.from_state(profile_state))
+        state.joiner.load_state(ck.header["joiner"])
+        state.seen.load_state(ck.header["seen"])
+        state.offsets = dict(ck.offsets)
+        state.version = int(ck.header["version"])
+        return state
+
+
+def _new_policy(settings: Settings, fmap: FeatureMap) -> Policy:
+    b = settings.bandit
+    hyper: dict[str, Any] = {"lam": b.lam, "gamma": b.gamma}
+    if b.algorithm == "linucb":
+        hyper |= {"alpha": b.alpha, "epsilon": b.epsilon}
+    elif b.algorithm == "ts":
+        hyper |= {"v": b.v}
+    else:
+        hyper |= {"epsilon": b.epsilon}
+    return policy_from_config(algorithm=b.algorithm, dim=fmap.dim,
+                              feature_space=fmap.feature_space, seed=b.seed, **hyper)
+
+
+def _user_labels(user: dict[str, Any]) -> list[str]:
+    return [f"{k}={v}" for k, v in user_groups(user).items()]

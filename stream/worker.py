@@ -1,0 +1,318 @@
+"""The learning worker: fairstream.events → validated events → reward join → bandit updates.
+
+One worker is one member of the consumer group on ``fairstream.events``. It
+materialises the catalog from ``fairstream.items`` (embedding new items as they
+arrive), decodes and validates every message (the invalid ones go to the
+dead-letter topic with their reason), joins rewards to impressions, updates the
+policy in batches, and checkpoints state together with the offsets it covers.
+On (re)start it resumes from its checkpoint's offsets, so a crash loses no
+event and counts none twice. SIGTERM drains, checkpoints and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from prometheus_client import start_http_server
+
+from learners import Encoder
+from stream.checkpoint import read_checkpoint, write_checkpoint
+from stream.events import EventCodec, Impression, decode_catalog_item
+from stream.exceptions import InvalidEvent
+from stream.join import Pending
+from stream.metrics import Metrics
+from stream.settings import Settings
+from stream.state import Catalog, Learned, LearningState
+from stream.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerReport:
+    events: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    rows_learned: int = 0
+    elapsed_s: float = 0.0
+    by_type: dict[str, int] = field(default_factory=dict)
+
+
+class _Resume(ConsumerRebalanceListener):
+    """Seek newly assigned partitions to the checkpoint's offsets; checkpoint before losing any."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        if revoked and self.worker.state is not None:
+            self.worker.checkpoint()
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        offsets = self.worker.state.offsets if self.worker.state else {}
+        for tp in assigned:
+            if tp.partition in offsets:
+                self.worker.consumer.seek(tp, offsets[tp.partition])
+        log.info("assigned %s", sorted(tp.partition for tp in assigned))
+
+
+class Worker:
+    """A long-running learning worker (also usable in-process by the demo and tests)."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None,
+                 encoder: Encoder | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.encoder = encoder or Encoder(cache_dir=settings.embedding_cache_dir,
+                                          device=settings.model.device,
+                                          batch_size=settings.model.batch_size)
+        self.codec = EventCodec(settings.events.max_bytes, settings.events.max_slate)
+        self.catalog = Catalog(self.encoder.dim)
+        self.state: LearningState | None = None
+        self.lock = threading.Lock()  # guards `state` against readers in other threads
+        self.report = WorkerReport()
+        self.ready = threading.Event()
+        self.consumer: KafkaConsumer | None = None
+        self._items: KafkaConsumer | None = None
+        self._dlq: KafkaProducer | None = None
+        self._metrics_server = None
+        self._last_checkpoint = time.monotonic()
+        self._since_checkpoint = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def serve_metrics(self) -> int:
+        """Expose /metrics on ``worker.metrics_port`` (0 picks a free port); returns the port."""
+        w = self.settings.worker
+        server, _thread = start_http_server(w.metrics_port, addr=w.metrics_host,
+                                            registry=self.metrics.registry)
+        self._metrics_server = server
+        return server.server_address[1]
+
+    def run(self, stop: threading.Event | None = None, idle_exit_s: float | None = None,
+            flush_on_exit: bool = False) -> WorkerReport:
+        """Consume until ``stop`` is set (or, with ``idle_exit_s``, until caught up and idle).
+
+        ``flush_on_exit`` closes every still-open impression before the final
+        checkpoint (for bounded runs such as the demo; a long-running worker
+        keeps them open for the next start).
+        """
+        stop = stop or threading.Event()
+        s = self.settings
+        ensure_topics(s)
+        started = time.monotonic()
+        self._open_clients()
+        self._load_catalog(stop)
+        if stop.is_set():
+            self.close()
+            return self.report
+        self._restore()
+        self.consumer.subscribe([s.topics.events], listener=_Resume(self))
+        self.ready.set()
+        idle_since = time.monotonic()
+        try:
+            while not stop.is_set():
+                n = self.step()
+                now = time.monotonic()
+                if n:
+                    idle_since = now
+                elif idle_exit_s is not None and self._caught_up() \
+                        and now - idle_since >= idle_exit_s:
+                    break
+                if (self._since_checkpoint >= s.worker.checkpoint_every_events
+                        or now - self._last_checkpoint >= s.worker.checkpoint_every_s):
+                    self.checkpoint()
+                self.metrics.checkpoint_age.set(now - self._last_checkpoint)
+            if flush_on_exit:
+                with self.lock:
+                    self._learn(self.state.joiner.flush())
+            self.checkpoint()
+        finally:
+            self.report.elapsed_s = time.monotonic() - started
+            self.close()
+        return self.report
+
+    def close(self) -> None:
+        for client in (self.consumer, self._items):
+            if client is not None:
+                client.close()
+        if self._dlq is not None:
+            self._dlq.flush()
+            self._dlq.close()
+        self.consumer = self._items = self._dlq = None
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server = None
+
+    def _open_clients(self) -> None:
+        k = self.settings.kafka
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=k.bootstrap, group_id=k.group_id, client_id=k.client_id,
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            session_timeout_ms=k.session_timeout_ms,
+            max_poll_records=self.settings.worker.poll_max_records,
+        )
+        self._items = KafkaConsumer(bootstrap_servers=k.bootstrap, enable_auto_commit=False,
+                                    client_id=f"{k.client_id}-catalog")
+        self._items.assign([TopicPartition(self.settings.topics.items, 0)])
+        self._items.seek_to_beginning()
+        self._dlq = KafkaProducer(bootstrap_servers=k.bootstrap, acks="all", linger_ms=20,
+                                  client_id=f"{k.client_id}-dlq")
+
+    def _restore(self) -> None:
+        ck = read_checkpoint(self.settings.worker.checkpoint_path)
+        if ck is None:
+            self.state = LearningState.fresh(self.settings, self.catalog)
+            log.info("no checkpoint: fresh %r", self.state.policy)
+        else:
+            self.state = LearningState.from_checkpoint(self.settings, self.catalog, ck)
+            log.info("resumed from checkpoint at offsets %s", ck.offsets)
+        self.metrics.policy_version.set(self.state.version)
+
+    # -- catalog --------------------------------------------------------------------------------
+
+    def _load_catalog(self, stop: threading.Event) -> None:
+        """Read fairstream.items to its end (waiting for a first item if it is empty)."""
+        tp = TopicPartition(self.settings.topics.items, 0)
+        warned = False
+        while not stop.is_set():
+            self._poll_catalog(timeout_ms=500)
+            high = self._items.highwater(tp)
+            if high is not None and self._items.position(tp) >= high and len(self.catalog):
+                break
+            if not warned and high is None and not len(self.catalog):
+                log.info("waiting for items on %s", tp.topic)
+                warned = True
+        log.info("catalog: %d items", len(self.catalog))
+
+    def _poll_catalog(self, timeout_ms: int = 0) -> int:
+        batch = self._items.poll(timeout_ms=timeout_ms, max_records=5000)
+        items = []
+        for records in batch.values():
+            for record in records:
+                try:
+                    items.append(decode_catalog_item(record.value))
+                except InvalidEvent as exc:
+                    log.warning("skipping catalog record at offset %d: %s", record.offset, exc)
+        if items:
+            self.catalog.add(items, self.encoder)
+            self.metrics.catalog_items.set(len(self.catalog))
+        return len(items)
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def step(self) -> int:
+        """One poll: decode, validate, join, learn. Returns the number of records handled."""
+        w = self.settings.worker
+        if self._poll_catalog():
+            log.info("catalog grew to %d items", len(self.catalog))
+        batch = self.consumer.poll(timeout_ms=w.poll_timeout_ms, max_records=w.poll_max_records)
+        handled = 0
+        with self.lock:
+            closed: list[Pending] = []
+            for tp, records in batch.items():
+                for record in records:
+                    closed.extend(self._handle(tp, record))
+                handled += len(records)
+                self.state.offsets[tp.partition] = records[-1].offset + 1
+            if closed:
+                self._learn(closed)
+        self._since_checkpoint += handled
+        self.report.events += handled
+        self._update_lag()
+        return handled
+
+    def _handle(self, tp: TopicPartition, record) -> list[Pending]:
+        try:
+            event = self.codec.decode(record.value, known_items=self.catalog)
+        except InvalidEvent as exc:
+            self._dead_letter(tp, record, exc)
+            return []
+        if self.state.seen.check_and_add(event.event_id):
+            self.metrics.events_duplicate.inc()
+            self.report.duplicates += 1
+            return []
+        kind = "impression" if isinstance(event, Impression) else type(event).__name__.lower()
+        self.metrics.events_consumed.labels(type=kind).inc()
+        self.report.by_type[kind] = self.report.by_type.get(kind, 0) + 1
+        return self.state.observe(event, tp.partition)
+
+    def _dead_letter(self, tp: TopicPartition, record, exc: InvalidEvent) -> None:
+        self.metrics.events_rejected.labels(reason=exc.reason).inc()
+        self.report.rejected += 1
+        headers = [("reason", exc.reason.encode()), ("detail", exc.detail[:1000].encode()),
+                   ("source", f"{tp.topic}/{tp.partition}/{record.offset}".encode())]
+        self._dlq.send(self.settings.topics.dlq, key=record.key, value=record.value,
+                       headers=headers)
+        log.debug("dead-lettered %s/%d/%d: %s", tp.topic, tp.partition, record.offset, exc)
+
+    def _learn(self, closed: list[Pending]) -> Learned:
+        t0 = time.perf_counter()
+        learned = self.state.learn(closed)
+        self.metrics.bandit_update_seconds.observe(time.perf_counter() - t0)
+        self.metrics.bandit_updates.inc(learned.rows)
+        self.report.rows_learned += learned.rows
+        for group, (total, n) in learned.reward_by_user_group.items():
+            self.metrics.reward_sum.labels(user_group=group).inc(total)
+            self.metrics.impressions_joined.labels(user_group=group).inc(n)
+        for group, exposure in learned.exposure_by_item_group.items():
+            self.metrics.exposure.labels(item_group=group).inc(exposure)
+        return learned
+
+    def _update_lag(self) -> None:
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is not None:
+                self.metrics.consumer_lag.labels(partition=str(tp.partition)).set(
+                    max(0, high - self.consumer.position(tp)))
+
+    def _caught_up(self) -> bool:
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return False
+        for tp in assignment:
+            high = self.consumer.highwater(tp)
+            if high is None:
+                # Nothing fetched yet: caught up only if we hold a position at or past 0.
+                if self.consumer.position(tp) is None:
+                    return False
+                continue
+            if self.consumer.position(tp) < high:
+                return False
+        return True
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Write state + offsets atomically, then commit those offsets to the group."""
+        t0 = time.perf_counter()
+        with self.lock:
+            self.state.version += 1
+            ck = self.state.to_checkpoint()
+            write_checkpoint(self.settings.worker.checkpoint_path, ck)
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
+        self.metrics.checkpoints.inc()
+        self.metrics.policy_version.set(self.state.version)
+        self._last_checkpoint = time.monotonic()
+        self._since_checkpoint = 0
+        self._commit(ck.offsets)
+
+    def _commit(self, offsets: dict[int, int]) -> None:
+        """Best effort: the checkpoint is the source of truth; commits feed lag tooling."""
+        from kafka.errors import KafkaError
+        from kafka.structs import OffsetAndMetadata
+
+        mine = {tp.partition for tp in self.consumer.assignment()} if self.consumer else set()
+        to_commit = {TopicPartition(self.settings.topics.events, p): OffsetAndMetadata(o, "", -1)
+                     for p, o in offsets.items() if p in mine}
+        if not to_commit:
+            return
+        try:
+            self.consumer.commit(to_commit)
+        except KafkaError as exc:
+            log.warning("offset commit failed (checkpoint is intact): %s", exc)
