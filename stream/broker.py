@@ -50,8 +50,11 @@ def wait_for_kafka(bootstrap: str, timeout_s: float = 30.0) -> None:
 
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
+    host, _, port = bootstrap.rpartition(":")
     while time.monotonic() < deadline:
         try:
+            # A plain TCP probe first keeps the client from logging refused connections.
+            socket.create_connection((host, int(port)), timeout=1.0).close()
             admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
             try:
                 admin.list_topics()

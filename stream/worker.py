@@ -50,8 +50,9 @@ class _Resume(ConsumerRebalanceListener):
         self.worker = worker
 
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Runs on the client's IO thread: write the checkpoint, but no blocking commit.
         if revoked and self.worker.state is not None:
-            self.worker.checkpoint()
+            self.worker.checkpoint(commit=False)
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         offsets = self.worker.state.offsets if self.worker.state else {}
@@ -288,8 +289,8 @@ class Worker:
 
     # -- checkpoints ----------------------------------------------------------------------------
 
-    def checkpoint(self) -> None:
-        """Write state + offsets atomically, then commit those offsets to the group."""
+    def checkpoint(self, commit: bool = True) -> None:
+        """Write state + offsets atomically, then (optionally) commit those offsets."""
         t0 = time.perf_counter()
         with self.lock:
             self.state.version += 1
@@ -300,7 +301,8 @@ class Worker:
         self.metrics.policy_version.set(self.state.version)
         self._last_checkpoint = time.monotonic()
         self._since_checkpoint = 0
-        self._commit(ck.offsets)
+        if commit:
+            self._commit(ck.offsets)
 
     def _commit(self, offsets: dict[int, int]) -> None:
         """Best effort: the checkpoint is the source of truth; commits feed lag tooling."""
