@@ -1,0 +1,59 @@
+"""Decision making for fairstream: bandit policies, slates with propensities,
+fairness metrics and exposure control, signed policy snapshots.
+
+Plain Python/numpy: no Kafka, HTTP or Prometheus, no I/O.
+"""
+
+from bandits.base import Policy, PolicyState
+from bandits.baselines import EpsilonGreedy, MostPopular, UniformRandom
+from bandits.exceptions import (
+    BanditsError,
+    ChecksumError,
+    FeatureSpaceMismatch,
+    InvalidInput,
+    SignatureError,
+    SnapshotError,
+    SnapshotFormatError,
+)
+from bandits.fairness import (
+    ExposureController,
+    FairnessReport,
+    FairnessTracker,
+    popularity_groups,
+    position_weights,
+)
+from bandits.linucb import LinUCB
+from bandits.registry import policy_from_config, policy_from_state
+from bandits.slates import Slate
+from bandits.snapshot import dump_snapshot, load_snapshot, read_snapshot
+from bandits.stats import SufficientStats
+from bandits.thompson import LinearTS
+
+__all__ = [
+    "BanditsError",
+    "ChecksumError",
+    "EpsilonGreedy",
+    "ExposureController",
+    "FairnessReport",
+    "FairnessTracker",
+    "FeatureSpaceMismatch",
+    "InvalidInput",
+    "LinUCB",
+    "LinearTS",
+    "MostPopular",
+    "Policy",
+    "PolicyState",
+    "SignatureError",
+    "Slate",
+    "SnapshotError",
+    "SnapshotFormatError",
+    "SufficientStats",
+    "UniformRandom",
+    "dump_snapshot",
+    "load_snapshot",
+    "policy_from_config",
+    "policy_from_state",
+    "popularity_groups",
+    "position_weights",
+    "read_snapshot",
+]
