@@ -9,7 +9,7 @@ record and ``fairstream_events_rejected_total{reason}`` carry.
 >>> codec = EventCodec(max_bytes=4096, max_slate=10)
 >>> raw = codec.encode(Click(event_id="e1", request_id="r1", ts=10.0, user_id="u1", item_id="i9"))
 >>> codec.decode(raw)
-Click(v=1, event_id='e1', request_id='r1', ts=10.0, user_id='u1', item_id='i9')
+Click(item_id='i9', v=1, event_id='e1', request_id='r1', ts=10.0, user_id='u1')
 >>> codec.decode(b'{"v": 7, "type": "click"}')
 Traceback (most recent call last):
 ...
@@ -126,7 +126,8 @@ class EventCodec:
         if not isinstance(obj, dict):
             return InvalidEvent("undecodable", f"expected a JSON object, got {type(obj).__name__}")
         version = obj.get("v", SCHEMA_VERSION)
-        if version not in SUPPORTED_VERSIONS or isinstance(version, bool):
+        if (isinstance(version, bool) or not isinstance(version, int)
+                or version not in SUPPORTED_VERSIONS):
             return _unknown_version(version)
         if _has_non_finite(obj):
             return InvalidEvent("non_finite", "a number is NaN or infinite")

@@ -1,0 +1,72 @@
+"""Session-wide real parts: one embedded Kafka-protocol broker, one MiniLM encoder,
+MovieLens-100K from the project's own data cache."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+
+from stream import data
+from stream.settings import Settings, load_settings
+
+_ids = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    """One Tansu broker for the whole session (its consumer-group join is slow)."""
+    from stream.broker import EmbeddedBroker
+
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(log_path=log) as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def data_cache() -> str:
+    """The data cache `make test` filled with `fairstream data fetch`."""
+    cache = load_settings(env={k: v for k, v in os.environ.items()
+                               if k.startswith("FAIRSTREAM_DATA__")}).data.cache_dir
+    data.fetch(cache, ("ml100k", "obd"))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def movielens(data_cache):
+    return data.load_movielens(data_cache)
+
+
+@pytest.fixture(scope="session")
+def embedding_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("embeddings")
+
+
+@pytest.fixture(scope="session")
+def encoder(embedding_cache):
+    """The real all-MiniLM-L6-v2, loaded once per session."""
+    from learners import Encoder
+
+    return Encoder(cache_dir=embedding_cache, device="cpu")
+
+
+@pytest.fixture
+def make_settings(broker, data_cache, embedding_cache, tmp_path):
+    """Settings on the session broker with a topic namespace of the test's own."""
+
+    def make(**sections) -> Settings:
+        n = next(_ids)
+        base = Settings().replace(
+            kafka={"bootstrap": broker.bootstrap, "events_partitions": 2,
+                   "group_id": f"test-workers-{n}", "session_timeout_ms": 6000},
+            topics={"prefix": f"test{n}"},
+            data={"cache_dir": data_cache},
+            model={"device": "cpu", "embedding_cache": str(embedding_cache)},
+            worker={"checkpoint_path": str(tmp_path / f"ckpt-{n}.npz"), "metrics_port": 0,
+                    "checkpoint_every_s": 1.0, "poll_timeout_ms": 100},
+        )
+        return base.replace(**sections) if sections else base
+
+    return make
