@@ -111,6 +111,11 @@ class EmbeddedBroker:
             proc.kill()
             proc.wait()
 
+    def terminate(self) -> None:
+        """Ask the broker to exit (SIGTERM) without waiting for it."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+
     def wait(self) -> int:
         """Block until the broker process exits; returns its exit code."""
         if self._proc is None:
@@ -127,14 +132,23 @@ class EmbeddedBroker:
 
 def run_broker(port: int) -> int:
     """``fairstream broker``: run until SIGINT/SIGTERM, then stop the broker cleanly."""
-    broker = EmbeddedBroker(port=port).start()
-    print(f"fairstream: Kafka-compatible broker (Tansu) listening on {broker.bootstrap}", flush=True)
+    broker = EmbeddedBroker(port=port)
+    stopping = False
 
     def _stop(signum: int, _frame: object) -> None:
-        broker.stop()
+        # Only signal the child here; the main thread's wait() returns when it exits.
+        nonlocal stopping
+        stopping = True
+        broker.terminate()
 
+    # Handlers first: a signal that lands while the broker starts must still stop it.
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    broker.start()
+    print(f"fairstream: Kafka-compatible broker (Tansu) listening on {broker.bootstrap}", flush=True)
+    if stopping:
+        broker.terminate()
     broker.wait()
+    broker.stop()
     print("fairstream: broker stopped", flush=True)
     return 0

@@ -156,6 +156,7 @@ class Worker:
             bootstrap_servers=k.bootstrap, group_id=k.group_id, client_id=k.client_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=k.session_timeout_ms,
+            heartbeat_interval_ms=max(100, k.session_timeout_ms // 4),
             max_poll_records=self.settings.worker.poll_max_records,
         )
         self._items = KafkaConsumer(bootstrap_servers=k.bootstrap, enable_auto_commit=False,

@@ -1,0 +1,186 @@
+"""The worker on the real broker, the real MiniLM model and real MovieLens events."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+from kafka.partitioner.default import murmur2
+
+from stream.checkpoint import read_checkpoint
+from stream.demo import MALFORMED
+from stream.events import Click, EventCodec
+from stream.producers import (
+    catalog_items,
+    make_producer,
+    publish_catalog,
+    publish_events,
+    replay_events,
+)
+from stream.state import Catalog, LearningState
+from stream.topics import ensure_topics
+from stream.worker import Worker
+
+pytestmark = [pytest.mark.broker, pytest.mark.model]
+
+N_RATINGS = 1500
+
+
+def reference_state(settings, ml, encoder, events):
+    """What the worker must end with: the same events fed straight into a LearningState,
+    in per-partition order, with the partition the producer's partitioner picks."""
+    catalog = Catalog(encoder.dim)
+    catalog.add(catalog_items(ml), encoder)
+    state = LearningState.fresh(settings, catalog)
+    n_parts = settings.kafka.events_partitions
+    seen = set()
+    for event in events:
+        if event.event_id in seen:
+            continue
+        seen.add(event.event_id)
+        p = (murmur2(event.user_id.encode()) & 0x7FFFFFFF) % n_parts  # Kafka's keyed default
+        state.learn(state.observe(event, p))
+    return state
+
+
+def assert_same_learning(state, ref):
+    a, b = state.policy, ref.policy
+    assert a.n_updates == b.n_updates > 0
+    np.testing.assert_allclose(a.A, b.A, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(a.b, b.b, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(a.theta, b.theta, rtol=1e-8, atol=1e-10)
+    pa, pb = state.profiles.state(), ref.profiles.state()
+    assert sorted(pa["user_ids"]) == sorted(pb["user_ids"])
+    order = {u: i for i, u in enumerate(pb["user_ids"])}
+    idx = [order[u] for u in pa["user_ids"]]
+    np.testing.assert_allclose(pa["means"], pb["means"][idx], rtol=1e-6, atol=1e-7)
+    assert len(state.joiner) == len(ref.joiner)
+
+
+@pytest.fixture
+def loaded(make_settings, movielens):
+    """Topics, catalog and a replay slice (plus malformed messages and one duplicate)."""
+    settings = make_settings(worker={"checkpoint_every_events": 400})
+    ensure_topics(settings)
+    publish_catalog(settings, catalog_items(movielens))
+    events = list(replay_events(movielens, limit=N_RATINGS))
+    duplicate = next(e for e in events if isinstance(e, Click))
+    publish_events(settings, iter([*events[:100], duplicate, *events[100:]]), progress=False)
+    producer = make_producer(settings)
+    for reason, value in MALFORMED.items():
+        producer.send(settings.topics.events, key=b"bad", value=value, headers=[])
+    producer.send(settings.topics.events, key=b"bad", value=b"x" * (settings.events.max_bytes + 1))
+    producer.flush()
+    producer.close()
+    return settings, events
+
+
+def test_worker_learns_exactly_what_the_stream_holds(loaded, movielens, encoder):
+    settings, events = loaded
+    worker = Worker(settings, encoder=encoder)
+    port = worker.serve_metrics()
+    stop, result = threading.Event(), {}
+    thread = threading.Thread(target=lambda: result.setdefault("report", worker.run(stop)))
+    thread.start()
+    total = len(events) + 1 + len(MALFORMED) + 1
+    deadline = time.monotonic() + 120
+    while worker.report.events < total:
+        assert time.monotonic() < deadline and thread.is_alive(), worker.report
+        time.sleep(0.1)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()  # scraped over HTTP while the worker runs
+    stop.set()
+    thread.join(timeout=60)
+    report = result["report"]
+    n_valid = len(events)
+    assert report.events == n_valid + 1 + len(MALFORMED) + 1
+    assert report.duplicates == 1
+    assert report.rejected == len(MALFORMED) + 1
+    ref = reference_state(settings, movielens, encoder, events)
+    assert_same_learning(worker.state, ref)
+    ck = read_checkpoint(settings.worker.checkpoint_path)
+    restored = LearningState.from_checkpoint(settings, ref.catalog, ck)
+    assert_same_learning(restored, ref)
+    assert sum(ck.offsets.values()) == report.events
+
+    # Every bad message is on the DLQ, unchanged, with its reason.
+    dlq = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False)
+    tps = [TopicPartition(settings.topics.dlq, p) for p in range(2)]
+    dlq.assign(tps)
+    dlq.seek_to_beginning()
+    reasons, deadline = {}, time.monotonic() + 20
+    while len(reasons) < len(MALFORMED) + 1 and time.monotonic() < deadline:
+        for records in dlq.poll(500).values():
+            for rec in records:
+                reasons[dict(rec.headers)["reason"].decode()] = rec.value
+    dlq.close()
+    assert reasons.keys() == {*MALFORMED, "oversize"}
+    for reason, value in MALFORMED.items():
+        assert reasons[reason] == value
+
+    # /metrics as scraped while it ran, and the final counters.
+    for reason in MALFORMED:
+        value = worker.metrics.registry.get_sample_value("fairstream_events_rejected_total",
+                                                         {"reason": reason})
+        assert value == 1.0
+    assert 'fairstream_events_consumed_total{type="impression"}' in text
+    assert "fairstream_bandit_update_duration_seconds_bucket" in text
+    assert 'fairstream_consumer_lag_messages{partition="0"}' in text
+    assert "fairstream_checkpoint_age_seconds" in text
+
+
+def _worker_proc(settings, log):
+    env = {**os.environ,
+           "FAIRSTREAM_KAFKA__BOOTSTRAP": settings.kafka.bootstrap,
+           "FAIRSTREAM_KAFKA__GROUP_ID": settings.kafka.group_id,
+           "FAIRSTREAM_KAFKA__EVENTS_PARTITIONS": str(settings.kafka.events_partitions),
+           "FAIRSTREAM_KAFKA__SESSION_TIMEOUT_MS": str(settings.kafka.session_timeout_ms),
+           "FAIRSTREAM_TOPICS__PREFIX": settings.topics.prefix,
+           "FAIRSTREAM_DATA__CACHE_DIR": settings.data.cache_dir,
+           "FAIRSTREAM_MODEL__DEVICE": "cpu",
+           "FAIRSTREAM_MODEL__EMBEDDING_CACHE": settings.model.embedding_cache,
+           "FAIRSTREAM_WORKER__CHECKPOINT_PATH": settings.worker.checkpoint_path,
+           "FAIRSTREAM_WORKER__CHECKPOINT_EVERY_EVENTS": "300",
+           "FAIRSTREAM_WORKER__POLL_MAX_RECORDS": "100",
+           "FAIRSTREAM_WORKER__METRICS_PORT": "0"}
+    return subprocess.Popen([sys.executable, "-m", "stream.cli", "worker", "--exit-when-idle", "3"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def test_sigkill_mid_stream_then_restart_equals_one_uninterrupted_run(loaded, movielens,
+                                                                       encoder, tmp_path):
+    settings, events = loaded
+    log = open(tmp_path / "worker.log", "w")  # noqa: SIM115
+    first = _worker_proc(settings, log)
+    path = settings.worker.checkpoint_path
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ck = os.path.exists(path) and read_checkpoint(path)
+        if ck and 0 < sum(ck.offsets.values()) < len(events) // 2:
+            break
+        assert first.poll() is None, (tmp_path / "worker.log").read_text()
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    killed_at = sum(read_checkpoint(path).offsets.values())
+    assert 0 < killed_at < len(events)
+
+    second = _worker_proc(settings, log)
+    assert second.wait(timeout=180) == 0, (tmp_path / "worker.log").read_text()
+    log.close()
+    summary = json.loads((tmp_path / "worker.log").read_text().strip().splitlines()[-1])
+    assert summary["events"] < len(events) + 1 + len(MALFORMED) + 1  # resumed, did not restart
+
+    ref = reference_state(settings, movielens, encoder, events)
+    ck = read_checkpoint(path)
+    assert sum(ck.offsets.values()) == len(events) + 1 + len(MALFORMED) + 1
+    assert_same_learning(LearningState.from_checkpoint(settings, ref.catalog, ck), ref)
