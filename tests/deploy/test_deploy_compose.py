@@ -1,0 +1,254 @@
+"""docker-compose.yml: structure always, `docker compose config` when a client is present."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+from promserver import DEPLOY, REPO_ROOT
+
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+SERVICES = {"kafka", "topic-init", "worker", "serve", "producer", "prometheus", "grafana"}
+LONG_RUNNING = {"kafka", "worker", "serve", "prometheus", "grafana"}
+FAIRSTREAM_SERVICES = {"topic-init", "worker", "serve", "producer"}
+
+# Settings keys the brief for this stack names, used while the application's
+# settings object cannot be introspected (see _app_settings_keys).
+KNOWN_SETTINGS: dict[str, set[str]] = {
+    "kafka": {"bootstrap", "group_id"},
+    "worker": {"metrics_port"},
+    "policy": {"signing_key"},
+}
+ENV_KEY = re.compile(r"FAIRSTREAM_([A-Z][A-Z0-9_]*?[A-Z0-9])__([A-Z][A-Z0-9_]*[A-Z0-9])")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def _field_names(cls: object) -> dict[str, object] | None:
+    """``{field: type}`` of a dataclass, msgspec Struct or pydantic model, else None."""
+    if dataclasses.is_dataclass(cls):
+        return {f.name: f.type for f in dataclasses.fields(cls)}
+    if hasattr(cls, "model_fields"):
+        return {n: f.annotation for n, f in cls.model_fields.items()}
+    if hasattr(cls, "__struct_fields__"):
+        return {n: cls.__annotations__.get(n) for n in cls.__struct_fields__}
+    return None
+
+
+def _app_settings_keys() -> dict[str, set[str]] | None:
+    """Sections and keys of the application's settings object, when it exists."""
+    for module_name in ("stream.settings", "stream.config"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        settings = getattr(module, "Settings", None)
+        fields = _field_names(settings) if settings is not None else None
+        if not fields:
+            continue
+        sections = {}
+        for name, typ in fields.items():
+            sub = _field_names(typ) if isinstance(typ, type) else None
+            if sub:
+                sections[name] = set(sub)
+        if sections:
+            return sections
+    return None
+
+
+def _environment(service: dict) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def test_services_present(compose):
+    assert set(compose["services"]) >= SERVICES
+
+
+def test_two_worker_replicas(compose):
+    assert compose["services"]["worker"]["deploy"]["replicas"] == 2
+    # replicas and `--scale` need a service without a fixed name or host port
+    assert "container_name" not in compose["services"]["worker"]
+    assert "ports" not in compose["services"]["worker"]
+
+
+def test_kafka_is_pinned_apache_kafka_in_kraft_mode(compose):
+    kafka = compose["services"]["kafka"]
+    image, _, tag = kafka["image"].partition(":")
+    assert image == "apache/kafka" and re.fullmatch(r"\d+\.\d+\.\d+", tag)
+    env = _environment(kafka)
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert "zookeeper" not in COMPOSE_FILE.read_text().lower()
+
+
+def test_third_party_images_are_pinned(compose):
+    for name, service in compose["services"].items():
+        if "build" in service:
+            continue
+        tag = service["image"].rpartition(":")[2]
+        assert ":" in service["image"] and tag not in {"latest", ""}, name
+
+
+@pytest.mark.parametrize("name", sorted(LONG_RUNNING))
+def test_long_running_services_have_healthchecks(compose, name):
+    check = compose["services"][name]["healthcheck"]
+    assert check["test"] and check.get("interval")
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_restart_policies(compose, name):
+    restart = compose["services"][name].get("restart")
+    expected = {"unless-stopped", "always"} if name in LONG_RUNNING else {"on-failure"}
+    assert restart in expected, f"{name}: restart={restart}"
+
+
+def test_fairstream_services_use_the_built_image_and_cli(compose):
+    services = compose["services"]
+    for name in FAIRSTREAM_SERVICES:
+        assert services[name]["build"]["dockerfile"] == "deploy/Dockerfile"
+        assert (REPO_ROOT / services[name]["build"]["context"] / "deploy/Dockerfile").is_file()
+    assert services["topic-init"]["command"] == ["topics", "create"]
+    assert services["worker"]["command"] == ["worker"]
+    assert services["serve"]["command"] == ["serve"]
+    producer = " ".join(services["producer"]["command"])
+    assert "fairstream produce catalog" in producer
+    assert "fairstream produce replay --dataset ml100k --rate" in producer
+
+
+def test_startup_order(compose):
+    services = compose["services"]
+    assert services["topic-init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    for name in ("worker", "serve", "producer"):
+        dep = services[name]["depends_on"]["topic-init"]
+        assert dep["condition"] == "service_completed_successfully", name
+
+
+def test_fairstream_environment_is_well_formed_and_known(compose):
+    known = _app_settings_keys() or KNOWN_SETTINGS
+    problems = []
+    for name in FAIRSTREAM_SERVICES:
+        env = _environment(compose["services"][name])
+        assert "FAIRSTREAM_KAFKA__BOOTSTRAP" in env, name
+        for key in env:
+            if not key.startswith("FAIRSTREAM_"):
+                problems.append(f"{name}: {key} is not a FAIRSTREAM_<SECTION>__<KEY> setting")
+                continue
+            match = ENV_KEY.fullmatch(key)
+            if not match:
+                problems.append(f"{name}: {key} is not FAIRSTREAM_<SECTION>__<KEY>")
+                continue
+            section, setting = match.group(1).lower(), match.group(2).lower()
+            if setting not in known.get(section, set()):
+                problems.append(f"{name}: {key} names no known setting {section}.{setting}")
+    assert not problems, "\n".join(problems)
+
+
+def test_secrets_are_not_hardcoded(compose):
+    for name in FAIRSTREAM_SERVICES:
+        key = _environment(compose["services"][name])["FAIRSTREAM_POLICY__SIGNING_KEY"]
+        assert key.startswith("${") and ":?" in key, f"{name}: signing key must be required input"
+
+
+def test_worker_metrics_port_matches_scrape_config(compose):
+    port = _environment(compose["services"]["worker"])["FAIRSTREAM_WORKER__METRICS_PORT"]
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in prom["scrape_configs"]}
+    (sd,) = jobs["fairstream-worker"]["dns_sd_configs"]
+    assert sd["names"] == ["worker"] and str(sd["port"]) == port
+    assert jobs["fairstream-serve"]["static_configs"][0]["targets"] == ["serve:8000"]
+
+
+def _bind_mounts(service: dict) -> list[tuple[str, str]]:
+    mounts = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            source, target = volume.get("source", ""), volume["target"]
+        else:
+            source, target = volume.split(":")[:2]
+        if source.startswith("."):
+            mounts.append((source, target))
+    return mounts
+
+
+@pytest.mark.parametrize("name", ["prometheus", "grafana"])
+def test_mounts_point_at_files_in_the_repo(compose, name):
+    mounts = _bind_mounts(compose["services"][name])
+    assert mounts
+    for source, _ in mounts:
+        assert (REPO_ROOT / source).exists(), f"{name}: {source} does not exist"
+
+
+def test_prometheus_rule_glob_is_mounted(compose):
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = dict((t, s) for s, t in _bind_mounts(compose["services"]["prometheus"]))
+    for pattern in prom["rule_files"]:
+        directory, _, glob = pattern.rpartition("/")
+        assert directory in targets, f"{pattern} is not mounted"
+        assert list((REPO_ROOT / targets[directory]).glob(glob)), pattern
+
+
+def test_grafana_provisioning_is_mounted(compose):
+    targets = {t: s for s, t in _bind_mounts(compose["services"]["grafana"])}
+    provider = yaml.safe_load(
+        (DEPLOY / "grafana/provisioning/dashboards/fairstream.yml").read_text()
+    )
+    dash_dir = provider["providers"][0]["options"]["path"]
+    assert dash_dir in targets and (REPO_ROOT / targets[dash_dir] / "fairstream.json").is_file()
+    assert "/etc/grafana/provisioning/datasources" in targets
+    assert "/etc/grafana/provisioning/dashboards" in targets
+
+
+def test_dockerfile_builds_cpu_torch_by_default():
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=python:3.11-slim" in text
+    assert "FROM ${BASE_IMAGE}" in text
+    assert "ARG TORCH_VERSION=2.13.0" in text
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
+
+
+def _compose_command() -> list[str] | None:
+    docker = shutil.which("docker")
+    if docker:
+        probe = subprocess.run([docker, "compose", "version"], capture_output=True, timeout=30)
+        if probe.returncode == 0:
+            return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None
+
+
+def test_docker_compose_config():
+    command = _compose_command()
+    if command is None:
+        pytest.skip("no Docker client with compose here; the structure tests above still ran")
+    env = {**os.environ, "POLICY_SIGNING_KEY": "test-only-key"}
+    result = subprocess.run(
+        [*command, "-f", str(COMPOSE_FILE), "config", "-q"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    # Without a signing key the stack refuses to start rather than run unsigned.
+    env.pop("POLICY_SIGNING_KEY")
+    result = subprocess.run(
+        [*command, "-f", str(COMPOSE_FILE), "config", "-q"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0 and "POLICY_SIGNING_KEY" in result.stderr
