@@ -1,0 +1,40 @@
+"""Representation: frozen encoder, user profiles, feature map φ, adapter fine-tune, drift."""
+
+from learners.adapter import Adapter
+from learners.device import resolve_device
+from learners.drift import DriftMonitor
+from learners.encoder import Encoder
+from learners.exceptions import DeviceUnavailable, FineTuneError, LearnersError
+from learners.features import FeatureMap, user_groups
+from learners.finetune import FineTuner, FineTuneResult, refit_statistics, ridge_statistics
+from learners.profiles import ProfileStore
+from learners.replay import ReplayBuffer, ReplayRows
+
+__all__ = [
+    "Adapter",
+    "DeviceUnavailable",
+    "DriftMonitor",
+    "Encoder",
+    "FeatureMap",
+    "FineTuneError",
+    "FineTuneResult",
+    "FineTuner",
+    "LearnersError",
+    "ProfileStore",
+    "ReplayBuffer",
+    "ReplayRows",
+    "refit_statistics",
+    "resolve_device",
+    "ridge_statistics",
+    "run_learners_bench",
+    "user_groups",
+]
+
+
+def __getattr__(name: str):
+    # The bench pulls in the encoder stack; import it only when asked for.
+    if name == "run_learners_bench":
+        from learners.bench import run_learners_bench
+
+        return run_learners_bench
+    raise AttributeError(name)

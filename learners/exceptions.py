@@ -1,0 +1,15 @@
+"""Errors raised by the representation layer."""
+
+from __future__ import annotations
+
+
+class LearnersError(Exception):
+    """Base class of every error ``learners`` raises on purpose."""
+
+
+class DeviceUnavailable(LearnersError, RuntimeError):
+    """The configured device setting asks for hardware this machine lacks."""
+
+
+class FineTuneError(LearnersError, RuntimeError):
+    """A background fine-tune failed; the cause is chained (``__cause__``)."""

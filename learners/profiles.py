@@ -1,0 +1,181 @@
+"""Streaming user profiles: decayed mean of frozen embeddings of liked items."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Any
+
+import numpy as np
+
+
+class ProfileStore:
+    """Per-user exponentially decayed mean of the frozen item embeddings they liked.
+
+    Only ``reward > 0`` moves a profile; with rewards ``r_i > 0`` on items
+    ``e_i`` (oldest first, ``n`` of them) and decay ``γ``::
+
+        profile = Σ_i γ^(n-i) r_i e_i / Σ_i γ^(n-i) r_i
+
+    It lives in the frozen 384-d space, so it never depends on the adapter and
+    survives fine-tunes unchanged. Memory is bounded: at most ``capacity``
+    users, least recently observed evicted first; with ``ttl_seconds`` a user
+    not observed for that long is forgotten. ``state()`` / ``from_state()``
+    carry plain numpy arrays and JSON-able values (no pickle).
+
+    >>> store = ProfileStore(emb_dim=2, decay=0.5, capacity=10)
+    >>> store.observe("u1", np.array([1.0, 0.0]), reward=1.0)
+    >>> store.observe("u1", np.array([0.0, 1.0]), reward=1.0)
+    >>> [round(float(v), 3) for v in store.get("u1")]    # (0.5*[1,0] + [0,1]) / 1.5
+    [0.333, 0.667]
+    >>> store.get("nobody").tolist()
+    [0.0, 0.0]
+    """
+
+    def __init__(
+        self,
+        emb_dim: int = 384,
+        decay: float = 0.9,
+        capacity: int = 100_000,
+        ttl_seconds: float | None = None,
+    ) -> None:
+        if emb_dim < 1:
+            raise ValueError(f"emb_dim must be >= 1, got {emb_dim}")
+        if not 0.0 < decay <= 1.0:
+            raise ValueError(f"decay must be in (0, 1], got {decay}")
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        if ttl_seconds is not None and ttl_seconds <= 0:
+            raise ValueError(f"ttl_seconds must be > 0 or None, got {ttl_seconds}")
+        self.emb_dim = int(emb_dim)
+        self.decay = float(decay)
+        self.capacity = int(capacity)
+        self.ttl_seconds = None if ttl_seconds is None else float(ttl_seconds)
+        # user -> [mean (float32), weight Σγ^(n-i) r_i, last_seen]
+        self._users: OrderedDict[Hashable, list[Any]] = OrderedDict()
+        self._zeros = np.zeros(self.emb_dim, dtype=np.float32)
+        self._zeros.setflags(write=False)
+        self.evictions = 0
+        self.expirations = 0
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def __contains__(self, user_id: Hashable) -> bool:
+        return user_id in self._users
+
+    def __repr__(self) -> str:
+        return (
+            f"ProfileStore(users={len(self)}/{self.capacity}, emb_dim={self.emb_dim}, "
+            f"decay={self.decay}, ttl_seconds={self.ttl_seconds}, evictions={self.evictions})"
+        )
+
+    def _expired(self, entry: list[Any], now: float) -> bool:
+        return self.ttl_seconds is not None and now - entry[2] > self.ttl_seconds
+
+    def observe(
+        self, user_id: Hashable, item_emb: np.ndarray, reward: float, now: float | None = None
+    ) -> None:
+        """Fold one rewarded item into the user's profile (no-op unless ``reward > 0``).
+
+        ``now`` is the event time in seconds (defaults to the wall clock); it
+        drives the TTL and the recency order of the LRU.
+        """
+        now = time.time() if now is None else float(now)
+        entry = self._users.get(user_id)
+        if entry is not None and self._expired(entry, now):
+            del self._users[user_id]
+            self.expirations += 1
+            entry = None
+        reward = float(reward)
+        if not reward > 0.0:  # also rejects NaN
+            if entry is not None:  # activity keeps the profile warm
+                entry[2] = now
+                self._users.move_to_end(user_id)
+            return
+        e = np.asarray(item_emb, dtype=np.float64).reshape(-1)
+        if e.shape[0] != self.emb_dim:
+            raise ValueError(f"item_emb must have {self.emb_dim} values, got {e.shape[0]}")
+        if entry is None:
+            self._users[user_id] = [e.astype(np.float32), reward, now]
+            if len(self._users) > self.capacity:
+                self._users.popitem(last=False)
+                self.evictions += 1
+            return
+        w_old = self.decay * entry[1]
+        w_new = w_old + reward
+        entry[0] = ((w_old * entry[0] + reward * e) / w_new).astype(np.float32)
+        entry[1] = w_new
+        entry[2] = now
+        self._users.move_to_end(user_id)
+
+    def get(self, user_id: Hashable, now: float | None = None) -> np.ndarray:
+        """The user's profile (float32, read-only), zeros when unknown or expired."""
+        entry = self._users.get(user_id)
+        if entry is None:
+            return self._zeros
+        if self.ttl_seconds is not None:
+            now = time.time() if now is None else float(now)
+            if self._expired(entry, now):
+                del self._users[user_id]
+                self.expirations += 1
+                return self._zeros
+        out = entry[0].view()
+        out.setflags(write=False)
+        return out
+
+    def expire(self, now: float | None = None) -> int:
+        """Drop every user idle for more than ``ttl_seconds``; returns how many."""
+        if self.ttl_seconds is None:
+            return 0
+        now = time.time() if now is None else float(now)
+        dropped = 0
+        while self._users:
+            user_id, entry = next(iter(self._users.items()))
+            if not self._expired(entry, now):
+                break  # LRU order == last-seen order
+            del self._users[user_id]
+            dropped += 1
+        self.expirations += dropped
+        return dropped
+
+    def state(self) -> dict[str, Any]:
+        """Checkpointable state: numpy arrays plus JSON-able values, LRU order kept."""
+        n = len(self._users)
+        means = np.zeros((n, self.emb_dim), dtype=np.float32)
+        weights = np.zeros(n, dtype=np.float64)
+        last_seen = np.zeros(n, dtype=np.float64)
+        for i, entry in enumerate(self._users.values()):
+            means[i], weights[i], last_seen[i] = entry
+        return {
+            "config": {
+                "emb_dim": self.emb_dim,
+                "decay": self.decay,
+                "capacity": self.capacity,
+                "ttl_seconds": self.ttl_seconds,
+            },
+            "user_ids": list(self._users),
+            "means": means,
+            "weights": weights,
+            "last_seen": last_seen,
+            "counters": {"evictions": self.evictions, "expirations": self.expirations},
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ProfileStore:
+        store = cls(**state["config"])
+        means = np.asarray(state["means"], dtype=np.float32)
+        weights = np.asarray(state["weights"], dtype=np.float64)
+        last_seen = np.asarray(state["last_seen"], dtype=np.float64)
+        ids = list(state["user_ids"])
+        if not (len(ids) == len(means) == len(weights) == len(last_seen)):
+            raise ValueError("profile state arrays have inconsistent lengths")
+        if means.ndim != 2 or means.shape[1] != store.emb_dim:
+            raise ValueError(f"profile state means must be (n, {store.emb_dim})")
+        for i, uid in enumerate(ids):
+            store._users[uid] = [means[i].copy(), float(weights[i]), float(last_seen[i])]
+        counters = state.get("counters", {})
+        store.evictions = int(counters.get("evictions", 0))
+        store.expirations = int(counters.get("expirations", 0))
+        return store

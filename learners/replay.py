@@ -1,0 +1,130 @@
+"""Bounded, seeded replay buffer of (item embedding, profile, user attrs, reward)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from learners.features import attr_codes
+
+POLICIES = ("reservoir", "window")
+
+
+@dataclass(frozen=True)
+class ReplayRows:
+    """A consistent copy of buffer rows (``seq`` = arrival number of each row)."""
+
+    item_emb: np.ndarray  # (n, emb_dim) float32
+    profiles: np.ndarray  # (n, emb_dim) float32
+    gender: np.ndarray  # (n,) int8 code, -1 unknown
+    age: np.ndarray  # (n,) int8 code, -1 unknown
+    rewards: np.ndarray  # (n,) float64
+    seq: np.ndarray  # (n,) int64
+
+    def __len__(self) -> int:
+        return int(self.rewards.shape[0])
+
+
+class ReplayBuffer:
+    """Fixed-capacity sample of the stream for fine-tuning and statistic refits.
+
+    ``policy="reservoir"`` keeps a uniform sample of everything seen
+    (Vitter's algorithm R, driven by ``seed``); ``"window"`` keeps the last
+    ``capacity`` rows. Storage grows by doubling up to ``capacity``. Safe to
+    ``add`` from the consumer while a fine-tune thread takes ``snapshot()``.
+
+    >>> buf = ReplayBuffer(capacity=3, emb_dim=2, seed=0, policy="window")
+    >>> for r in range(5):
+    ...     buf.add(np.ones(2), np.zeros(2), {"gender": "F", "age": 30}, float(r))
+    >>> len(buf), buf.seen, buf.snapshot().rewards.tolist()
+    (3, 5, [2.0, 3.0, 4.0])
+    """
+
+    def __init__(
+        self, capacity: int = 50_000, seed: int = 0, emb_dim: int = 384, policy: str = "reservoir"
+    ) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        self.capacity, self.emb_dim, self.policy = int(capacity), int(emb_dim), policy
+        self._rng = np.random.default_rng(seed)
+        self._lock = threading.Lock()
+        self._n = 0
+        self.seen = 0
+        self._alloc(min(self.capacity, 1024))
+
+    def _alloc(self, size: int) -> None:
+        old = getattr(self, "_items", None)
+        items = np.zeros((size, self.emb_dim), dtype=np.float32)
+        profiles = np.zeros((size, self.emb_dim), dtype=np.float32)
+        gender = np.full(size, -1, dtype=np.int8)
+        age = np.full(size, -1, dtype=np.int8)
+        rewards = np.zeros(size, dtype=np.float64)
+        seq = np.zeros(size, dtype=np.int64)
+        if old is not None:
+            n = self._n
+            items[:n], profiles[:n] = self._items[:n], self._profiles[:n]
+            gender[:n], age[:n] = self._gender[:n], self._age[:n]
+            rewards[:n], seq[:n] = self._rewards[:n], self._seq[:n]
+        self._items, self._profiles, self._gender, self._age = items, profiles, gender, age
+        self._rewards, self._seq = rewards, seq
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __repr__(self) -> str:
+        return (f"ReplayBuffer(policy={self.policy!r}, size={self._n}/{self.capacity}, "
+                f"seen={self.seen})")
+
+    def add(
+        self,
+        item_emb: np.ndarray,
+        profile: np.ndarray,
+        user_attrs: Mapping[str, Any] | None,
+        reward: float,
+    ) -> None:
+        """Offer one (item, user, reward) row; it may replace an older one."""
+        reward = float(reward)
+        if not np.isfinite(reward):
+            raise ValueError(f"reward must be finite, got {reward}")
+        g, a = attr_codes(user_attrs)
+        with self._lock:
+            t = self.seen
+            self.seen += 1
+            if self._n < self.capacity:
+                if self._n == self._items.shape[0]:
+                    self._alloc(min(self.capacity, 2 * self._n))
+                slot = self._n
+                self._n += 1
+            elif self.policy == "window":
+                slot = t % self.capacity
+            else:
+                j = int(self._rng.integers(0, t + 1))
+                if j >= self.capacity:
+                    return
+                slot = j
+            self._items[slot] = item_emb
+            self._profiles[slot] = profile
+            self._gender[slot], self._age[slot] = g, a
+            self._rewards[slot], self._seq[slot] = reward, t
+
+    def snapshot(self) -> ReplayRows:
+        """Copy of every row held now, oldest arrival first."""
+        with self._lock:
+            n = self._n
+            order = np.argsort(self._seq[:n], kind="stable")
+            return ReplayRows(
+                self._items[:n][order], self._profiles[:n][order], self._gender[:n][order],
+                self._age[:n][order], self._rewards[:n][order], self._seq[:n][order],
+            )
+
+    def rows_since(self, seq: int) -> ReplayRows:
+        """Rows still held whose arrival number is ``>= seq`` (e.g. since a snapshot)."""
+        rows = self.snapshot()
+        keep = rows.seq >= seq
+        return ReplayRows(*(getattr(rows, f)[keep] for f in ReplayRows.__dataclass_fields__))
