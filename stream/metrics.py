@@ -11,6 +11,7 @@ several workers in one interpreter without colliding series.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -98,3 +99,19 @@ class Metrics:
             "Version number of the worker's current policy.",
             registry=r,
         )
+        # Series that exist from the start read as 0, not as missing, so the first
+        # increase shows up in rate() instead of hiding in a series' first sample.
+        from stream.events import REASONS
+
+        for kind in ("impression", "click", "purchase"):
+            self.events_consumed.labels(type=kind)
+        for reason in REASONS:
+            self.events_rejected.labels(reason=reason)
+
+    def declare_groups(self, user_groups: Iterable[str], item_groups: Iterable[str]) -> None:
+        """Create the per-group series at 0 for the groups known up front."""
+        for group in user_groups:
+            self.impressions_joined.labels(user_group=group)
+            self.reward_sum.labels(user_group=group)
+        for group in item_groups:
+            self.exposure.labels(item_group=group)

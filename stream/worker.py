@@ -21,6 +21,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from prometheus_client import start_http_server
 
 from learners import Encoder
+from learners.features import AGE_BUCKETS, GENDERS
 from stream.checkpoint import read_checkpoint, write_checkpoint
 from stream.events import EventCodec, Impression, decode_catalog_item
 from stream.exceptions import InvalidEvent
@@ -191,6 +192,9 @@ class Worker:
                 log.info("waiting for items on %s", tp.topic)
                 warned = True
         log.info("catalog: %d items", len(self.catalog))
+        self.metrics.declare_groups(
+            [f"gender={g}" for g in GENDERS] + [f"age={a}" for a in AGE_BUCKETS],
+            sorted({g.get("popularity", "unknown") for g in self.catalog.groups}))
 
     def _poll_catalog(self, timeout_ms: int = 0) -> int:
         batch = self._items.poll(timeout_ms=timeout_ms, max_records=5000)

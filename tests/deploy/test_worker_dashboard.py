@@ -1,0 +1,109 @@
+"""A real Prometheus scrapes a real worker learning a MovieLens replay on the session
+broker; every dashboard panel whose metric the worker exports must return data, and
+the events, reward-per-group and exposure-share series must carry the right values."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from promserver import RULE_FILES, PrometheusServer, dashboard_queries, metric_names
+from test_deploy_metric_names import COMING_SOON
+
+from stream.demo import MALFORMED
+from stream.events import Click
+from stream.producers import (
+    catalog_items,
+    make_producer,
+    publish_catalog,
+    publish_events,
+    replay_events,
+)
+from stream.topics import ensure_topics
+from stream.worker import Worker
+
+pytestmark = [pytest.mark.prometheus, pytest.mark.broker, pytest.mark.model]
+
+
+def _pending(expr: str) -> set[str]:
+    """Metrics of an expression that no component exports yet (see COMING_SOON)."""
+    return {n for n in metric_names(expr)
+            if n.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum")
+            in COMING_SOON}
+
+
+def test_dashboard_panels_and_group_series_on_a_scraped_worker(make_settings, movielens,
+                                                               encoder):
+    settings = make_settings()
+    ensure_topics(settings)
+    publish_catalog(settings, catalog_items(movielens))
+    events = list(replay_events(movielens, limit=1200))
+    duplicate = next(e for e in events if isinstance(e, Click))
+    publish_events(settings, iter([*events, duplicate]), progress=False)
+    producer = make_producer(settings)
+    for value in MALFORMED.values():
+        producer.send(settings.topics.events, key=b"bad", value=value)
+    producer.flush()
+    producer.close()
+
+    worker = Worker(settings, encoder=encoder)
+    port = worker.serve_metrics()
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    total = len(events) + 1 + len(MALFORMED)
+    registry = worker.metrics.registry
+    # Prometheus scrapes from the start, so every rate() sees the counters grow.
+    with PrometheusServer([f"127.0.0.1:{port}"], rule_files=RULE_FILES,
+                          scrape_interval="1s") as prom:
+        thread.start()
+        try:
+            deadline = time.monotonic() + 120
+            while worker.report.events < total:
+                assert time.monotonic() < deadline and thread.is_alive(), worker.report
+                time.sleep(0.1)
+            # The worker is caught up, so its counters are final: wait for a scrape of them.
+            n_imp = sum(1 for e in events if not isinstance(e, Click))
+            prom.wait_for('fairstream_events_consumed_total{type="impression"}',
+                          lambda s: s and s[0].value == n_imp, timeout=30)
+
+            def final(family, label):
+                return lambda samples: samples and all(
+                    s.value == registry.get_sample_value(family, {label: s.labels[label]})
+                    for s in samples)
+
+            rewards = prom.wait_for("fairstream_rewards_sum_total",
+                                    final("fairstream_rewards_sum_total", "user_group"))
+            assert sum(s.value for s in rewards if s.labels["user_group"].startswith("gender"))\
+                > 0
+            # Enough scrapes for every rate() window to hold two samples.
+            prom.wait_for("count_over_time(fairstream_events_consumed_total"
+                          '{type="impression"}[1m])', lambda s: s and s[0].value >= 3)
+            joined = {s.labels["user_group"]: s.value
+                      for s in prom.query("fairstream_rewards_joined_total")}
+            assert {"gender=F", "gender=M"} <= joined.keys()
+            exposure = {s.labels["item_group"]: s.value for s in prom.wait_for(
+                "fairstream_exposure_total", final("fairstream_exposure_total", "item_group"))}
+            assert exposure.keys() == {"head", "tail"}
+            assert min(exposure.values()) > 0
+            rejected = {s.labels["reason"]: s.value
+                        for s in prom.query("fairstream_events_rejected_total")}
+            assert rejected == {**dict.fromkeys(MALFORMED, 1.0), "oversize": 0.0}
+
+            checked, pending = [], []
+            for title, expr in dashboard_queries():
+                if _pending(expr):
+                    pending.append(title)
+                    continue
+                samples = prom.query(expr)
+                assert samples, f"panel {title!r}: {expr} returned no data"
+                assert any(s.value == s.value for s in samples), f"panel {title!r} is all NaN"
+                checked.append(title)
+            assert len(checked) >= 15, checked
+            # The recording rules evaluate on the live data too.
+            share = prom.wait_for("job_item_group:fairstream_exposure_share:ratio_rate5m",
+                                  lambda s: s and all(x.value == x.value for x in s), timeout=30)
+            assert sum(s.value for s in share) == pytest.approx(1.0)
+        finally:
+            stop.set()
+            thread.join(timeout=60)
