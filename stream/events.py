@@ -158,7 +158,8 @@ class EventCodec:
     def _validate_impression(self, event: Impression, known_items: Container[str] | None) -> None:
         n = len(event.items)
         if n == 0 or n > self.max_slate:
-            raise InvalidEvent("invalid_field", f"items has {n} entries, expected 1..{self.max_slate}")
+            raise InvalidEvent("invalid_field",
+                               f"items has {n} entries, expected 1..{self.max_slate}")
         if len(event.propensities) != n:
             raise InvalidEvent(
                 "invalid_field",

@@ -102,7 +102,7 @@ class RewardJoiner:
 
     def flush(self) -> list[Pending]:
         """Close every open impression (end of a bounded run), in (ts, arrival) order."""
-        everything = sorted((entry for s in self._partitions.values() for entry in s.heap))
+        everything = sorted(entry for s in self._partitions.values() for entry in s.heap)
         for state in self._partitions.values():
             state.heap.clear()
         return [self._open.pop(request_id) for _, _, request_id in everything]

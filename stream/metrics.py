@@ -99,6 +99,36 @@ class Metrics:
             "Version number of the worker's current policy.",
             registry=r,
         )
+        self.policies_published = Counter(
+            "fairstream_policy_published_total",
+            "Signed policy bundles published to fairstream.policies.",
+            registry=r,
+        )
+        self.policy_last_published = Gauge(
+            "fairstream_policy_last_published_timestamp_seconds",
+            "Unix time of the last policy publication.",
+            registry=r,
+        )
+        self.exposure_disparity = Gauge(
+            "fairstream_fairness_exposure_disparity",
+            "Exposure/merit disparity over item groups in the current window (0 = parity).",
+            registry=r,
+        )
+        self.disparity_target = Gauge(
+            "fairstream_fairness_disparity_target",
+            "Configured target for the exposure/merit disparity.",
+            registry=r,
+        )
+        self.reward_rate = Gauge(
+            "fairstream_fairness_reward_rate",
+            "Reward rate per user group in the current window.",
+            ["user_group"], registry=r,
+        )
+        self.exposure_share = Gauge(
+            "fairstream_fairness_exposure_share",
+            "Position-weighted exposure share per item group in the current window.",
+            ["item_group"], registry=r,
+        )
         # Series that exist from the start read as 0, not as missing, so the first
         # increase shows up in rate() instead of hiding in a series' first sample.
         from stream.events import REASONS

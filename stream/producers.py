@@ -34,7 +34,7 @@ def popularity_group(ml: MovieLens) -> dict[str, str]:
     count = dict(zip(ids.tolist(), counts.tolist(), strict=True))
     all_counts = np.array([count.get(i, 0) for i in ml.items.item_id.tolist()])
     order = np.argsort(-all_counts, kind="stable")
-    head = set(ml.items.item_id[order[: int(round(HEAD_SHARE * len(order)))]].tolist())
+    head = set(ml.items.item_id[order[: round(HEAD_SHARE * len(order))]].tolist())
     return {i: ("head" if i in head else "tail") for i in ml.items.item_id.tolist()}
 
 

@@ -125,6 +125,13 @@ class WorkerSettings(_Section):
 
 class PolicySettings(_Section):
     signing_key: str = "fairstream-dev-key-change-me"
+    publish_every_updates: int = 5_000
+    publish_every_s: float = 10.0
+
+
+class FairnessSettings(_Section):
+    window: int = 1_000
+    disparity_target: float = 0.1
 
 
 class Settings(_Section):
@@ -137,6 +144,7 @@ class Settings(_Section):
     bandit: BanditSettings = msgspec.field(default_factory=BanditSettings)
     worker: WorkerSettings = msgspec.field(default_factory=WorkerSettings)
     policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
+    fairness: FairnessSettings = msgspec.field(default_factory=FairnessSettings)
 
     @property
     def embedding_cache_dir(self) -> Path:
@@ -179,6 +187,8 @@ def _check_ranges(s: Settings) -> None:
         "bandit.slate_size": s.bandit.slate_size,
         "worker.checkpoint_every_events": s.worker.checkpoint_every_events,
         "worker.poll_max_records": s.worker.poll_max_records,
+        "policy.publish_every_updates": s.policy.publish_every_updates,
+        "fairness.window": s.fairness.window,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -215,8 +225,9 @@ def load_settings(path: str | os.PathLike[str] | None = None,
             continue
         section, sep, key = name[len(ENV_PREFIX):].lower().partition("__")
         if not sep or section not in _SECTIONS:
-            raise ConfigError(f"unknown setting {section}.{key} (from {name})" if sep
-                              else f"environment variable {name} is not FAIRSTREAM_<SECTION>__<KEY>")
+            raise ConfigError(
+                f"unknown setting {section}.{key} (from {name})" if sep
+                else f"environment variable {name} is not FAIRSTREAM_<SECTION>__<KEY>")
         if key not in _SECTIONS[section].__struct_fields__:
             raise ConfigError(f"unknown setting {section}.{key} (from {name})")
         overrides.setdefault(section, {})[key] = value

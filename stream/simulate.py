@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from bandits import position_weights
 from learners import user_groups
 from stream.data import MovieLens
 from stream.events import Click, Event, Impression
-from stream.state import position_weight
 
 #: recommend(user_id, user_attrs, candidates, k, rng, now) -> (items, propensities, version)
 Recommend = Callable[[str, dict[str, Any], Sequence[str], int, np.random.Generator, float],
@@ -129,9 +129,9 @@ class MovieLensSimulator:
             acc = res.group_reward.setdefault(f"{key}={value}", [0.0, 0.0])
             acc[0] += sum(rewards)
             acc[1] += len(items)
-        for pos, it in enumerate(items, start=1):
+        for it, weight in zip(items, position_weights(len(items)), strict=True):
             g = self.item_group.get(it, "unknown")
-            res.exposure[g] = res.exposure.get(g, 0.0) + position_weight(pos)
+            res.exposure[g] = res.exposure.get(g, 0.0) + float(weight)
         res.candidates += len(cands)
         res.candidate_tail += sum(self.item_group.get(c) == "tail" for c in cands)
 

@@ -9,24 +9,25 @@ server ask it for slates.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from bandits import Policy, dump_snapshot, load_snapshot, policy_from_config
+from bandits import (
+    FairnessTracker,
+    Policy,
+    dump_snapshot,
+    load_snapshot,
+    policy_from_config,
+    position_weights,
+)
 from learners import Adapter, Encoder, FeatureMap, ProfileStore, user_groups
 from stream.checkpoint import Checkpoint
 from stream.events import CatalogItem, Click, Event, Impression, Purchase
 from stream.join import Pending, RewardJoiner, SeenIds
 from stream.settings import Settings
-
-
-def position_weight(position: int) -> float:
-    """Exposure of a 1-based slate position (DCG-style): 1/log2(1 + position)."""
-    return 1.0 / math.log2(1.0 + position)
 
 
 class Catalog:
@@ -99,8 +100,9 @@ class LearningState:
         self.joiner = RewardJoiner(ev.attribution_window_s,
                                    {"click": ev.click_weight, "purchase": ev.purchase_weight})
         self.seen = SeenIds(ev.dedup_capacity)
+        self.fairness = FairnessTracker(window=settings.fairness.window)
         self.offsets: dict[int, int] = {}
-        self.version = 0
+        self.version = 0  # of the last published policy
         self._adapted = np.zeros((0, fmap.k_item))
 
     # -- construction -------------------------------------------------------------------------
@@ -156,14 +158,17 @@ class LearningState:
         for p in closed:
             xs.append(self.features(p.user_id, p.user, p.items, p.ts))
             rs.extend(p.rewards)
-            for label in _user_labels(p.user):
+            labels = _user_labels(p.user)
+            for label in labels:
                 acc = learned.reward_by_user_group.setdefault(label, [0.0, 0.0])
                 acc[0] += sum(p.rewards)
                 acc[1] += len(p.rewards)
-            for pos, (item, reward) in enumerate(zip(p.items, p.rewards, strict=True), start=1):
-                group = self.catalog.group_of(item)
+            groups = [self.catalog.group_of(item) for item in p.items]
+            self.fairness.observe(groups, p.rewards, labels)
+            for group, weight in zip(groups, position_weights(len(groups)), strict=True):
                 learned.exposure_by_item_group[group] = (
-                    learned.exposure_by_item_group.get(group, 0.0) + position_weight(pos))
+                    learned.exposure_by_item_group.get(group, 0.0) + float(weight))
+            for item, reward in zip(p.items, p.rewards, strict=True):
                 if reward > 0:
                     self.profiles.observe(p.user_id, emb[self.catalog.index[item]], reward,
                                           now=p.ts)

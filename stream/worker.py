@@ -11,10 +11,13 @@ event and counts none twice. SIGTERM drains, checkpoints and exits 0.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
@@ -22,6 +25,7 @@ from prometheus_client import start_http_server
 
 from learners import Encoder
 from learners.features import AGE_BUCKETS, GENDERS
+from stream.bundle import dump_bundle
 from stream.checkpoint import read_checkpoint, write_checkpoint
 from stream.events import EventCodec, Impression, decode_catalog_item
 from stream.exceptions import InvalidEvent
@@ -81,10 +85,12 @@ class Worker:
         self.ready = threading.Event()
         self.consumer: KafkaConsumer | None = None
         self._items: KafkaConsumer | None = None
-        self._dlq: KafkaProducer | None = None
+        self._producer: KafkaProducer | None = None
         self._metrics_server = None
         self._last_checkpoint = time.monotonic()
         self._since_checkpoint = 0
+        self._last_publish = time.monotonic()
+        self._since_publish = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -126,6 +132,10 @@ class Worker:
                 elif idle_exit_s is not None and self._caught_up() \
                         and now - idle_since >= idle_exit_s:
                     break
+                if self._since_publish and (
+                        self._since_publish >= s.policy.publish_every_updates
+                        or now - self._last_publish >= s.policy.publish_every_s):
+                    self.publish()
                 if (self._since_checkpoint >= s.worker.checkpoint_every_events
                         or now - self._last_checkpoint >= s.worker.checkpoint_every_s):
                     self.checkpoint()
@@ -133,6 +143,8 @@ class Worker:
             if flush_on_exit:
                 with self.lock:
                     self._learn(self.state.joiner.flush())
+            if self._since_publish:
+                self.publish()
             self.checkpoint()
         finally:
             self.report.elapsed_s = time.monotonic() - started
@@ -143,10 +155,10 @@ class Worker:
         for client in (self.consumer, self._items):
             if client is not None:
                 client.close()
-        if self._dlq is not None:
-            self._dlq.flush()
-            self._dlq.close()
-        self.consumer = self._items = self._dlq = None
+        if self._producer is not None:
+            self._producer.flush()
+            self._producer.close()
+        self.consumer = self._items = self._producer = None
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server = None
@@ -164,7 +176,7 @@ class Worker:
                                     client_id=f"{k.client_id}-catalog")
         self._items.assign([TopicPartition(self.settings.topics.items, 0)])
         self._items.seek_to_beginning()
-        self._dlq = KafkaProducer(bootstrap_servers=k.bootstrap, acks="all", linger_ms=20,
+        self._producer = KafkaProducer(bootstrap_servers=k.bootstrap, acks="all", linger_ms=20,
                                   client_id=f"{k.client_id}-dlq")
 
     def _restore(self) -> None:
@@ -253,7 +265,7 @@ class Worker:
         self.report.rejected += 1
         headers = [("reason", exc.reason.encode()), ("detail", exc.detail[:1000].encode()),
                    ("source", f"{tp.topic}/{tp.partition}/{record.offset}".encode())]
-        self._dlq.send(self.settings.topics.dlq, key=record.key, value=record.value,
+        self._producer.send(self.settings.topics.dlq, key=record.key, value=record.value,
                        headers=headers)
         log.debug("dead-lettered %s/%d/%d: %s", tp.topic, tp.partition, record.offset, exc)
 
@@ -263,12 +275,42 @@ class Worker:
         self.metrics.bandit_update_seconds.observe(time.perf_counter() - t0)
         self.metrics.bandit_updates.inc(learned.rows)
         self.report.rows_learned += learned.rows
+        self._since_publish += learned.rows
         for group, (total, n) in learned.reward_by_user_group.items():
             self.metrics.reward_sum.labels(user_group=group).inc(total)
             self.metrics.impressions_joined.labels(user_group=group).inc(n)
         for group, exposure in learned.exposure_by_item_group.items():
             self.metrics.exposure.labels(item_group=group).inc(exposure)
         return learned
+
+    def publish(self) -> None:
+        """Publish the current policy as a signed bundle, and the window's fairness figures."""
+        s = self.settings
+        with self.lock:
+            self.state.version += 1
+            bundle = dump_bundle(self.state.policy, self.state.fmap,
+                                 key=s.policy.signing_key.encode(), version=self.state.version)
+            report = self.state.fairness.window_report()
+        self._producer.send(s.topics.policies, key=s.kafka.group_id.encode(), value=bundle)
+        fairness = {"policy_version": self.state.version, "ts": time.time(),
+                    "window": asdict(report),
+                    "disparity_target": s.fairness.disparity_target}
+        self._producer.send(s.topics.fairness, key=s.kafka.group_id.encode(),
+                            value=_json(fairness))
+        self.metrics.policies_published.inc()
+        self.metrics.policy_last_published.set(time.time())
+        self.metrics.policy_version.set(self.state.version)
+        self.metrics.disparity_target.set(s.fairness.disparity_target)
+        if report.disparity == report.disparity:  # NaN until some reward has been seen
+            self.metrics.exposure_disparity.set(report.disparity)
+        for group, share in report.exposure_share.items():
+            self.metrics.exposure_share.labels(item_group=group).set(share)
+        for group, rate in report.reward_rate.items():
+            self.metrics.reward_rate.labels(user_group=group).set(rate)
+        self._last_publish = time.monotonic()
+        self._since_publish = 0
+        log.info("published policy v%d (%s, %d updates)", self.state.version,
+                 self.state.fmap.feature_space, self.state.policy.n_updates)
 
     def _update_lag(self) -> None:
         for tp in self.consumer.assignment():
@@ -298,12 +340,10 @@ class Worker:
         """Write state + offsets atomically, then (optionally) commit those offsets."""
         t0 = time.perf_counter()
         with self.lock:
-            self.state.version += 1
             ck = self.state.to_checkpoint()
             write_checkpoint(self.settings.worker.checkpoint_path, ck)
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
         self.metrics.checkpoints.inc()
-        self.metrics.policy_version.set(self.state.version)
         self._last_checkpoint = time.monotonic()
         self._since_checkpoint = 0
         if commit:
@@ -323,3 +363,18 @@ class Worker:
             self.consumer.commit(to_commit)
         except KafkaError as exc:
             log.warning("offset commit failed (checkpoint is intact): %s", exc)
+
+
+def _json(obj: Any) -> bytes:
+    """JSON with NaN (an undefined ratio) written as null, as strict JSON requires."""
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(obj), allow_nan=False).encode()

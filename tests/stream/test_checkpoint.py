@@ -24,7 +24,7 @@ def test_missing_is_none_and_garbage_is_an_error(tmp_path):
     assert read_checkpoint(tmp_path / "none.npz") is None
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="bad.npz"):
+    with pytest.raises(CheckpointError, match=r"bad\.npz"):
         read_checkpoint(bad)
 
 

@@ -18,7 +18,7 @@ from kafka.partitioner.default import murmur2
 
 from stream.checkpoint import read_checkpoint
 from stream.demo import MALFORMED
-from stream.events import Click, EventCodec
+from stream.events import Click
 from stream.producers import (
     catalog_items,
     make_producer,
@@ -76,7 +76,7 @@ def loaded(make_settings, movielens):
     duplicate = next(e for e in events if isinstance(e, Click))
     publish_events(settings, iter([*events[:100], duplicate, *events[100:]]), progress=False)
     producer = make_producer(settings)
-    for reason, value in MALFORMED.items():
+    for _reason, value in MALFORMED.items():
         producer.send(settings.topics.events, key=b"bad", value=value, headers=[])
     producer.send(settings.topics.events, key=b"bad", value=b"x" * (settings.events.max_bytes + 1))
     producer.flush()
