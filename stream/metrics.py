@@ -129,6 +129,31 @@ class Metrics:
             "Position-weighted exposure share per item group in the current window.",
             ["item_group"], registry=r,
         )
+        self.finetunes = Counter(
+            "fairstream_finetunes_total",
+            "Adapter fine-tunes that finished, by outcome (swapped in, or rejected).",
+            ["outcome"], registry=r,
+        )
+        self.finetune_failures = Counter(
+            "fairstream_finetune_failures_total",
+            "Adapter fine-tunes that raised an error.",
+            registry=r,
+        )
+        self.finetune_seconds = Histogram(
+            "fairstream_finetune_duration_seconds",
+            "Wall time of one background adapter fine-tune.",
+            buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600), registry=r,
+        )
+        self.finetune_loss = Gauge(
+            "fairstream_finetune_loss",
+            "Replay-buffer log-loss of the reward model after the last fine-tune.",
+            registry=r,
+        )
+        self.drift_detected = Counter(
+            "fairstream_drift_detected_total",
+            "Reward-stream changes flagged by ADWIN, by segment (user group).",
+            ["segment"], registry=r,
+        )
         # Series that exist from the start read as 0, not as missing, so the first
         # increase shows up in rate() instead of hiding in a series' first sample.
         from stream.events import REASONS
@@ -137,6 +162,8 @@ class Metrics:
             self.events_consumed.labels(type=kind)
         for reason in REASONS:
             self.events_rejected.labels(reason=reason)
+        for outcome in ("swapped", "rejected"):
+            self.finetunes.labels(outcome=outcome)
 
     def declare_groups(self, user_groups: Iterable[str], item_groups: Iterable[str]) -> None:
         """Create the per-group series at 0 for the groups known up front."""

@@ -129,6 +129,19 @@ class PolicySettings(_Section):
     publish_every_s: float = 10.0
 
 
+class FineTuneSettings(_Section):
+    enabled: bool = True
+    every_updates: int = 20_000   # bandit rows learned between fine-tunes (0 = never)
+    every_s: float = 0.0          # also every this many seconds (0 = off)
+    steps: int = 200
+    batch_size: int = 256
+    lr: float = 1e-3
+    buffer_capacity: int = 50_000
+    min_rows: int = 1_000
+    duty_cycle: float = 0.0       # share of wall time the trainer may use; 0 = auto
+    drift_delta: float = 0.002    # ADWIN confidence; a detected shift triggers a fine-tune
+
+
 class FairnessSettings(_Section):
     window: int = 1_000
     disparity_target: float = 0.1
@@ -145,6 +158,7 @@ class Settings(_Section):
     worker: WorkerSettings = msgspec.field(default_factory=WorkerSettings)
     policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
     fairness: FairnessSettings = msgspec.field(default_factory=FairnessSettings)
+    finetune: FineTuneSettings = msgspec.field(default_factory=FineTuneSettings)
 
     @property
     def embedding_cache_dir(self) -> Path:
@@ -189,6 +203,10 @@ def _check_ranges(s: Settings) -> None:
         "worker.poll_max_records": s.worker.poll_max_records,
         "policy.publish_every_updates": s.policy.publish_every_updates,
         "fairness.window": s.fairness.window,
+        "finetune.steps": s.finetune.steps,
+        "finetune.batch_size": s.finetune.batch_size,
+        "finetune.lr": s.finetune.lr,
+        "finetune.buffer_capacity": s.finetune.buffer_capacity,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -199,6 +217,10 @@ def _check_ranges(s: Settings) -> None:
             raise ConfigError(f"{key} must be in (0, 1], got {value}")
     if not 0.0 <= s.bandit.epsilon <= 1.0:
         raise ConfigError(f"bandit.epsilon must be in [0, 1], got {s.bandit.epsilon}")
+    if not 0.0 <= s.finetune.duty_cycle <= 1.0:
+        raise ConfigError(f"finetune.duty_cycle must be in [0, 1], got {s.finetune.duty_cycle}")
+    if not 0.0 < s.finetune.drift_delta < 1.0:
+        raise ConfigError(f"finetune.drift_delta must be in (0, 1), got {s.finetune.drift_delta}")
     if s.events.attribution_window_s < 0:
         raise ConfigError("events.attribution_window_s must be >= 0")
 

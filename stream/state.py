@@ -23,7 +23,17 @@ from bandits import (
     policy_from_config,
     position_weights,
 )
-from learners import Adapter, Encoder, FeatureMap, ProfileStore, user_groups
+from learners import (
+    Adapter,
+    DriftMonitor,
+    Encoder,
+    FeatureMap,
+    FineTuneResult,
+    ProfileStore,
+    ReplayBuffer,
+    refit_statistics,
+    user_groups,
+)
 from stream.checkpoint import Checkpoint
 from stream.events import CatalogItem, Click, Event, Impression, Purchase
 from stream.join import Pending, RewardJoiner, SeenIds
@@ -101,6 +111,13 @@ class LearningState:
                                    {"click": ev.click_weight, "purchase": ev.purchase_weight})
         self.seen = SeenIds(ev.dedup_capacity)
         self.fairness = FairnessTracker(window=settings.fairness.window)
+        ft = settings.finetune
+        # What a fine-tune trains on and the bandit is rebuilt from (NeuralLinear). Not in
+        # checkpoints: after a restart it refills before the next fine-tune is due.
+        self.buffer = (ReplayBuffer(capacity=ft.buffer_capacity, seed=feat.seed,
+                                    emb_dim=catalog.embeddings.shape[1])
+                       if ft.enabled else None)
+        self.drift = DriftMonitor(delta=ft.drift_delta)
         self.offsets: dict[int, int] = {}
         self.version = 0  # of the last published policy
         self._adapted = np.zeros((0, fmap.k_item))
@@ -127,10 +144,11 @@ class LearningState:
         return self._adapted[rows]
 
     def features(self, user_id: str, user: dict[str, Any], item_ids: Sequence[str],
-                 now: float) -> np.ndarray:
+                 now: float, profile: np.ndarray | None = None) -> np.ndarray:
         rows = np.fromiter((self.catalog.index[i] for i in item_ids), dtype=np.intp,
                            count=len(item_ids))
-        profile = self.profiles.get(user_id, now=now)
+        if profile is None:
+            profile = self.profiles.get(user_id, now=now)
         return self.fmap.transform(None, profile, user, adapted_items=self.adapted_items(rows))
 
     def observe(self, event: Event, partition: int) -> list[Pending]:
@@ -156,7 +174,8 @@ class LearningState:
         xs, rs = [], []
         emb = self.catalog.embeddings
         for p in closed:
-            xs.append(self.features(p.user_id, p.user, p.items, p.ts))
+            profile = self.profiles.get(p.user_id, now=p.ts)
+            xs.append(self.features(p.user_id, p.user, p.items, p.ts, profile))
             rs.extend(p.rewards)
             labels = _user_labels(p.user)
             for label in labels:
@@ -168,7 +187,11 @@ class LearningState:
             for group, weight in zip(groups, position_weights(len(groups)), strict=True):
                 learned.exposure_by_item_group[group] = (
                     learned.exposure_by_item_group.get(group, 0.0) + float(weight))
+            segment = labels[0] if labels else "all"
             for item, reward in zip(p.items, p.rewards, strict=True):
+                self.drift.update(reward, segment)
+                if self.buffer is not None:
+                    self.buffer.add(emb[self.catalog.index[item]], profile, p.user, reward)
                 if reward > 0:
                     self.profiles.observe(p.user_id, emb[self.catalog.index[item]], reward,
                                           now=p.ts)
@@ -177,6 +200,26 @@ class LearningState:
             self.policy.update(X, np.asarray(rs, dtype=np.float64))
             learned.rows = len(X)
         return learned
+
+    def swap(self, result: FineTuneResult) -> bool:
+        """Adopt a fine-tuned feature map (NeuralLinear): rebuild the bandit in the new space
+        from the replay buffer — the rows the run trained on plus those added since — and
+        switch map and policy together. Returns False (and keeps the old pair) when the
+        new space does not predict rewards better, or the run started from another space."""
+        if result.previous_feature_space != self.fmap.feature_space:
+            return False
+        if not result.loss_after < result.loss_before:
+            return False
+        X_new, r_new = refit_statistics(self.buffer.rows_since(result.snapshot_seen),
+                                        result.fmap)
+        policy = _new_policy(self.settings, result.fmap)
+        X = np.vstack([result.X, X_new]) if result.X is not None else X_new
+        r = np.concatenate([result.r, r_new]) if result.r is not None else r_new
+        if len(X):
+            policy.update(X, r)
+        self.fmap, self.policy = result.fmap, policy
+        self._adapted = np.zeros((0, result.fmap.k_item))
+        return True
 
     # -- deciding -----------------------------------------------------------------------------
 

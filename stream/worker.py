@@ -23,7 +23,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from prometheus_client import start_http_server
 
-from learners import Encoder
+from learners import Encoder, FineTuneError, FineTuner
 from learners.features import AGE_BUCKETS, GENDERS
 from stream.bundle import dump_bundle
 from stream.checkpoint import read_checkpoint, write_checkpoint
@@ -91,6 +91,14 @@ class Worker:
         self._since_checkpoint = 0
         self._last_publish = time.monotonic()
         self._since_publish = 0
+        ft = settings.finetune
+        self.tuner = FineTuner(
+            steps=ft.steps, batch_size=ft.batch_size, lr=ft.lr, device=settings.model.device,
+            every_events=ft.every_updates or None, every_seconds=ft.every_s or None,
+            min_rows=ft.min_rows, seed=settings.features.seed,
+            duty_cycle=ft.duty_cycle or None,
+        ) if ft.enabled else None
+        self._drift_seen: dict[str, int] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -126,6 +134,7 @@ class Worker:
         try:
             while not stop.is_set():
                 n = self.step()
+                self._fine_tune()
                 now = time.monotonic()
                 if n:
                     idle_since = now
@@ -148,6 +157,8 @@ class Worker:
             self.checkpoint()
         finally:
             self.report.elapsed_s = time.monotonic() - started
+            if self.tuner is not None:
+                self.tuner.cancel()
             self.close()
         return self.report
 
@@ -282,6 +293,38 @@ class Worker:
         for group, exposure in learned.exposure_by_item_group.items():
             self.metrics.exposure.labels(item_group=group).inc(exposure)
         return learned
+
+    def _fine_tune(self) -> None:
+        """Start a background fine-tune when due; adopt a finished one (NeuralLinear swap)."""
+        if self.tuner is None:
+            return
+        state = self.state
+        for segment, count in state.drift.detections.items():
+            new = count - self._drift_seen.get(segment, 0)
+            if new:
+                self.metrics.drift_detected.labels(segment=str(segment)).inc(new)
+                self._drift_seen[segment] = count
+        try:
+            result = self.tuner.poll()
+        except FineTuneError as exc:
+            self.metrics.finetune_failures.inc()
+            log.error("%s", exc)
+            return
+        if result is None:
+            self.tuner.maybe_start(state.buffer, state.fmap, events_seen=self.report.rows_learned,
+                                   drift=state.drift.consume())
+            return
+        self.metrics.finetune_seconds.observe(result.train_seconds)
+        with self.lock:
+            swapped = state.swap(result)
+        self.metrics.finetunes.labels(outcome="swapped" if swapped else "rejected").inc()
+        log.info("fine-tune (%s, %d rows, %d steps, %.1fs): log-loss %.4f -> %.4f; %s",
+                 result.trigger, result.rows, result.steps, result.train_seconds,
+                 result.loss_before, result.loss_after,
+                 f"now in {result.feature_space}" if swapped else "kept the current space")
+        if swapped:
+            self.metrics.finetune_loss.set(result.loss_after)
+            self.publish()
 
     def publish(self) -> None:
         """Publish the current policy as a signed bundle, and the window's fairness figures."""

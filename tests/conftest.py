@@ -66,6 +66,9 @@ def make_settings(broker, data_cache, embedding_cache, tmp_path):
             model={"device": "cpu", "embedding_cache": str(embedding_cache)},
             worker={"checkpoint_path": str(tmp_path / f"ckpt-{n}.npz"), "metrics_port": 0,
                     "checkpoint_every_s": 1.0, "poll_timeout_ms": 100},
+            # Background fine-tunes land at wall-clock moments; tests that compare exact
+            # statistics run without them, and the fine-tune tests turn them on.
+            finetune={"enabled": False},
         )
         return base.replace(**sections) if sections else base
 

@@ -1,0 +1,80 @@
+"""The worker's NeuralLinear loop on the real broker, model and MovieLens events."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from learners import refit_statistics
+from stream.bundle import load_bundle
+from stream.producers import catalog_items, publish_catalog, publish_events, replay_events
+from stream.topics import ensure_topics
+from stream.worker import Worker
+
+pytestmark = [pytest.mark.broker, pytest.mark.model]
+
+
+def latest_bundle(settings):
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False)
+    consumer.assign([TopicPartition(settings.topics.policies, 0)])
+    consumer.seek_to_beginning()
+    last, deadline = None, time.monotonic() + 10
+    while time.monotonic() < deadline:
+        batch = consumer.poll(300)
+        if not batch and last is not None:
+            break
+        for records in batch.values():
+            last = records[-1].value
+    consumer.close()
+    return load_bundle(last, key=settings.policy.signing_key.encode(), dim=settings.features.dim)
+
+
+def test_fine_tune_swaps_feature_space_and_rebuilds_the_bandit_from_the_buffer(
+        make_settings, movielens, encoder):
+    settings = make_settings(
+        finetune={"enabled": True, "every_updates": 1500, "min_rows": 500, "steps": 80,
+                  "duty_cycle": 1.0},
+        events={"attribution_window_s": 60.0},
+        policy={"publish_every_s": 3600.0, "publish_every_updates": 10**9},
+    )
+    ensure_topics(settings)
+    publish_catalog(settings, catalog_items(movielens))
+    events = list(replay_events(movielens, limit=2500))
+    publish_events(settings, iter(events), progress=False)
+
+    worker = Worker(settings, encoder=encoder)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    assert worker.ready.wait(60)
+    initial_space = worker.state.fmap.feature_space  # the PCA projection's
+    finetunes = worker.metrics.finetunes
+    deadline = time.monotonic() + 150
+    while (finetunes.labels(outcome="swapped")._value.get()
+           + finetunes.labels(outcome="rejected")._value.get()) < 1:
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.2)
+    # Let the worker go idle, so nothing is learned after the swap we inspect.
+    while worker.report.events < len(events):
+        time.sleep(0.1)
+    stop.set()
+    thread.join(timeout=60)
+
+    assert finetunes.labels(outcome="swapped")._value.get() == 1
+    state = worker.state
+    assert state.policy.feature_space == state.fmap.feature_space != initial_space
+    # NeuralLinear: the bandit is exactly a fresh one fed the whole buffer in the new space.
+    X, r = refit_statistics(state.buffer, state.fmap)
+    lam = settings.bandit.lam
+    np.testing.assert_allclose(state.policy.A, lam * np.eye(X.shape[1]) + X.T @ X,
+                               rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(state.policy.b, X.T @ r, rtol=1e-9, atol=1e-9)
+    assert worker.metrics.registry.get_sample_value("fairstream_finetune_loss") > 0
+    # The swap was published: the latest bundle scores in the new feature space.
+    bundle = latest_bundle(settings)
+    assert bundle.feature_space == state.fmap.feature_space
+    assert bundle.policy.n_updates == state.policy.n_updates
