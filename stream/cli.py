@@ -11,6 +11,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from stream.exceptions import FairstreamError
 from stream.settings import Settings, load_settings
 
@@ -97,6 +99,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _emit(results: dict, json_path: Path | None) -> None:
+    """Print figures as an aligned table; also write them as JSON when asked."""
+    width = max(map(len, results), default=0)
+    for key, value in results.items():
+        shown = f"{value:,.3f}" if isinstance(value, float) else str(value)
+        print(f"  {key:<{width}}  {shown}")
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(f"written: {json_path}")
+
+
+def cmd_bench_learners(args: argparse.Namespace) -> int:
+    from bandits import LinUCB
+    from learners import run_learners_bench
+
+    settings = _settings(args)
+    # The consumer loop under test updates the real LinUCB (Sherman–Morrison), as a worker does.
+    policy = LinUCB(dim=settings.features.dim, alpha=settings.bandit.alpha, lam=settings.bandit.lam)
+    results = run_learners_bench(
+        n_items=args.items, device=args.device or settings.model.device, progress=True,
+        dim=settings.features.dim, cache_dir=Path(args.cache) if args.cache else None,
+        update=lambda x, r: policy.update(x[None, :], np.array([r])))
+    print("fairstream bench learners")
+    _emit(results, args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fairstream", description=__doc__)
     p.add_argument("--config", type=Path, help="settings TOML (FAIRSTREAM_* env overrides)")
@@ -135,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--exit-when-idle", type=float, metavar="SECONDS",
                    help="exit once caught up and idle this long (batch runs)")
     w.set_defaults(func=cmd_worker)
+
+    bench = sub.add_parser("bench", help="benchmarks (figures beside a same-run baseline)")
+    bsub = bench.add_subparsers(dest="what", required=True)
+    bl = bsub.add_parser("learners", help="embedding, fine-tune and consumer-stall figures")
+    bl.add_argument("--items", type=int, default=2000, help="catalog items to embed")
+    bl.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    bl.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    bl.add_argument("--cache", help="embedding cache dir (default: a fresh temporary one)")
+    bl.set_defaults(func=cmd_bench_learners)
 
     dm = sub.add_parser("demo", help="closed-loop demo on MovieLens-100K, all embedded")
     dm.add_argument("--events", type=int, help="arrivals to simulate (default: all 100,000)")
