@@ -170,5 +170,6 @@ class Metrics:
         for group in user_groups:
             self.impressions_joined.labels(user_group=group)
             self.reward_sum.labels(user_group=group)
+            self.drift_detected.labels(segment=group)
         for group in item_groups:
             self.exposure.labels(item_group=group)

@@ -13,15 +13,6 @@ METRICS_PY = REPO_ROOT / "stream" / "metrics.py"
 # Metrics announced but not yet in stream/metrics.py: (name, type). Remove an entry
 # once the metric is defined there.
 COMING_SOON: dict[str, str] = {
-    "fairstream_policy_published_total": "counter",
-    "fairstream_policy_last_published_timestamp_seconds": "gauge",
-    "fairstream_finetune_duration_seconds": "histogram",
-    "fairstream_finetune_loss": "gauge",
-    "fairstream_finetune_failures_total": "counter",
-    "fairstream_finetunes_total": "counter",
-    "fairstream_drift_detected_total": "counter",
-    "fairstream_fairness_exposure_disparity": "gauge",
-    "fairstream_fairness_disparity_target": "gauge",
     "fairstream_serve_request_duration_seconds": "histogram",
     "fairstream_serve_requests_total": "counter",
 }
