@@ -127,6 +127,45 @@ def cmd_bench_learners(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from stream.serve import run_server
+
+    return run_server(_settings(args), host=args.host, port=args.port)
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from stream.serve import run_serve_bench
+
+    results = run_serve_bench(_settings(args), bootstrap=args.bootstrap, requests=args.requests,
+                              duration_s=args.duration, rate=args.rate,
+                              n_candidates=args.candidates, progress=True)
+    print("fairstream bench serve")
+    _emit(results, args.json)
+    return 0
+
+
+def cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    from stream.evaluate.pipeline import run_pipeline_bench
+
+    settings = _settings(args)
+    results = run_pipeline_bench(settings, events=args.events, out_dir=args.out,
+                                 json_path=args.json, progress=True,
+                                 bootstrap=args.bootstrap)
+    print("fairstream bench pipeline")
+    _emit({k: v for k, v in results.items() if not isinstance(v, dict | list)}, None)
+    return 0
+
+
+def cmd_eval_ope(args: argparse.Namespace) -> int:
+    from stream.evaluate.ope import run_eval_ope
+
+    settings = _settings(args)
+    run_eval_ope(settings.data.cache_dir, args.out, json_path=args.json,
+                 bootstrap=args.bootstrap, seed=args.seed, progress=True)
+    print(f"written: {Path(args.out) / 'report.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fairstream", description=__doc__)
     p.add_argument("--config", type=Path, help="settings TOML (FAIRSTREAM_* env overrides)")
@@ -174,6 +213,36 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     bl.add_argument("--cache", help="embedding cache dir (default: a fresh temporary one)")
     bl.set_defaults(func=cmd_bench_learners)
+
+    bs = bsub.add_parser("serve", help="/recommend throughput and latency from a second process")
+    bs.add_argument("--bootstrap", help="use this broker instead of starting one")
+    bs.add_argument("--requests", type=int, default=20_000)
+    bs.add_argument("--duration", type=float, default=10.0, help="seconds per load phase")
+    bs.add_argument("--rate", type=float, default=200.0, help="paced phase, requests/s")
+    bs.add_argument("--candidates", type=int, default=100)
+    bs.add_argument("--json", type=Path)
+    bs.set_defaults(func=cmd_bench_serve)
+    bp = bsub.add_parser("pipeline", help="events/s learned end to end vs the raw consume rate")
+    bp.add_argument("--events", type=int, default=20_000, help="MovieLens ratings to replay")
+    bp.add_argument("--bootstrap", help="use this broker instead of starting one")
+    bp.add_argument("--out", default="runs/bench-pipeline")
+    bp.add_argument("--json", type=Path)
+    bp.set_defaults(func=cmd_bench_pipeline)
+
+    srv = sub.add_parser("serve", help="HTTP API: /recommend on the latest verified policy")
+    srv.add_argument("--bootstrap")
+    srv.add_argument("--host")
+    srv.add_argument("--port", type=int)
+    srv.set_defaults(func=cmd_serve)
+
+    ev = sub.add_parser("eval", help="evaluation against peers, with reports and plots")
+    esub = ev.add_subparsers(dest="what", required=True)
+    eo = esub.add_parser("ope", help="off-policy estimates on the Open Bandit Dataset sample")
+    eo.add_argument("--out", default="runs/eval-ope")
+    eo.add_argument("--json", type=Path)
+    eo.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    eo.add_argument("--seed", type=int, default=0)
+    eo.set_defaults(func=cmd_eval_ope)
 
     dm = sub.add_parser("demo", help="closed-loop demo on MovieLens-100K, all embedded")
     dm.add_argument("--events", type=int, help="arrivals to simulate (default: all 100,000)")

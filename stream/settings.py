@@ -147,6 +147,28 @@ class FairnessSettings(_Section):
     disparity_target: float = 0.1
 
 
+#: Largest slate a request may ask for (a bound, so a request's cost is bounded too).
+MAX_K = 50
+
+
+class ServeSettings(_Section):
+    """``[serve]``: HTTP limits, the admin token, the impression queue and the seed."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_candidates: int = 1000
+    max_k: int = MAX_K
+    max_body_bytes: int = 256 * 1024
+    #: empty = admin endpoints disabled (403); set it from FAIRSTREAM_SERVE__ADMIN_TOKEN
+    admin_token: str = ""
+    #: events (impressions + feedback) waiting for the producer thread; beyond it they drop
+    log_queue_size: int = 10_000
+    #: per-request rng = default_rng([seed, request id]): reproducible from the log
+    seed: int = 0
+    #: verified bundles kept in memory for POST /admin/pin
+    keep_versions: int = 16
+
+
 class Settings(_Section):
     kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
     topics: TopicSettings = msgspec.field(default_factory=TopicSettings)
@@ -159,6 +181,7 @@ class Settings(_Section):
     policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
     fairness: FairnessSettings = msgspec.field(default_factory=FairnessSettings)
     finetune: FineTuneSettings = msgspec.field(default_factory=FineTuneSettings)
+    serve: ServeSettings = msgspec.field(default_factory=ServeSettings)
 
     @property
     def embedding_cache_dir(self) -> Path:
@@ -207,6 +230,10 @@ def _check_ranges(s: Settings) -> None:
         "finetune.batch_size": s.finetune.batch_size,
         "finetune.lr": s.finetune.lr,
         "finetune.buffer_capacity": s.finetune.buffer_capacity,
+        "serve.max_candidates": s.serve.max_candidates,
+        "serve.max_body_bytes": s.serve.max_body_bytes,
+        "serve.log_queue_size": s.serve.log_queue_size,
+        "serve.keep_versions": s.serve.keep_versions,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -221,6 +248,10 @@ def _check_ranges(s: Settings) -> None:
         raise ConfigError(f"finetune.duty_cycle must be in [0, 1], got {s.finetune.duty_cycle}")
     if not 0.0 < s.finetune.drift_delta < 1.0:
         raise ConfigError(f"finetune.drift_delta must be in (0, 1), got {s.finetune.drift_delta}")
+    if not 1 <= s.serve.max_k <= MAX_K:
+        raise ConfigError(f"serve.max_k must be in 1..{MAX_K}, got {s.serve.max_k}")
+    if not 0 <= s.serve.port <= 65535:
+        raise ConfigError(f"serve.port must be in 0..65535, got {s.serve.port}")
     if s.events.attribution_window_s < 0:
         raise ConfigError("events.attribution_window_s must be >= 0")
 

@@ -57,7 +57,8 @@ def test_unreachable_carrier_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")
     monkeypatch.setenv("PIP_RETRIES", "0")
     monkeypatch.setenv("PIP_TIMEOUT", "2")
-    with pytest.raises(DataUnavailable, match=r"could not download obp==0\.4\.1 \(carrier of obd\)"):
+    with pytest.raises(DataUnavailable,
+                       match=r"could not download obp==0\.4\.1 \(carrier of obd\)"):
         data.fetch(tmp_path, ("obd",))
     with pytest.raises(DataUnavailable, match="unknown data set"):
         data.fetch(tmp_path, ("imagenet",))

@@ -1,0 +1,146 @@
+"""``fairstream bench serve``: /recommend throughput and latency, measured from another process.
+
+A real server (this process: uvicorn thread + policy/catalog/feedback
+followers + impression logging to Kafka) serves MovieLens-100K's catalog
+embedded by MiniLM and a signed LinUCB policy at ``features.dim``; a second
+process (:mod:`stream.serve.loadgen`) drives ``POST /recommend`` on loopback
+with ``n_candidates`` random candidates per request: first at saturation
+(``rps_max``), then open loop at ``rate`` req/s (``p50_ms_at_200rps``,
+``p99_ms_at_200rps``, named for the default rate). Runs against
+``bootstrap`` when given, else an embedded broker it starts and stops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from typing import Any
+
+import numpy as np
+
+from learners import Encoder
+from stream import data
+from stream.bundle import dump_bundle
+from stream.producers import catalog_items, make_producer, publish_catalog
+from stream.serve.server import ServerThread, ServeRuntime
+from stream.settings import ServeSettings, Settings
+from stream.state import Catalog, LearningState
+from stream.topics import ensure_topics
+
+
+def run_serve_bench(settings: Settings | None = None, *, bootstrap: str | None = None,
+                    requests: int = 20_000, duration_s: float = 10.0, rate: float = 200.0,
+                    n_candidates: int = 100, k: int = 5, connections: int = 4,
+                    warmup: int = 500, n_items: int | None = None,
+                    encoder: Encoder | None = None,
+                    progress: bool = True) -> dict[str, Any]:
+    """Measure the server; returns ``rps_max``, ``p50_ms_at_200rps``, ``p99_ms_at_200rps``
+    (and details). ``requests``/``duration_s`` bound each phase (whichever comes first);
+    ``n_items`` caps the catalog (default: all 1,682 MovieLens items)."""
+    settings = settings or Settings()
+    run = uuid.uuid4().hex[:8]
+    settings = settings.replace(topics={"prefix": f"bench-{run}"},
+                                kafka={"group_id": f"bench-{run}"})
+
+    def say(msg: str) -> None:
+        if progress:
+            print(f"bench serve: {msg}", file=sys.stderr, flush=True)
+
+    with ExitStack() as stack:
+        if bootstrap is None:
+            from stream.broker import EmbeddedBroker
+
+            bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap
+        settings = settings.replace(kafka={"bootstrap": bootstrap})
+        encoder = encoder or Encoder(cache_dir=settings.embedding_cache_dir,
+                                     device=settings.model.device,
+                                     batch_size=settings.model.batch_size)
+        data.fetch(settings.data.cache_dir, ("ml100k",))
+        items = catalog_items(data.load_movielens(settings.data.cache_dir))[:n_items]
+        ensure_topics(settings)
+        publish_catalog(settings, items)
+        say(f"embedding {len(items)} items")
+        catalog = Catalog(encoder.dim)
+        catalog.add(items, encoder)
+        state = LearningState.fresh(settings, catalog)
+        _warm_policy(state, np.random.default_rng(0))
+        producer = make_producer(settings)
+        producer.send(settings.topics.policies, key=settings.kafka.group_id.encode(),
+                      value=dump_bundle(state.policy, state.fmap,
+                                        key=settings.policy.signing_key.encode(), version=1))
+        producer.flush()
+        producer.close()
+
+        serve = ServeSettings(max_candidates=max(1000, n_candidates))
+        runtime = ServeRuntime(settings, serve, encoder=encoder).start()
+        stack.callback(runtime.close)
+        server = stack.enter_context(ServerThread(runtime.app))
+        runtime.wait_ready(120)
+        say(f"server ready at {server.url}; policy v1, {runtime.recommender.catalog_size} items")
+
+        rng = np.random.default_rng(1)
+        ids = catalog.ids
+        bodies = [json.dumps({"user_id": f"bench-u{i}",
+                              "user": {"gender": "MF"[i % 2], "age": int(18 + i % 50)},
+                              "candidates": [ids[j] for j in rng.choice(len(ids), n_candidates,
+                                                                        replace=False)],
+                              "k": k}) for i in range(256)]
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        spec = {"host": server.host, "port": server.port, "bodies": os.path.join(tmp, "b.json"),
+                "connections": connections, "max_requests": requests, "max_seconds": duration_s,
+                "rate": rate, "paced_requests": requests, "paced_seconds": duration_s,
+                "pool": 16, "warmup": warmup, "progress": progress}
+        with open(spec["bodies"], "w") as f:
+            json.dump(bodies, f)
+        spec_path = os.path.join(tmp, "spec.json")
+        with open(spec_path, "w") as f:
+            json.dump(spec, f)
+        t0 = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "stream.serve.loadgen", spec_path],
+                              capture_output=True, text=True,
+                              timeout=120 + 3 * duration_s + 2 * requests / rate)
+        if progress and proc.stderr:
+            sys.stderr.write(proc.stderr)
+        if proc.returncode != 0:
+            raise RuntimeError(f"load generator failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        load = json.loads(proc.stdout.strip().splitlines()[-1])
+        elapsed = time.monotonic() - t0
+        m = runtime.metrics.registry
+        result = {
+            "rps_max": load["max"]["rps"],
+            "p50_ms_at_200rps": load["paced"]["p50_ms"],
+            "p99_ms_at_200rps": load["paced"]["p99_ms"],
+            "rate": rate,
+            "paced": load["paced"],
+            "max": load["max"],
+            "n_candidates": n_candidates,
+            "k": k,
+            "dim": settings.features.dim,
+            "catalog_items": runtime.recommender.catalog_size,
+            "connections": connections,
+            "cpus": os.cpu_count(),
+            "impressions_dropped": m.get_sample_value(
+                "fairstream_serve_impressions_dropped_total") or 0.0,
+            "load_seconds": elapsed,
+        }
+        runtime.close()  # flush impressions before counting them
+        result["impressions_logged"] = m.get_sample_value(
+            "fairstream_serve_impressions_logged_total") or 0.0
+        say(f"{result['rps_max']:.0f} req/s max; at {rate:g} req/s p50 "
+            f"{result['p50_ms_at_200rps']:.2f} ms, p99 {result['p99_ms_at_200rps']:.2f} ms")
+        return result
+
+
+def _warm_policy(state: LearningState, rng: np.random.Generator, rows: int = 2000) -> None:
+    """Give the policy non-trivial statistics, as a published one would have."""
+    n = len(state.catalog)
+    X = state.fmap.transform(None, np.zeros(state.catalog.embeddings.shape[1]),
+                             {"gender": "F", "age": 30},
+                             adapted_items=state.adapted_items(rng.integers(0, n, rows)))
+    state.policy.update(X, (rng.random(rows) < 0.2).astype(np.float64))

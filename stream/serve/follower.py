@@ -1,0 +1,293 @@
+"""Background followers that keep a :class:`Recommender` current from Kafka.
+
+Each runs one thread with its own ``KafkaConsumer`` (kafka-python clients are
+not thread-safe), assigned to partitions directly — no consumer group, so a
+server never joins or rebalances the workers' group and starts in seconds:
+
+* :class:`PolicyFollower` — ``fairstream.policies`` partition 0 from the
+  beginning. Every bundle is verified (:func:`stream.bundle.load_bundle`); one
+  that fails is rejected, counted by reason and logged, and the served policy
+  stays. A verified bundle newer than the served one is swapped in. Only
+  bundles keyed by this server's ``kafka.group_id`` count: versions of
+  different worker groups are not comparable.
+* :class:`CatalogFollower` — ``fairstream.items`` partition 0 from the
+  beginning, embedding new items with the frozen encoder (disk cache) into a
+  :class:`stream.state.Catalog`, then swapping the catalog snapshot in.
+* :class:`FeedbackFollower` — every partition of ``fairstream.events`` from
+  the end at start-up; clicks and purchases move user profiles (raw feedback,
+  see :mod:`stream.serve.recommender`). Impressions are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+
+from learners import Encoder
+from stream.bundle import BundleError, PolicyBundle, load_bundle
+from stream.events import Click, EventCodec, Purchase, decode_catalog_item
+from stream.exceptions import InvalidEvent
+from stream.metrics import ServeMetrics
+from stream.serve.recommender import Recommender
+from stream.settings import Settings
+from stream.state import Catalog
+
+log = logging.getLogger(__name__)
+
+_POLL_MS = 200
+
+
+class _Follower:
+    """One consumer, one thread: ``start``, ``stop``, ``caught_up`` (an Event)."""
+
+    name = "follower"
+
+    def __init__(self, settings: Settings, recommender: Recommender,
+                 metrics: ServeMetrics) -> None:
+        self.settings = settings
+        self.recommender = recommender
+        self.metrics = metrics
+        self.caught_up = threading.Event()
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.consumer: KafkaConsumer | None = None
+
+    def _consumer(self, suffix: str) -> KafkaConsumer:
+        k = self.settings.kafka
+        return KafkaConsumer(bootstrap_servers=k.bootstrap, enable_auto_commit=False,
+                             group_id=None, client_id=f"{k.client_id}-serve-{suffix}",
+                             auto_offset_reset="earliest")
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._main, name=f"serve-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def _main(self) -> None:
+        try:
+            self.consumer = self._open()
+            while not self._stop.is_set():
+                self._step()
+        except Exception as exc:  # surfaced through /readyz and the log
+            self.error = exc
+            log.exception("%s follower stopped", self.name)
+        finally:
+            if self.consumer is not None:
+                self.consumer.close()
+
+    def _open(self) -> KafkaConsumer:
+        raise NotImplementedError
+
+    def _step(self) -> None:
+        raise NotImplementedError
+
+    def _at_end(self, tps: list[TopicPartition]) -> bool:
+        for tp in tps:
+            high = self.consumer.highwater(tp)
+            if high is None:
+                # Nothing fetched yet: ask the broker for the end offset itself.
+                high = self.consumer.end_offsets([tp])[tp]
+            if self.consumer.position(tp) < high:
+                return False
+        return True
+
+
+class PolicyFollower(_Follower):
+    """Follows fairstream.policies; verifies, keeps the newest, hot-swaps (see module doc)."""
+
+    name = "policies"
+
+    def __init__(self, settings: Settings, recommender: Recommender, metrics: ServeMetrics,
+                 keep_versions: int = 16) -> None:
+        super().__init__(settings, recommender, metrics)
+        self.keep_versions = keep_versions
+        self.bundles: OrderedDict[int, PolicyBundle] = OrderedDict()  # verified, by version
+        self.pinned: int | None = None
+        self.rejected = 0
+        self._lock = threading.Lock()
+        self._reload = threading.Event()
+        self._tp = TopicPartition(settings.topics.policies, 0)
+
+    def _open(self) -> KafkaConsumer:
+        consumer = self._consumer("policies")
+        consumer.assign([self._tp])
+        consumer.seek_to_beginning(self._tp)
+        return consumer
+
+    def request_reload(self) -> None:
+        """Re-read the topic from the beginning (admin): forgets kept bundles first."""
+        self._reload.set()
+
+    def _step(self) -> None:
+        if self._reload.is_set():
+            self._reload.clear()
+            with self._lock:
+                self.bundles.clear()
+            self.caught_up.clear()
+            self.consumer.seek_to_beginning(self._tp)
+            log.info("re-reading %s from the beginning", self._tp.topic)
+        batch = self.consumer.poll(timeout_ms=_POLL_MS)
+        for records in batch.values():
+            for record in records:
+                self.handle(record.key, record.value, record.offset)
+        if not self.caught_up.is_set() and self._at_end([self._tp]):
+            self.caught_up.set()
+
+    def handle(self, key: bytes | None, value: bytes | None, offset: int = -1) -> bool:
+        """Verify one message of the policies topic; True if it became the served policy."""
+        group = self.settings.kafka.group_id.encode()
+        if key is not None and key != group:
+            log.debug("skipping policy of group %r at offset %d", key, offset)
+            return False
+        if value is None:  # a compaction tombstone
+            return False
+        try:
+            bundle = load_bundle(value, key=self.settings.policy.signing_key.encode(),
+                                 dim=self.settings.features.dim)
+        except BundleError as exc:
+            self.rejected += 1
+            self.metrics.policy_rejected.labels(reason=exc.reason).inc()
+            log.warning("rejected policy bundle at offset %d: %s (still serving v%s)",
+                        offset, exc, self.recommender.bundle.version
+                        if self.recommender.bundle else "-")
+            return False
+        with self._lock:
+            self.bundles[bundle.version] = bundle
+            self.bundles.move_to_end(bundle.version)
+            while len(self.bundles) > self.keep_versions:
+                self.bundles.popitem(last=False)
+            if self.pinned is not None:
+                return False
+            current = self.recommender.bundle
+            if current is not None and bundle.version <= current.version:
+                log.info("ignoring policy v%d: serving v%d", bundle.version, current.version)
+                return False
+            return self._swap(bundle)
+
+    def _swap(self, bundle: PolicyBundle) -> bool:
+        swapped = self.recommender.set_policy(bundle)
+        if swapped:
+            self.metrics.policy_swaps.inc()
+            self.metrics.policy_version.set(bundle.version)
+            self.metrics.policy_loaded_at.set(time.time())
+            log.info("serving policy v%d (%s, created %s)", bundle.version,
+                     bundle.feature_space, bundle.created_at)
+        return swapped
+
+    def pin(self, version: int | None) -> PolicyBundle | None:
+        """Serve a kept version until unpinned (``None``: back to the newest); None if unknown."""
+        with self._lock:
+            if version is None:
+                self.pinned = None
+                if not self.bundles:
+                    return None
+                newest = self.bundles[max(self.bundles)]
+                self._swap(newest)
+                return newest
+            bundle = self.bundles.get(version)
+            if bundle is None:
+                return None
+            self.pinned = version
+            self._swap(bundle)
+            return bundle
+
+
+class CatalogFollower(_Follower):
+    """Materialises fairstream.items into a :class:`Catalog` and hands snapshots over."""
+
+    name = "catalog"
+
+    def __init__(self, settings: Settings, recommender: Recommender, metrics: ServeMetrics,
+                 encoder: Encoder) -> None:
+        super().__init__(settings, recommender, metrics)
+        self.encoder = encoder
+        self.catalog = Catalog(encoder.dim)
+        self._tp = TopicPartition(settings.topics.items, 0)
+
+    def _open(self) -> KafkaConsumer:
+        consumer = self._consumer("catalog")
+        consumer.assign([self._tp])
+        consumer.seek_to_beginning(self._tp)
+        return consumer
+
+    def _step(self) -> None:
+        batch = self.consumer.poll(timeout_ms=_POLL_MS, max_records=5000)
+        items = []
+        for records in batch.values():
+            for record in records:
+                try:
+                    items.append(decode_catalog_item(record.value))
+                except InvalidEvent as exc:
+                    log.warning("skipping catalog record at offset %d: %s", record.offset, exc)
+        if items:
+            self.catalog.add(items, self.encoder)
+            self.recommender.set_catalog(self.catalog.ids, self.catalog.embeddings)
+            self.metrics.catalog_items.set(len(self.catalog))
+        if not self.caught_up.is_set() and len(self.catalog) and self._at_end([self._tp]):
+            log.info("catalog: %d items", len(self.catalog))
+            self.caught_up.set()
+
+
+class FeedbackFollower(_Follower):
+    """Feeds clicks/purchases on fairstream.events into the recommender's profiles."""
+
+    name = "feedback"
+    _IMPRESSION = b'{"type":"impression"'  # how msgspec writes them: skip without decoding
+
+    def __init__(self, settings: Settings, recommender: Recommender,
+                 metrics: ServeMetrics) -> None:
+        super().__init__(settings, recommender, metrics)
+        self.codec = EventCodec(settings.events.max_bytes, settings.events.max_slate)
+        self.observed = 0
+
+    def _open(self) -> KafkaConsumer:
+        consumer = self._consumer("feedback")
+        topic = self.settings.topics.events
+        deadline = time.monotonic() + 30
+        parts = consumer.partitions_for_topic(topic)
+        while not parts and time.monotonic() < deadline and not self._stop.is_set():
+            time.sleep(0.2)
+            parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            raise RuntimeError(f"topic {topic} has no partitions")
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_end(*tps)
+        for tp in tps:
+            consumer.position(tp)  # resolve "the end" now, not at the first poll
+        self.caught_up.set()
+        return consumer
+
+    def _step(self) -> None:
+        batch = self.consumer.poll(timeout_ms=_POLL_MS, max_records=2000)
+        for records in batch.values():
+            for record in records:
+                self.handle(record.value)
+        if batch:
+            self.metrics.profile_users.set(len(self.recommender.profiles))
+
+    def handle(self, value: Any) -> bool:
+        if value is None or value.startswith(self._IMPRESSION):
+            return False
+        try:
+            event = self.codec.decode(value)
+        except InvalidEvent:
+            return False  # the worker dead-letters it; the server just ignores it
+        if isinstance(event, Click | Purchase):
+            kind = "click" if isinstance(event, Click) else "purchase"
+            if self.recommender.observe_feedback(event.user_id, event.item_id, kind, event.ts):
+                self.observed += 1
+                return True
+        return False

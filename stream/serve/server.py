@@ -1,0 +1,217 @@
+"""``fairstream serve``: the runtime (recommender + followers + event log) under uvicorn.
+
+:class:`ServeRuntime` assembles the parts and owns their lifecycle;
+:class:`ServerThread` runs it under uvicorn in a background thread (tests, the
+bench, the demo); :func:`run_server` is the blocking CLI entry point that
+shuts down gracefully on SIGTERM/SIGINT and returns 0.
+
+Shutdown order: stop accepting (uvicorn drains requests in flight), stop the
+followers, drain the event-log queue into the producer, flush and close it,
+so no logged impression is lost on a clean stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+from kafka import KafkaProducer
+
+from learners import Encoder, ProfileStore
+from stream.events import EventCodec
+from stream.metrics import ServeMetrics
+from stream.serve.app import ServeContext, create_app
+from stream.serve.follower import CatalogFollower, FeedbackFollower, PolicyFollower
+from stream.serve.impressions import EventLog, kafka_send
+from stream.serve.recommender import Recommender
+from stream.settings import ServeSettings, Settings
+from stream.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+
+
+class ServeRuntime:
+    """Everything behind the HTTP API, wired from one :class:`Settings`.
+
+    ``serve`` defaults to ``settings.serve``. Pass ``encoder`` to share a loaded model.
+    """
+
+    def __init__(self, settings: Settings, serve: ServeSettings | None = None,
+                 encoder: Encoder | None = None, metrics: ServeMetrics | None = None) -> None:
+        self.settings = settings
+        self.serve = serve or settings.serve
+        self.metrics = metrics or ServeMetrics()
+        self.encoder = encoder or Encoder(cache_dir=settings.embedding_cache_dir,
+                                          device=settings.model.device,
+                                          batch_size=settings.model.batch_size)
+        ev, feat = settings.events, settings.features
+        self.codec = EventCodec(ev.max_bytes, ev.max_slate)
+        self.producer: KafkaProducer | None = None
+        self.event_log: EventLog | None = None
+        self.recommender = Recommender(
+            seed=self.serve.seed,
+            profiles=ProfileStore(emb_dim=self.encoder.dim, decay=feat.profile_decay,
+                                  capacity=feat.profile_capacity),
+            max_candidates=self.serve.max_candidates, max_k=self.serve.max_k,
+            feedback_weights={"click": ev.click_weight, "purchase": ev.purchase_weight})
+        self.policies = PolicyFollower(settings, self.recommender, self.metrics,
+                                       keep_versions=self.serve.keep_versions)
+        self.catalog = CatalogFollower(settings, self.recommender, self.metrics, self.encoder)
+        self.feedback = FeedbackFollower(settings, self.recommender, self.metrics)
+        self.ctx = self._context()
+        self.app = create_app(self.ctx)
+
+    def _context(self) -> ServeContext:
+        return ServeContext(recommender=self.recommender, settings=self.serve,
+                            metrics=self.metrics, event_log=None, codec=self.codec,
+                            default_k=min(self.settings.bandit.slate_size, self.serve.max_k),
+                            ready=self.readiness, reload=self.policies.request_reload,
+                            pin=self.policies.pin)
+
+    def start(self) -> ServeRuntime:
+        s = self.settings
+        ensure_topics(s)
+        self.producer = KafkaProducer(bootstrap_servers=s.kafka.bootstrap, acks="all",
+                                      linger_ms=5, client_id=f"{s.kafka.client_id}-serve")
+        self.event_log = EventLog(kafka_send(self.producer, self.metrics), s.topics.events,
+                                  capacity=self.serve.log_queue_size, metrics=self.metrics,
+                                  codec=self.codec).start()
+        self.recommender.impressions = self.event_log.log_impression
+        self.ctx.event_log = self.event_log
+        for follower in (self.feedback, self.catalog, self.policies):
+            follower.start()
+        return self
+
+    def readiness(self) -> dict[str, Any]:
+        rec = self.recommender
+        errors = {f.name: repr(f.error) for f in (self.policies, self.catalog, self.feedback)
+                  if f.error is not None}
+        state = {
+            "ready": (rec.ready and self.catalog.caught_up.is_set()
+                      and self.feedback.caught_up.is_set() and not errors),
+            "policy_version": rec.bundle.version if rec.bundle else None,
+            "catalog_items": rec.catalog_size,
+            "catalog_loaded": self.catalog.caught_up.is_set(),
+            "feedback_following": self.feedback.caught_up.is_set(),
+        }
+        if errors:
+            state["errors"] = errors
+        return state
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.readiness()["ready"]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server not ready after {timeout_s}s: {self.readiness()}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        for follower in (self.policies, self.catalog, self.feedback):
+            follower.stop()
+        if self.event_log is not None:
+            self.event_log.close()
+        if self.producer is not None:
+            self.producer.flush(timeout=10)
+            self.producer.close()
+            self.producer = None
+
+
+class _Server(uvicorn.Server):
+    """uvicorn.Server whose signal handling is ours: uvicorn's re-raises the signal after
+    a graceful shutdown, which would end the process with a signal instead of exit 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _config(app: Any, host: str, port: int) -> uvicorn.Config:
+    # No access log (a log line per request costs more than the scoring); h11 unless
+    # httptools is installed ("auto"); one worker process: the followers live in it.
+    return uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning",
+                          lifespan="off", timeout_graceful_shutdown=10)
+
+
+class ServerThread:
+    """Run a :class:`ServeRuntime` under uvicorn in a background thread (tests, bench, demo).
+
+    >>> from stream.serve.app import ServeContext, create_app
+    >>> from stream.serve.recommender import Recommender
+    >>> import httpx
+    >>> with ServerThread(create_app(ServeContext(Recommender()))) as srv:
+    ...     httpx.get(f"{srv.url}/healthz").json()
+    {'status': 'ok'}
+    """
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+        from stream.broker import free_port
+
+        self.host = host
+        self.port = port or free_port()
+        self.server = _Server(_config(app, host, self.port))
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 10.0) -> ServerThread:
+        self._thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn did not start on {self.url}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_server(settings: Settings, host: str | None = None, port: int | None = None,
+               serve: ServeSettings | None = None) -> int:
+    """``fairstream serve``: block until SIGTERM/SIGINT, shut down gracefully, return 0.
+
+    ``host``/``port`` default to ``serve.host``/``serve.port``.
+    """
+    serve = serve or settings.serve
+    host = serve.host if host is None else host
+    port = serve.port if port is None else port
+    runtime = ServeRuntime(settings, serve)
+    server = _Server(_config(runtime.app, host, port))
+
+    def _stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: shutting down", signum)
+        if server.should_exit:
+            server.force_exit = True
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        runtime.start()
+        print(f"fairstream: serving on http://{host}:{port} (policies from "
+              f"{settings.topics.policies}, group {settings.kafka.group_id})", flush=True)
+        asyncio.run(server.serve())
+    finally:
+        runtime.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("fairstream: server stopped", flush=True)
+    return 0

@@ -1,0 +1,44 @@
+"""Shared parts of the serving tests: MovieLens embedded by the real MiniLM, bundles."""
+
+from __future__ import annotations
+
+import pytest
+
+from stream.bundle import dump_bundle, load_bundle
+from stream.producers import catalog_items
+from stream.state import Catalog, LearningState
+
+#: Catalog size for these tests: enough for real candidates, small enough to embed fast.
+N_ITEMS = 300
+
+
+@pytest.fixture(scope="session")
+def ml_items(movielens):
+    return catalog_items(movielens)[:N_ITEMS]
+
+
+@pytest.fixture(scope="session")
+def ml_catalog(ml_items, encoder):
+    catalog = Catalog(encoder.dim)
+    catalog.add(ml_items, encoder)
+    return catalog
+
+
+def make_bundle(settings, catalog, version: int, updates: int = 200) -> bytes:
+    """A signed bundle as the worker would publish it (fresh state + some updates)."""
+    import numpy as np
+
+    state = LearningState.fresh(settings, catalog)
+    rng = np.random.default_rng(version)
+    if updates:
+        rows = rng.integers(0, len(catalog), updates)
+        X = state.fmap.transform(None, np.zeros(catalog.embeddings.shape[1]), {},
+                                 adapted_items=state.adapted_items(rows))
+        state.policy.update(X, (rng.random(updates) < 0.3).astype(float))
+    return dump_bundle(state.policy, state.fmap, key=settings.policy.signing_key.encode(),
+                       version=version)
+
+
+def open_bundle(settings, data: bytes):
+    return load_bundle(data, key=settings.policy.signing_key.encode(),
+                       dim=settings.features.dim)

@@ -1,0 +1,21 @@
+"""run_serve_bench end to end with tiny numbers: the keys only, no timing asserts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from stream.serve import run_serve_bench
+
+pytestmark = [pytest.mark.broker, pytest.mark.model]
+
+
+def test_serve_bench_reports_its_keys(make_settings, broker, encoder):
+    result = run_serve_bench(make_settings(), bootstrap=broker.bootstrap, requests=60,
+                             duration_s=1.0, rate=100.0, n_candidates=100, connections=2,
+                             warmup=20, n_items=300, encoder=encoder, progress=False)
+    for key in ("rps_max", "p50_ms_at_200rps", "p99_ms_at_200rps"):
+        assert math.isfinite(result[key]) and result[key] > 0
+    assert result["max"]["errors"] == 0 and result["paced"]["errors"] == 0
+    assert result["n_candidates"] == 100 and result["dim"] == 64
