@@ -79,7 +79,8 @@ class OBDFeatures:
         self.n_items = items.numeric.shape[0]
         z = (items.numeric - items.numeric.mean()) / (items.numeric.std() or 1.0)
         self._item_cat = _onehot(items.categorical, item_vocab)            # (n_items, 40)
-        self._item_num = z[:, None]                                         # (n_items, 1)
+        self.item_numeric = z                                               # (n_items,)
+        self._item_num = z[:, None]
         last = len(item_vocab[0]) + len(item_vocab[1])
         self._item_f3 = self._item_cat[:, last:]                            # (n_items, 7)
         self.n_user = sum(len(v) for v in self.user_vocab)
