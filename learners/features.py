@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -45,9 +47,10 @@ def age_code(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         return -1
     age = float(value)
-    if not np.isfinite(age) or age < 0 or age > 130:
+    if not math.isfinite(age) or age < 0 or age > 130:
         return -1
-    return int(np.searchsorted(_AGE_LOWER, age, side="right") - 1)
+    # bisect, not np.searchsorted: this runs once per event on the worker's hot path.
+    return bisect.bisect_right(_AGE_LOWER, age) - 1
 
 
 def user_groups(attrs: Mapping[str, Any] | None) -> dict[str, str]:
@@ -210,8 +213,14 @@ class FeatureMap:
         self, item_emb: np.ndarray, profiles: np.ndarray, g: np.ndarray, a: np.ndarray
     ) -> np.ndarray:
         """φ for ``n`` (item, user) rows at once, e.g. a replay buffer: ``(n, dim)``."""
-        ai, ap = self.adapt(item_emb), self.adapt(profiles)
-        k = self.k_profile
+        return self.assemble(self.adapt(item_emb), self.adapt(profiles), g, a)
+
+    def assemble(
+        self, adapted_items: np.ndarray, adapted_profiles: np.ndarray, g: np.ndarray,
+        a: np.ndarray,
+    ) -> np.ndarray:
+        """φ rows from already adapted items and profiles (one of each per row)."""
+        ai, ap, k = adapted_items, adapted_profiles, self.k_profile
         ones = np.ones((ai.shape[0], 1))
         return np.hstack([ai, ap[:, :k], ai[:, :k] * ap[:, :k], attr_onehot(g, a), ones])
 

@@ -113,6 +113,61 @@ class ReplayBuffer:
             self._gender[slot], self._age[slot] = g, a
             self._rewards[slot], self._seq[slot] = reward, t
 
+    def add_batch(
+        self,
+        item_emb: np.ndarray,
+        profiles: np.ndarray,
+        gender: np.ndarray,
+        age: np.ndarray,
+        rewards: np.ndarray,
+    ) -> None:
+        """Offer ``m`` rows at once (attribute codes as from ``attr_codes``), as ``add`` would
+        one by one: same slots for the window policy; for the reservoir, the same law
+        (each arrival ``t`` lands in slot ``U{0..t}`` when that is below ``capacity``).
+
+        >>> buf = ReplayBuffer(capacity=4, emb_dim=2, seed=0, policy="window")
+        >>> buf.add_batch(np.ones((6, 2)), np.zeros((6, 2)), np.zeros(6), np.zeros(6),
+        ...               np.arange(6.0))
+        >>> buf.seen, sorted(buf.snapshot().rewards.tolist())
+        (6, [2.0, 3.0, 4.0, 5.0])
+        """
+        rewards = np.asarray(rewards, dtype=np.float64)
+        m = len(rewards)
+        if m == 0:
+            return
+        if not np.all(np.isfinite(rewards)):
+            raise ValueError("rewards must be finite")
+        with self._lock:
+            t = self.seen + np.arange(m)
+            self.seen += m
+            take = min(self.capacity - self._n, m)
+            if take > 0:
+                while self._items.shape[0] < self._n + take:
+                    self._alloc(min(self.capacity, 2 * self._items.shape[0]))
+                slots = np.arange(self._n, self._n + take)
+                self._n += take
+            else:
+                slots = np.zeros(0, dtype=np.int64)
+            src = np.arange(take)
+            if take < m:
+                rest = np.arange(take, m)
+                if self.policy == "window":
+                    more = t[rest] % self.capacity
+                else:
+                    more = self._rng.integers(0, t[rest] + 1)
+                    keep = more < self.capacity
+                    rest, more = rest[keep], more[keep]
+                # Within a batch a later row overwrites an earlier one in the same slot.
+                last = len(more) - 1 - np.unique(more[::-1], return_index=True)[1]
+                slots = np.concatenate([slots, more[last]])
+                src = np.concatenate([src, rest[last]])
+            self._items[slots] = item_emb[src]
+            self._profiles[slots] = profiles[src]
+            self._gender[slots] = gender[src]
+            self._age[slots] = age[src]
+            self._rewards[slots] = rewards[src]
+            self._seq[slots] = t[src]
+
     def snapshot(self) -> ReplayRows:
         """Copy of every row held now, oldest arrival first."""
         with self._lock:

@@ -9,6 +9,7 @@ server ask it for slates.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,8 +33,8 @@ from learners import (
     ProfileStore,
     ReplayBuffer,
     refit_statistics,
-    user_groups,
 )
+from learners.features import AGE_BUCKETS, GENDERS, UNKNOWN, attr_codes
 from stream.checkpoint import Checkpoint
 from stream.events import CatalogItem, Click, Event, Impression, Purchase
 from stream.join import Pending, RewardJoiner, SeenIds
@@ -167,38 +168,51 @@ class LearningState:
 
         Each impression's features use its user's profile as it stood before that
         impression's own feedback; the profile then absorbs the liked items. The
-        profile walk is sequential and the policy update is one exact batch, so
-        the result does not depend on how polls cut the stream into batches.
+        profile walk is sequential; φ, the policy update and the replay-buffer insert
+        are one batch each, so the result does not depend on how polls cut the stream.
         """
+        closed = list(closed)
         learned = Learned()
-        xs, rs = [], []
-        emb = self.catalog.embeddings
-        for p in closed:
-            profile = self.profiles.get(p.user_id, now=p.ts)
-            xs.append(self.features(p.user_id, p.user, p.items, p.ts, profile))
-            rs.extend(p.rewards)
-            labels = _user_labels(p.user)
+        if not closed:
+            return learned
+        emb, index = self.catalog.embeddings, self.catalog.index
+        n = sum(len(p.items) for p in closed)
+        rows = np.empty(n, dtype=np.intp)
+        owner = np.empty(n, dtype=np.intp)
+        codes = np.empty((n, 2), dtype=np.int8)
+        rewards = np.empty(n, dtype=np.float64)
+        profiles = np.empty((len(closed), emb.shape[1]), dtype=np.float32)
+        rewards_by_group = learned.reward_by_user_group
+        exposure = learned.exposure_by_item_group
+        j = 0
+        for i, p in enumerate(closed):
+            profiles[i] = self.profiles.get(p.user_id, now=p.ts)
+            k = len(p.items)
+            item_rows = [index[item] for item in p.items]
+            g, a = attr_codes(p.user)
+            rows[j:j + k], owner[j:j + k], codes[j:j + k] = item_rows, i, (g, a)
+            rewards[j:j + k] = p.rewards
+            j += k
+            labels = _labels(g, a)
+            total = sum(p.rewards)
             for label in labels:
-                acc = learned.reward_by_user_group.setdefault(label, [0.0, 0.0])
-                acc[0] += sum(p.rewards)
-                acc[1] += len(p.rewards)
-            groups = [self.catalog.group_of(item) for item in p.items]
+                acc = rewards_by_group.setdefault(label, [0.0, 0.0])
+                acc[0] += total
+                acc[1] += k
+            groups = [self.catalog.groups[r].get("popularity", "unknown") for r in item_rows]
             self.fairness.observe(groups, p.rewards, labels)
-            for group, weight in zip(groups, position_weights(len(groups)), strict=True):
-                learned.exposure_by_item_group[group] = (
-                    learned.exposure_by_item_group.get(group, 0.0) + float(weight))
-            segment = labels[0] if labels else "all"
-            for item, reward in zip(p.items, p.rewards, strict=True):
-                self.drift.update(reward, segment)
-                if self.buffer is not None:
-                    self.buffer.add(emb[self.catalog.index[item]], profile, p.user, reward)
+            for group, weight in zip(groups, position_weights(k).tolist(), strict=True):
+                exposure[group] = exposure.get(group, 0.0) + weight
+            for row, reward in zip(item_rows, p.rewards, strict=True):
+                self.drift.update(reward, labels[0])
                 if reward > 0:
-                    self.profiles.observe(p.user_id, emb[self.catalog.index[item]], reward,
-                                          now=p.ts)
-        if xs:
-            X = np.vstack(xs)
-            self.policy.update(X, np.asarray(rs, dtype=np.float64))
-            learned.rows = len(X)
+                    self.profiles.observe(p.user_id, emb[row], reward, now=p.ts)
+        X = self.fmap.assemble(self.adapted_items(rows), self.fmap.adapt(profiles)[owner],
+                               codes[:, 0], codes[:, 1])
+        self.policy.update(X, rewards)
+        if self.buffer is not None:
+            self.buffer.add_batch(emb[rows], profiles[owner], codes[:, 0], codes[:, 1], rewards)
+        learned.rows = n
         return learned
 
     def swap(self, result: FineTuneResult) -> bool:
@@ -285,5 +299,8 @@ def _new_policy(settings: Settings, fmap: FeatureMap) -> Policy:
                               feature_space=fmap.feature_space, seed=b.seed, **hyper)
 
 
-def _user_labels(user: dict[str, Any]) -> list[str]:
-    return [f"{k}={v}" for k, v in user_groups(user).items()]
+@functools.cache
+def _labels(gender: int, age: int) -> tuple[str, str]:
+    """Fairness group labels of attribute codes (as ``user_groups`` names them)."""
+    return (f"gender={GENDERS[gender] if gender >= 0 else UNKNOWN}",
+            f"age={AGE_BUCKETS[age] if age >= 0 else UNKNOWN}")

@@ -27,7 +27,7 @@ from learners import Encoder, FineTuneError, FineTuner
 from learners.features import AGE_BUCKETS, GENDERS
 from stream.bundle import dump_bundle
 from stream.checkpoint import read_checkpoint, write_checkpoint
-from stream.events import EventCodec, Impression, decode_catalog_item
+from stream.events import Click, EventCodec, Impression, Purchase, decode_catalog_item
 from stream.exceptions import InvalidEvent
 from stream.join import Pending
 from stream.metrics import Metrics
@@ -36,6 +36,8 @@ from stream.state import Catalog, Learned, LearningState
 from stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
+
+_KIND = {Impression: "impression", Click: "click", Purchase: "purchase"}
 
 
 @dataclass
@@ -82,6 +84,8 @@ class Worker:
         self.state: LearningState | None = None
         self.lock = threading.Lock()  # guards `state` against readers in other threads
         self.report = WorkerReport()
+        self._consumed = {kind: self.metrics.events_consumed.labels(type=kind)
+                          for kind in _KIND.values()}
         self.ready = threading.Event()
         self.consumer: KafkaConsumer | None = None
         self._items: KafkaConsumer | None = None
@@ -266,8 +270,8 @@ class Worker:
             self.metrics.events_duplicate.inc()
             self.report.duplicates += 1
             return []
-        kind = "impression" if isinstance(event, Impression) else type(event).__name__.lower()
-        self.metrics.events_consumed.labels(type=kind).inc()
+        kind = _KIND[type(event)]
+        self._consumed[kind].inc()
         self.report.by_type[kind] = self.report.by_type.get(kind, 0) + 1
         return self.state.observe(event, tp.partition)
 
@@ -368,11 +372,8 @@ class Worker:
             return False
         for tp in assignment:
             high = self.consumer.highwater(tp)
-            if high is None:
-                # Nothing fetched yet: caught up only if we hold a position at or past 0.
-                if self.consumer.position(tp) is None:
-                    return False
-                continue
+            if high is None:  # no fetch answered yet (an empty partition answers with 0)
+                return False
             if self.consumer.position(tp) < high:
                 return False
         return True
