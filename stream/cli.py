@@ -156,6 +156,15 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_sim(args: argparse.Namespace) -> int:
+    from stream.evaluate.sim import run_eval_sim
+
+    run_eval_sim(_settings(args), events=args.events, seeds=args.seeds, out_dir=args.out,
+                 json_path=args.json, progress=True)
+    print(f"written: {Path(args.out) / 'report.md'}")
+    return 0
+
+
 def cmd_eval_ope(args: argparse.Namespace) -> int:
     from stream.evaluate.ope import run_eval_ope
 
@@ -237,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluation against peers, with reports and plots")
     esub = ev.add_subparsers(dest="what", required=True)
+    es = esub.add_parser("sim", help="closed-loop MovieLens simulation: fairstream vs peers")
+    es.add_argument("--events", type=int, default=20_000, help="arrivals per seed")
+    es.add_argument("--seeds", type=int, default=3)
+    es.add_argument("--out", default="runs/eval-sim")
+    es.add_argument("--json", type=Path)
+    es.set_defaults(func=cmd_eval_sim)
     eo = esub.add_parser("ope", help="off-policy estimates on the Open Bandit Dataset sample")
     eo.add_argument("--out", default="runs/eval-ope")
     eo.add_argument("--json", type=Path)

@@ -1,0 +1,179 @@
+"""Established bandit systems as simulation peers, fed the same features and candidates.
+
+* **Vowpal Wabbit** (``vowpalwabbit.Workspace``, text examples): ``--cb_explore_adf``
+  with one shared line (namespace ``U``: the adapted profile block of φ plus the
+  user-attribute indicators) and one action line per candidate (namespace ``A``:
+  the adapted item block of φ), ``-q UA`` for user×item interactions (a superset
+  of φ's elementwise interaction block). A slate is ``k`` draws without
+  replacement from VW's PMF (renormalised after each draw); each shown item is
+  learnt as its own one-action example ``0:cost:p`` with ``cost = −r`` and ``p``
+  its PMF probability at the draw. ``--ccb_explore_adf`` (VW's own slate
+  reduction: one PMF per slot, without replacement) is offered as a further setting.
+* **river** (``river.bandit``): context-free policies with one arm per item id;
+  a slate is ``k`` successive ``pull``\\s over the candidates not yet chosen,
+  and each shown arm is updated with its reward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from learners.features import AGE_BUCKETS, GENDERS, block_widths
+from stream.evaluate.simulation import Arrival, EvalWorld
+
+__all__ = ["RiverAgent", "VWAgent", "VWSlateAgent", "river_policy"]
+
+
+def _fmt(v: np.ndarray, prefix: str) -> str:
+    return " ".join(f"{prefix}{j}:{x:.5g}" for j, x in enumerate(v.tolist()) if x != 0.0)
+
+
+class _VWText:
+    """Text-format pieces shared by the VW agents: item lines precomputed per catalog row."""
+
+    def __init__(self, world: EvalWorld) -> None:
+        ki, k, _ = block_widths(world.dim)
+        self.k_profile = k
+        self.fmap = world.fmap
+        self.items = [f"|A {_fmt(row[:ki], 'i')}" for row in world.adapted]
+
+    def shared(self, arr: Arrival) -> str:
+        ap = self.fmap.adapt(arr.profile[None, :])[0][: self.k_profile]
+        g, a = arr.codes
+        attrs = (f" g{GENDERS[g]}" if g >= 0 else "") + (f" a{AGE_BUCKETS[a]}" if a >= 0 else "")
+        return f"|U {_fmt(ap, 'p')}{attrs}"
+
+
+class VWAgent:
+    """VW ``--cb_explore_adf`` (see module doc); ``args`` are extra VW options."""
+
+    def __init__(self, name: str, world: EvalWorld, args: str, seed: int = 0) -> None:
+        import vowpalwabbit
+
+        self.name = name
+        self.args = args
+        self.vw = vowpalwabbit.Workspace(f"--cb_explore_adf -q UA --quiet --random_seed {seed} "
+                                         f"{args}")
+        self.text = _VWText(world)
+        self._shared = ""
+        self._probs: np.ndarray | None = None
+
+    def __repr__(self) -> str:
+        return f"VWAgent(name={self.name!r}, args={self.args!r})"
+
+    def select(self, arr: Arrival, k: int, rng: np.random.Generator) -> np.ndarray:
+        self._shared = "shared " + self.text.shared(arr)
+        pmf = np.asarray(self.vw.predict([self._shared] + [self.text.items[i] for i in arr.cands]),
+                         dtype=np.float64)
+        pmf = np.maximum(pmf, 0.0)
+        shown, probs = [], []
+        left = pmf.copy()
+        for _ in range(k):
+            total = left.sum()
+            if total > 0:
+                p = left / total
+            else:  # PMF exhausted (VW put all mass on fewer than k actions): uniform rest
+                p = np.ones_like(left)
+                p[shown] = 0.0
+                p /= p.sum()
+            j = min(int(np.searchsorted(np.cumsum(p), rng.random(), side="right")),
+                    p.shape[0] - 1)
+            while p[j] <= 0:  # float round-off landed on a zero-mass tail
+                j -= 1
+            shown.append(j)
+            probs.append(max(float(p[j]), 1e-6))
+            left[j] = 0.0
+        self._probs = np.array(probs)
+        return np.array(shown, dtype=np.intp)
+
+    def learn(self, arr: Arrival, shown: np.ndarray, rewards: np.ndarray) -> None:
+        assert self._probs is not None
+        for j, r, p in zip(shown.tolist(), rewards.tolist(), self._probs.tolist(), strict=True):
+            self.vw.learn([self._shared, f"0:{-r:g}:{p:.6g} {self.text.items[arr.cands[j]]}"])
+
+    def finish(self) -> None:
+        self.vw.finish()
+
+
+class VWSlateAgent:
+    """VW ``--ccb_explore_adf``: conditional contextual bandit, one slot per position."""
+
+    def __init__(self, name: str, world: EvalWorld, args: str, seed: int = 0) -> None:
+        import vowpalwabbit
+
+        self.name = name
+        self.args = args
+        self.vw = vowpalwabbit.Workspace(f"--ccb_explore_adf -q UA --quiet --random_seed {seed} "
+                                         f"{args}")
+        self.text = _VWText(world)
+        self._lines: list[str] = []
+        self._probs: list[float] = []
+
+    def __repr__(self) -> str:
+        return f"VWSlateAgent(name={self.name!r}, args={self.args!r})"
+
+    def select(self, arr: Arrival, k: int, rng: np.random.Generator) -> np.ndarray:
+        head = ["ccb shared " + self.text.shared(arr)]
+        head += ["ccb action " + self.text.items[i] for i in arr.cands]
+        self._lines = head
+        pred = self.vw.predict(head + ["ccb slot |"] * k)
+        # Slot predictions are (action, prob) lists with the chosen action first; VW
+        # samples with its own seeded generator.
+        shown = [int(slot[0][0]) for slot in pred]
+        self._probs = [max(float(slot[0][1]), 1e-6) for slot in pred]
+        return np.array(shown, dtype=np.intp)
+
+    def learn(self, arr: Arrival, shown: np.ndarray, rewards: np.ndarray) -> None:
+        slots = [f"ccb slot {j}:{-r:g}:{p:.6g} |" for j, r, p in
+                 zip(shown.tolist(), rewards.tolist(), self._probs, strict=True)]
+        self.vw.learn(self._lines + slots)
+
+    def finish(self) -> None:
+        self.vw.finish()
+
+
+def river_policy(kind: str, seed: int):
+    """A river bandit policy by short name: ``eps`` (ε = 0.1), ``ucb`` (δ = 0.1), ``ts`` (Beta)."""
+    from river import bandit, proba
+
+    if kind == "eps":
+        return bandit.EpsilonGreedy(epsilon=0.1, seed=seed)
+    if kind == "ucb":
+        return bandit.UCB(delta=0.1, seed=seed)
+    if kind == "ts":
+        return bandit.ThompsonSampling(reward_obj=proba.Beta(), seed=seed)
+    raise ValueError(f"unknown river policy {kind!r}")
+
+
+class RiverAgent:
+    """A context-free river policy, one arm per item id, k pulls without replacement."""
+
+    def __init__(self, name: str, policy) -> None:
+        self.name = name
+        self.policy = policy
+
+    def __repr__(self) -> str:
+        return f"RiverAgent(name={self.name!r}, policy={self.policy!r})"
+
+    def select(self, arr: Arrival, k: int, rng: np.random.Generator) -> np.ndarray:
+        left: list[int] = [int(i) for i in arr.cands]
+        pos = {int(i): j for j, i in enumerate(arr.cands)}
+        shown: list[int] = []
+        for _ in range(k):
+            arm = self.policy.pull(left)
+            shown.append(pos[arm])
+            left.remove(arm)
+        return np.array(shown, dtype=np.intp)
+
+    def learn(self, arr: Arrival, shown: np.ndarray, rewards: np.ndarray) -> None:
+        for j, r in zip(shown.tolist(), rewards.tolist(), strict=True):
+            self.policy.update(int(arr.cands[j]), r)
+
+
+def close_all(agents: Sequence[object]) -> None:
+    for a in agents:
+        finish = getattr(a, "finish", None)
+        if finish is not None:
+            finish()

@@ -1,0 +1,103 @@
+"""The roster of `fairstream eval sim`: fairstream's policies and the peers, by name.
+
+Names starting with ``vw``, ``random``, ``popular`` or ``river`` are peers;
+the rest are fairstream (``linucb``, ``ts``, ``neural_linear``, each with a
+``_fair`` variant that adds the exposure controller, and ``<base>_lam<λ>``
+for the trade-off sweep).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from bandits import ExposureController, LinearTS, LinUCB, MostPopular, UniformRandom
+from learners import FeatureMap
+from stream.evaluate.agents import PolicyAgent
+from stream.evaluate.neural import NeuralLinearAgent
+from stream.evaluate.peers import RiverAgent, VWAgent, VWSlateAgent, river_policy
+from stream.evaluate.simulation import Agent, EvalWorld
+
+__all__ = ["DEFAULT_PEERS", "FAIRSTREAM", "HYPER", "PEER_PREFIXES", "VW_CONFIGS", "is_peer",
+           "make_agent", "make_agents"]
+
+PEER_PREFIXES = ("vw", "random", "popular", "river")
+
+#: fairstream hyper-parameters used in the headline run (see the report for the search).
+HYPER: dict[str, dict[str, Any]] = {
+    "linucb": {"alpha": 0.1, "lam": 1.0},
+    "ts": {"v": 0.03, "lam": 1.0, "mc_samples": 16},
+    "neural_linear": {"alpha": 0.1, "lam": 1.0, "every": 2000, "steps": 300,
+                      "batch_size": 256, "lr": 3e-3},
+    "fair_lam": 0.001,
+}
+
+#: VW options per peer name (appended to ``--cb_explore_adf -q UA``).
+VW_CONFIGS: dict[str, str] = {
+    "vw_squarecb": "--squarecb",
+    "vw_epsilon": "--epsilon 0.05",
+}
+VW_SLATE_CONFIGS: dict[str, str] = {"vw_ccb_epsilon": "--epsilon 0.05"}
+
+DEFAULT_PEERS = ("random", "popular", "vw_squarecb", "vw_epsilon", "river_eps", "river_ucb",
+                 "river_ts")
+FAIRSTREAM = ("linucb", "ts", "neural_linear", "linucb_fair", "ts_fair", "neural_linear_fair")
+
+
+def is_peer(name: str) -> bool:
+    return name.startswith(PEER_PREFIXES)
+
+
+def _split_fair(name: str, hyper: dict[str, Any]) -> tuple[str, float]:
+    if name.endswith("_fair"):
+        return name.removesuffix("_fair"), float(hyper["fair_lam"])
+    if "_lam" in name:
+        base, lam = name.rsplit("_lam", 1)
+        return base, float(lam)
+    return name, 0.0
+
+
+def make_agent(name: str, world: EvalWorld, seed: int,
+               hyper: dict[str, dict[str, Any]] | None = None,
+               vw_configs: dict[str, str] | None = None) -> Agent:
+    """One agent by roster name, seeded with ``seed``."""
+    hyper = HYPER if hyper is None else hyper
+    vw_configs = VW_CONFIGS if vw_configs is None else vw_configs
+    dim, fs = world.dim, world.fmap.feature_space
+    if name == "random":
+        return PolicyAgent(name, UniformRandom(dim, feature_space=fs, seed=seed))
+    if name == "popular":
+        return PolicyAgent(name, MostPopular(dim, feature_space=fs, seed=seed), needs_ids=True)
+    if name in vw_configs:
+        return VWAgent(name, world, vw_configs[name], seed=seed)
+    if name in VW_SLATE_CONFIGS:
+        return VWSlateAgent(name, world, VW_SLATE_CONFIGS[name], seed=seed)
+    if name.startswith("river_"):
+        return RiverAgent(name, river_policy(name.removeprefix("river_"), seed))
+    base, lam = _split_fair(name, hyper)
+    controller = ExposureController(lam) if lam > 0 else None
+    if base == "linucb":
+        h = hyper["linucb"]
+        return PolicyAgent(name, LinUCB(dim, alpha=h["alpha"], lam=h["lam"], feature_space=fs,
+                                        seed=seed), controller)
+    if base == "ts":
+        h = hyper["ts"]
+        return PolicyAgent(name, LinearTS(dim, v=h["v"], lam=h["lam"],
+                                          mc_samples=h["mc_samples"], feature_space=fs,
+                                          seed=seed), controller)
+    if base == "neural_linear":
+        h = dict(hyper["neural_linear"])
+        alpha, lam_r = h.pop("alpha"), h.pop("lam")
+
+        def make_policy(fmap: FeatureMap) -> LinUCB:
+            return LinUCB(fmap.dim, alpha=alpha, lam=lam_r, feature_space=fmap.feature_space,
+                          seed=seed)
+
+        return NeuralLinearAgent(name, world, make_policy, controller, seed=seed, **h)
+    raise ValueError(f"unknown policy {name!r}")
+
+
+def make_agents(names: Sequence[str], world: EvalWorld, seed: int,
+                hyper: dict[str, dict[str, Any]] | None = None,
+                vw_configs: dict[str, str] | None = None) -> list[Agent]:
+    return [make_agent(n, world, seed, hyper, vw_configs) for n in names]
