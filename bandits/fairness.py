@@ -42,6 +42,7 @@ Järvelin, Kekäläinen (2002). Cumulated gain-based evaluation of IR techniques
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -58,6 +59,11 @@ __all__ = ["ExposureController", "FairnessReport", "FairnessTracker", "popularit
 def position_weights(k: int) -> np.ndarray:
     """``1/log2(1+j)`` for positions j = 1..k."""
     return 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
+
+
+@functools.lru_cache(maxsize=64)
+def _weights(k: int) -> tuple[float, ...]:
+    return tuple(position_weights(k).tolist())
 
 
 @dataclass(frozen=True)
@@ -147,18 +153,20 @@ class FairnessTracker:
     def observe(self, item_groups: Sequence[str], rewards: Sequence[float] | np.ndarray,
                 user_groups: Sequence[str] | str = ()) -> None:
         """Record one slate: item groups by position (best first) and each shown item's reward."""
+        # Plain Python on purpose: a worker calls this once per closed impression, and for
+        # slates of a handful of items numpy's per-call overhead dominates the arithmetic.
         groups = [str(g) for g in item_groups]
-        r = np.asarray(rewards, dtype=np.float64)
-        if r.shape != (len(groups),) or not np.all(np.isfinite(r)):
-            raise InvalidInput(f"rewards must be {len(groups)} finite values, got shape {r.shape}")
+        r = [float(x) for x in np.ravel(rewards)] if isinstance(rewards, np.ndarray) \
+            else [float(x) for x in rewards]
+        if len(r) != len(groups) or not all(math.isfinite(x) for x in r):
+            raise InvalidInput(f"rewards must be {len(groups)} finite values, got {len(r)}")
         users = (user_groups,) if isinstance(user_groups, str) else tuple(map(str, user_groups))
-        w = position_weights(len(groups))
         exposure: dict[str, float] = {}
         merit: dict[str, float] = {}
-        for g, wj, rj in zip(groups, w.tolist(), r.tolist(), strict=True):
+        for g, wj, rj in zip(groups, _weights(len(groups)), r, strict=True):
             exposure[g] = exposure.get(g, 0.0) + wj
             merit[g] = merit.get(g, 0.0) + rj
-        c = (exposure, merit, tuple(dict.fromkeys(users)), float(r.sum()), float(len(groups)))
+        c = (exposure, merit, tuple(dict.fromkeys(users)), math.fsum(r), float(len(groups)))
         self._all.add(c, 1)
         self._win.add(c, 1)
         self._recent.append(c)

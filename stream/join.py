@@ -65,7 +65,10 @@ class RewardJoiner:
         return len(self._open)
 
     def _state(self, partition: int) -> _PartitionState:
-        return self._partitions.setdefault(partition, _PartitionState())
+        state = self._partitions.get(partition)
+        if state is None:
+            state = self._partitions[partition] = _PartitionState()
+        return state
 
     def add_impression(self, partition: int, pending: Pending) -> list[Pending]:
         if pending.request_id in self._open:

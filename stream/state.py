@@ -201,7 +201,7 @@ class LearningState:
                 acc[1] += k
             groups = [self.catalog.groups[r].get("popularity", "unknown") for r in item_rows]
             self.fairness.observe(groups, p.rewards, labels)
-            for group, weight in zip(groups, position_weights(k).tolist(), strict=True):
+            for group, weight in zip(groups, _position_weights(k), strict=True):
                 exposure[group] = exposure.get(group, 0.0) + weight
             for row, reward in zip(item_rows, p.rewards, strict=True):
                 self.drift.update(reward, labels[0])
@@ -297,6 +297,11 @@ def _new_policy(settings: Settings, fmap: FeatureMap) -> Policy:
         hyper |= {"epsilon": b.epsilon}
     return policy_from_config(algorithm=b.algorithm, dim=fmap.dim,
                               feature_space=fmap.feature_space, seed=b.seed, **hyper)
+
+
+@functools.cache
+def _position_weights(k: int) -> tuple[float, ...]:
+    return tuple(position_weights(k).tolist())
 
 
 @functools.cache
