@@ -24,6 +24,7 @@ from stream import data
 from stream.broker import EmbeddedBroker
 from stream.events import Event, EventCodec
 from stream.producers import catalog_items, make_producer, popularity_group, publish_catalog
+from stream.serve import ServeRuntime
 from stream.settings import Settings
 from stream.simulate import MovieLensSimulator, SimulationResult, throttle
 from stream.topics import ensure_topics
@@ -67,6 +68,8 @@ def run_demo(settings: Settings, events: int | None = None, out_dir: str | Path 
         settings = settings.replace(
             kafka={"bootstrap": broker.bootstrap},
             worker={"checkpoint_path": str(out / "checkpoint.npz")},
+            # Publish often: the simulator chooses with the newest policy the server holds.
+            policy={"publish_every_s": 1.0, "publish_every_updates": 2_000},
         )
         ensure_topics(settings)
         publish_catalog(settings, catalog_items(ml))
@@ -89,11 +92,17 @@ def run_demo(settings: Settings, events: int | None = None, out_dir: str | Path 
         worker.ready.wait()
         if failure:
             raise failure[0]
+        # The serving side, in-process: it follows fairstream.policies (verifying every
+        # bundle), the catalog and the feedback, exactly as `fairstream serve` does.
+        server = ServeRuntime(settings, encoder=worker.encoder).start()
+        server.recommender.impressions = None  # the simulator publishes the impressions
+        server.wait_ready(timeout_s=120)
 
         codec = EventCodec(settings.events.max_bytes, settings.events.max_slate)
         producer = make_producer(settings)
         malformed = _publish_malformed(settings, producer)
         published = 0
+        versions: list[tuple[int, int]] = []  # (arrival, policy version) at each change
 
         def publish(event: Event) -> None:
             nonlocal published
@@ -102,9 +111,10 @@ def run_demo(settings: Settings, events: int | None = None, out_dir: str | Path 
             published += 1
 
         def recommend(user, attrs, cands, k, rng, now):
-            with worker.lock:
-                items, props, _ = worker.state.recommend(user, attrs, cands, k, rng, now)
-                return items, props, worker.state.policy_version
+            rec = server.recommender.recommend(user, attrs, cands, k, rng=rng, now=now)
+            if not versions or versions[-1][1] != int(rec.policy_version):
+                versions.append((sim_arrivals(), int(rec.policy_version)))
+            return rec.items, np.asarray(rec.propensities), rec.policy_version
 
         def consumed_impressions() -> int:
             if failure:
@@ -113,29 +123,41 @@ def run_demo(settings: Settings, events: int | None = None, out_dir: str | Path 
 
         sim = MovieLensSimulator(ml, popularity_group(ml), n_candidates=n_candidates,
                                  k=settings.bandit.slate_size, seed=seed)
+        arrivals = [0]
+
+        def sim_arrivals() -> int:
+            return arrivals[0]
+
         started = time.monotonic()
         wait = throttle(consumed_impressions, max_lag=500)
 
         def wait_and_flush(i: int) -> None:
+            arrivals[0] = i
             if i % 100 == 0:
                 producer.flush()
             wait(i)
 
-        result = sim.run(recommend, publish, n_arrivals, wait_for_learner=wait_and_flush,
-                         progress=progress)
-        producer.flush()
-        producer.close()
-        total = published + malformed
-        deadline = time.monotonic() + 120
-        while worker.report.events < total and time.monotonic() < deadline and not failure:
-            time.sleep(0.05)
-        elapsed = time.monotonic() - started
-        stop.set()
-        thread.join()
+        try:
+            result = sim.run(recommend, publish, n_arrivals, wait_for_learner=wait_and_flush,
+                             progress=progress)
+            producer.flush()
+            producer.close()
+            total = published + malformed
+            deadline = time.monotonic() + 120
+            while worker.report.events < total and time.monotonic() < deadline and not failure:
+                time.sleep(0.05)
+            elapsed = time.monotonic() - started
+        finally:
+            server.close()
+            stop.set()
+            thread.join()
         if failure:
             raise failure[0]
 
     summary = _summary(result, worker, published, elapsed)
+    summary["policy_versions"] = {"first": versions[0][1], "last": versions[-1][1],
+                                  "changes": len(versions) - 1,
+                                  "timeline": [{"arrival": a, "version": v} for a, v in versions]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _plot(result, out / "reward.png")
     _print_summary(summary, out)
@@ -194,6 +216,11 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
         f"  tail exposure share   {summary['tail_exposure_share']:>10.4f}"
         f"  (tail share of candidates {summary['tail_candidate_share']:.4f})",
         f"  rejected to DLQ       {summary['worker']['rejected']:>10,}",
+        f"  policy versions       {summary['policy_versions']['first']} → "
+        f"{summary['policy_versions']['last']} ({summary['policy_versions']['changes']} swaps "
+        "picked up by the server)",
+        "  reward by quarter     " + "  ".join(f"{v:.3f}" for v in summary["reward_by_quarter"])
+        + "   (random: " + "  ".join(f"{v:.3f}" for v in summary["random_by_quarter"]) + ")",
         "  reward by user group:",
         *(f"    {g:<16} {v:.4f}" for g, v in summary["reward_by_user_group"].items()),
         f"  written: {out / 'summary.json'}, {out / 'reward.png'}",

@@ -41,6 +41,7 @@ class SimulationResult:
     candidate_tail: float = 0.0   # tail items among candidates (count)
     candidates: int = 0
     curve: list[tuple[int, float, float]] = field(default_factory=list)  # (arrivals, mean, random)
+    per_arrival: list[tuple[float, float]] = field(default_factory=list)  # (reward, random)
 
     @property
     def mean_reward(self) -> float:
@@ -63,7 +64,14 @@ class SimulationResult:
             "reward_by_user_group": {g: s / n for g, (s, n) in sorted(self.group_reward.items())},
             "tail_exposure_share": self.tail_exposure_share,
             "tail_candidate_share": self.candidate_tail / max(self.candidates, 1),
+            "reward_by_quarter": self._quarters(0),
+            "random_by_quarter": self._quarters(1),
         }
+
+    def _quarters(self, column: int) -> list[float]:
+        """Mean reward per shown item in each quarter of the run (is it improving?)."""
+        values = np.array([row[column] for row in self.per_arrival])
+        return [float(part.mean()) for part in np.array_split(values, 4) if len(part)]
 
 
 class MovieLensSimulator:
@@ -124,7 +132,9 @@ class MovieLensSimulator:
         res.arrivals += 1
         res.reward_sum += sum(rewards)
         res.shown += len(items)
-        res.random_reward_sum += float(np.mean([truth[c] >= 4 for c in cands]))
+        random_reward = float(np.mean([truth[c] >= 4 for c in cands]))
+        res.random_reward_sum += random_reward
+        res.per_arrival.append((sum(rewards) / len(items), random_reward))
         for key, value in user_groups(attrs).items():
             acc = res.group_reward.setdefault(f"{key}={value}", [0.0, 0.0])
             acc[0] += sum(rewards)

@@ -132,6 +132,7 @@ class Worker:
             self.close()
             return self.report
         self._restore()
+        self.publish()  # announce the policy it starts from: servers can answer at once
         self.consumer.subscribe([s.topics.events], listener=_Resume(self))
         self.ready.set()
         idle_since = time.monotonic()

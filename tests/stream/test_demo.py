@@ -28,6 +28,10 @@ def test_demo_closes_the_loop_and_beats_random(data_cache, embedding_cache, tmp_
     assert worker["by_type"]["impression"] == 2500
     assert worker["rows_learned"] == 2500 * settings.bandit.slate_size  # all flushed at the end
     assert summary["mean_reward"] > summary["random_mean_reward"]
+    # The loop closes through Kafka: the server picked up newer published policies.
+    versions = summary["policy_versions"]
+    assert versions["last"] > versions["first"] >= 1 and versions["changes"] >= 1
+    assert len(summary["reward_by_quarter"]) == 4
     assert {"gender=F", "gender=M"} <= summary["reward_by_user_group"].keys()
     assert 0.0 < summary["tail_exposure_share"] < 1.0
     png = (tmp_path / "run" / "reward.png").read_bytes()
