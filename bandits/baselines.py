@@ -27,7 +27,7 @@ import numpy as np
 from bandits.base import Policy
 from bandits.exceptions import InvalidInput
 from bandits.linear import LinearPolicy
-from bandits.slates import Slate, topk_slate, uniform_slate
+from bandits.slates import Slate, TopKSelect, uniform_slate
 from bandits.stats import SufficientStats
 
 __all__ = ["EpsilonGreedy", "MostPopular", "UniformRandom"]
@@ -86,7 +86,7 @@ class UniformRandom(Policy):
         self._n = int(params["n"])
 
 
-class MostPopular(Policy):
+class MostPopular(TopKSelect, Policy):
     """Most-popular: rank by the running reward sum per item id.
 
     Example
@@ -131,13 +131,6 @@ class MostPopular(Policy):
         ids = self._need_ids(item_ids)
         return np.array([self._counts.get(i, 0.0) for i in ids], dtype=np.float64)
 
-    def _select(self, X: np.ndarray, k: int, rng: np.random.Generator,
-                bonus: np.ndarray | None, item_ids: list[str] | None) -> Slate:
-        s = self._score(X, item_ids)
-        if bonus is not None:
-            s = s + bonus
-        return topk_slate(s, k, self.epsilon, rng)
-
     def _update(self, X: np.ndarray, r: np.ndarray, item_ids: list[str] | None) -> None:
         for i, reward in zip(self._need_ids(item_ids), r.tolist(), strict=True):
             self._counts[i] = self._counts.get(i, 0.0) + reward
@@ -166,7 +159,7 @@ class MostPopular(Policy):
         self._own_n = int(params["own_n"])
 
 
-class EpsilonGreedy(LinearPolicy):
+class EpsilonGreedy(TopKSelect, LinearPolicy):
     """ε-greedy over the shared ridge model: greedy ``θᵀφ``, uniform slate with prob ε.
 
     Example
@@ -194,9 +187,3 @@ class EpsilonGreedy(LinearPolicy):
     def _score(self, X: np.ndarray, item_ids: list[str] | None) -> np.ndarray:
         return X @ self._model.theta
 
-    def _select(self, X: np.ndarray, k: int, rng: np.random.Generator,
-                bonus: np.ndarray | None, item_ids: list[str] | None) -> Slate:
-        s = self._score(X, item_ids)
-        if bonus is not None:
-            s = s + bonus
-        return topk_slate(s, k, self.epsilon, rng)

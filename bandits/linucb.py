@@ -29,12 +29,12 @@ import numpy as np
 
 from bandits.exceptions import InvalidInput
 from bandits.linear import LinearPolicy
-from bandits.slates import Slate, topk_slate
+from bandits.slates import TopKSelect
 
 __all__ = ["LinUCB"]
 
 
-class LinUCB(LinearPolicy):
+class LinUCB(TopKSelect, LinearPolicy):
     """LinUCB over a shared linear model (see module docstring).
 
     Example
@@ -70,9 +70,3 @@ class LinUCB(LinearPolicy):
         m = self._model
         return X @ m.theta + self.alpha * m.widths(X)
 
-    def _select(self, X: np.ndarray, k: int, rng: np.random.Generator,
-                bonus: np.ndarray | None, item_ids: list[str] | None) -> Slate:
-        s = self._score(X, item_ids)
-        if bonus is not None:
-            s = s + bonus
-        return topk_slate(s, k, self.epsilon, rng)

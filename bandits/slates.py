@@ -150,3 +150,18 @@ def sampled_slate(shown_scores: np.ndarray, k: int, sample_scores, mc_samples: i
     se = np.sqrt(cand * (1.0 - cand) / mc_samples)
     props = np.maximum(cand[idx], 1.0 / mc_samples)
     return Slate(idx, props, shown_scores[idx], cand, se[idx], "thompson-mc")
+
+
+class TopKSelect:
+    """Mixin for score-ranking policies: the slate is the top ``k`` of score (+ bonus),
+    ε-mixed with a uniform slate (:func:`topk_slate`, with its closed-form propensities).
+    Needs ``_score(X, item_ids)`` and an ``epsilon`` attribute."""
+
+    epsilon: float
+
+    def _select(self, X: np.ndarray, k: int, rng: np.random.Generator,
+                bonus: np.ndarray | None, item_ids: list[str] | None) -> Slate:
+        s = self._score(X, item_ids)
+        if bonus is not None:
+            s = s + bonus
+        return topk_slate(s, k, self.epsilon, rng)

@@ -10,6 +10,7 @@ server ask it for slates.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,9 +37,19 @@ from learners import (
 )
 from learners.features import AGE_BUCKETS, GENDERS, UNKNOWN, attr_codes
 from stream.checkpoint import Checkpoint
-from stream.events import CatalogItem, Click, Event, Impression, Purchase
+from stream.events import (
+    CatalogItem,
+    Click,
+    Event,
+    Impression,
+    Purchase,
+    decode_catalog_item,
+)
+from stream.exceptions import InvalidEvent
 from stream.join import Pending, RewardJoiner, SeenIds
 from stream.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class Catalog:
@@ -81,6 +92,19 @@ class Catalog:
             self.groups[row] = dict(item.groups)
             rows.append(row)
         return rows
+
+    def add_records(self, batch: dict[Any, list[Any]], encoder: Encoder) -> int:
+        """Add the items of one poll of ``fairstream.items``; a malformed record is logged
+        and skipped (the topic is compacted: a fixed value replaces it). Returns the count."""
+        items = []
+        for records in batch.values():
+            for record in records:
+                try:
+                    items.append(decode_catalog_item(record.value))
+                except InvalidEvent as exc:
+                    log.warning("skipping catalog record at offset %d: %s", record.offset, exc)
+        self.add(items, encoder)
+        return len(items)
 
     def group_of(self, item_id: str, kind: str = "popularity") -> str:
         return self.groups[self.index[item_id]].get(kind, "unknown")

@@ -27,7 +27,7 @@ from learners import Encoder, FineTuneError, FineTuner
 from learners.features import AGE_BUCKETS, GENDERS
 from stream.bundle import dump_bundle
 from stream.checkpoint import read_checkpoint, write_checkpoint
-from stream.events import Click, EventCodec, Impression, Purchase, decode_catalog_item
+from stream.events import Click, EventCodec, Impression, Purchase
 from stream.exceptions import InvalidEvent
 from stream.join import Pending
 from stream.metrics import Metrics
@@ -225,18 +225,11 @@ class Worker:
             sorted({g.get("popularity", "unknown") for g in self.catalog.groups}))
 
     def _poll_catalog(self, timeout_ms: int = 0) -> int:
-        batch = self._items.poll(timeout_ms=timeout_ms, max_records=5000)
-        items = []
-        for records in batch.values():
-            for record in records:
-                try:
-                    items.append(decode_catalog_item(record.value))
-                except InvalidEvent as exc:
-                    log.warning("skipping catalog record at offset %d: %s", record.offset, exc)
-        if items:
-            self.catalog.add(items, self.encoder)
+        added = self.catalog.add_records(
+            self._items.poll(timeout_ms=timeout_ms, max_records=5000), self.encoder)
+        if added:
             self.metrics.catalog_items.set(len(self.catalog))
-        return len(items)
+        return added
 
     # -- the loop -------------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from learners import Encoder
 from stream.bundle import BundleError, PolicyBundle, load_bundle
-from stream.events import Click, EventCodec, Purchase, decode_catalog_item
+from stream.events import Click, EventCodec, Purchase
 from stream.exceptions import InvalidEvent
 from stream.metrics import ServeMetrics
 from stream.serve.recommender import Recommender
@@ -224,15 +224,7 @@ class CatalogFollower(_Follower):
 
     def _step(self) -> None:
         batch = self.consumer.poll(timeout_ms=_POLL_MS, max_records=5000)
-        items = []
-        for records in batch.values():
-            for record in records:
-                try:
-                    items.append(decode_catalog_item(record.value))
-                except InvalidEvent as exc:
-                    log.warning("skipping catalog record at offset %d: %s", record.offset, exc)
-        if items:
-            self.catalog.add(items, self.encoder)
+        if self.catalog.add_records(batch, self.encoder):
             self.recommender.set_catalog(self.catalog.ids, self.catalog.embeddings)
             self.metrics.catalog_items.set(len(self.catalog))
         if not self.caught_up.is_set() and len(self.catalog) and self._at_end([self._tp]):
