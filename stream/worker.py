@@ -163,7 +163,13 @@ class Worker:
         finally:
             self.report.elapsed_s = time.monotonic() - started
             if self.tuner is not None:
+                # Stop and join a running fine-tune: a torch thread still running when the
+                # interpreter exits aborts the process.
                 self.tuner.cancel()
+                try:
+                    self.tuner.wait(timeout=60)
+                except FineTuneError as exc:
+                    log.warning("fine-tune at shutdown: %s", exc)
             self.close()
         return self.report
 

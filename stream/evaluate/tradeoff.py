@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = ["DEFAULT_LAMBDAS", "best_operating_point", "sweep_names", "tradeoff_points"]
 
-DEFAULT_LAMBDAS = (0.0, 0.0001, 0.001, 0.01, 0.1, 1.0)
+DEFAULT_LAMBDAS = (0.0, 0.0001, 0.0002, 0.0004, 0.001, 0.01, 0.1)
 
 
 def sweep_names(base: str, lambdas: Sequence[float]) -> list[str]:
