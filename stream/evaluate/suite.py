@@ -29,7 +29,7 @@ HYPER: dict[str, dict[str, Any]] = {
     "ts": {"v": 0.03, "lam": 1.0, "mc_samples": 16},
     "neural_linear": {"alpha": 0.1, "lam": 1.0, "every": 2000, "steps": 300,
                       "batch_size": 256, "lr": 3e-3},
-    "fair_lam": 0.001,
+    "fair_lam": 4e-05,
 }
 
 #: VW options per peer name (appended to ``--cb_explore_adf -q UA``).

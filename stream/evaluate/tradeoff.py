@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = ["DEFAULT_LAMBDAS", "best_operating_point", "sweep_names", "tradeoff_points"]
 
-DEFAULT_LAMBDAS = (0.0, 0.0001, 0.0002, 0.0004, 0.001, 0.01, 0.1)
+DEFAULT_LAMBDAS = (0.0, 1e-05, 2e-05, 4e-05, 0.0001, 0.001, 0.01)
 
 
 def sweep_names(base: str, lambdas: Sequence[float]) -> list[str]:

@@ -225,7 +225,9 @@ class CatalogFollower(_Follower):
     def _step(self) -> None:
         batch = self.consumer.poll(timeout_ms=_POLL_MS, max_records=5000)
         if self.catalog.add_records(batch, self.encoder):
-            self.recommender.set_catalog(self.catalog.ids, self.catalog.embeddings)
+            self.recommender.set_catalog(
+                self.catalog.ids, self.catalog.embeddings,
+                [g.get("popularity", "unknown") for g in self.catalog.groups])
             self.metrics.catalog_items.set(len(self.catalog))
         if not self.caught_up.is_set() and len(self.catalog) and self._at_end([self._tp]):
             log.info("catalog: %d items", len(self.catalog))

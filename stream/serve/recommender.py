@@ -55,6 +55,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from bandits import ExposureController
 from learners import ProfileStore, user_groups
 from stream.bundle import PolicyBundle
 from stream.serve.exceptions import BadRequest, NotReady
@@ -116,12 +117,17 @@ class Recommender:
     def __init__(self, seed: int = 0, profiles: ProfileStore | None = None,
                  max_candidates: int = 1000, max_k: int = MAX_K,
                  impressions: ImpressionSink | None = None,
+                 exposure: ExposureController | None = None,
                  feedback_weights: Mapping[str, float] | None = None) -> None:
         self.seed = int(seed)
         self.profiles = profiles or ProfileStore()
         self.max_candidates = int(max_candidates)
         self.max_k = int(max_k)
         self.impressions = impressions
+        #: FairCo-style exposure control (``fairness.exposure_strength``; None or λ = 0: off).
+        #: Its deficits are per server process, accumulated over the requests it answers.
+        self.exposure = exposure
+        self._groups: list[str] = []
         self.feedback_weights = dict(feedback_weights or {"click": 1.0, "purchase": 1.0})
         self._view = _View(None, "", [], {}, np.zeros((0, self.profiles.emb_dim), np.float32),
                            None)
@@ -164,8 +170,11 @@ class Recommender:
             self._view = _View(bundle, str(bundle.version), old.ids, old.index, old.emb, table)
             return True
 
-    def set_catalog(self, ids: Sequence[str], embeddings: np.ndarray) -> None:
-        """Serve this catalog (ids in row order, frozen embeddings) from the next request on."""
+    def set_catalog(self, ids: Sequence[str], embeddings: np.ndarray,
+                    groups: Sequence[str] | None = None) -> None:
+        """Serve this catalog (ids in row order, frozen embeddings, and each item's exposure
+        group for the exposure controller) from the next request on."""
+        self._groups = list(groups) if groups is not None else ["unknown"] * len(ids)
         emb = np.array(embeddings, dtype=np.float32, copy=True)
         if emb.ndim != 2 or emb.shape[0] != len(ids):
             raise ValueError(f"embeddings must be ({len(ids)}, d), got {emb.shape}")
@@ -275,8 +284,17 @@ class Recommender:
                    else request_rng(self.seed, request_id))
         profile = self.profiles.get(user_id)
         X = fmap.transform(None, profile, self._canonical(user), adapted_items=adapted)
-        slate = policy.select(X, int(k), rng=rng,
+        control = self.exposure is not None and self.exposure.lam > 0
+        if control:
+            all_rows = range(len(ids)) if candidates is None else rows
+            groups = [self._groups[r] for r in all_rows]
+            bonus = self.exposure.bonus(groups)
+        slate = policy.select(X, int(k), rng=rng, bonus=bonus if control else None,
                               item_ids=ids if policy.algorithm in _BY_ID else None)
+        if control:
+            # Merit = the model's estimated relevance of every candidate (FairCo).
+            merit = policy.predict(X) if hasattr(policy, "predict") else policy.score(X)
+            self.exposure.observe(groups, slate.indices, merit)
         rec = Recommendation([ids[i] for i in slate.indices.tolist()], slate.scores.tolist(),
                              slate.propensities.tolist(), v.version, request_id)
         if self.impressions is not None:

@@ -24,6 +24,7 @@ from typing import Any
 import uvicorn
 from kafka import KafkaProducer
 
+from bandits import ExposureController
 from learners import Encoder, ProfileStore
 from stream.events import EventCodec
 from stream.metrics import ServeMetrics
@@ -60,7 +61,8 @@ class ServeRuntime:
             profiles=ProfileStore(emb_dim=self.encoder.dim, decay=feat.profile_decay,
                                   capacity=feat.profile_capacity),
             max_candidates=self.serve.max_candidates, max_k=self.serve.max_k,
-            feedback_weights={"click": ev.click_weight, "purchase": ev.purchase_weight})
+            feedback_weights={"click": ev.click_weight, "purchase": ev.purchase_weight},
+            exposure=ExposureController(lam=settings.fairness.exposure_strength))
         self.policies = PolicyFollower(settings, self.recommender, self.metrics,
                                        keep_versions=self.serve.keep_versions)
         self.catalog = CatalogFollower(settings, self.recommender, self.metrics, self.encoder)
