@@ -1,14 +1,14 @@
-"""Exposure control at serving time: the FairCo controller shifts exposure to the tail."""
+"""Exposure control at serving time: FairCo brings exposure shares towards merit shares."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.serve.conftest import make_bundle, open_bundle
 
 from bandits import ExposureController
 from stream.serve import Recommender
 from stream.settings import Settings
+from tests.serve.conftest import make_bundle, open_bundle
 
 pytestmark = pytest.mark.model
 
