@@ -49,5 +49,5 @@ def test_exposure_controller_brings_exposure_towards_merit(ml_catalog):
 def test_exposure_strength_setting_is_validated():
     from stream.exceptions import ConfigError
 
-    with pytest.raises(ConfigError, match="fairness.exposure_strength"):
+    with pytest.raises(ConfigError, match=r"fairness\.exposure_strength"):
         Settings().replace(fairness={"exposure_strength": -1.0})
