@@ -170,7 +170,7 @@ def cmd_eval_ope(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     run_eval_ope(settings.data.cache_dir, args.out, json_path=args.json,
-                 bootstrap=args.bootstrap, seed=args.seed, progress=True)
+                 bootstrap=args.resamples, seed=args.seed, progress=True)
     print(f"written: {Path(args.out) / 'report.md'}")
     return 0
 
@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     eo = esub.add_parser("ope", help="off-policy estimates on the Open Bandit Dataset sample")
     eo.add_argument("--out", default="runs/eval-ope")
     eo.add_argument("--json", type=Path)
-    eo.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    eo.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for CIs")
     eo.add_argument("--seed", type=int, default=0)
     eo.set_defaults(func=cmd_eval_ope)
 
