@@ -121,6 +121,7 @@ def cmd_bench_learners(args: argparse.Namespace) -> int:
     results = run_learners_bench(
         n_items=args.items, device=args.device or settings.model.device, progress=True,
         dim=settings.features.dim, cache_dir=Path(args.cache) if args.cache else None,
+        consumer_seconds=args.seconds,
         update=lambda x, r: policy.update(x[None, :], np.array([r])))
     print("fairstream bench learners")
     _emit(results, args.json)
@@ -221,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--device", choices=["auto", "cpu", "cuda"])
     bl.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     bl.add_argument("--cache", help="embedding cache dir (default: a fresh temporary one)")
+    bl.add_argument("--seconds", type=float, default=8.0,
+                    help="length of each consumer window (idle, fine-tuning, idle)")
     bl.set_defaults(func=cmd_bench_learners)
 
     bs = bsub.add_parser("serve", help="/recommend throughput and latency from a second process")
