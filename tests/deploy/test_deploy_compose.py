@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import os
 import re
 import shutil
 import subprocess
 
+import msgspec
 import pytest
 import yaml
 from promserver import DEPLOY, REPO_ROOT
+
+from stream.settings import Settings
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 SERVICES = {"kafka", "topic-init", "worker", "serve", "producer", "prometheus", "grafana"}
 LONG_RUNNING = {"kafka", "worker", "serve", "prometheus", "grafana"}
 FAIRSTREAM_SERVICES = {"topic-init", "worker", "serve", "producer"}
 
-# Settings keys the brief for this stack names, used while the application's
-# settings object cannot be introspected (see _app_settings_keys).
-KNOWN_SETTINGS: dict[str, set[str]] = {
-    "kafka": {"bootstrap", "group_id"},
-    "worker": {"metrics_port"},
-    "policy": {"signing_key"},
-}
 ENV_KEY = re.compile(r"FAIRSTREAM_([A-Z][A-Z0-9_]*?[A-Z0-9])__([A-Z][A-Z0-9_]*[A-Z0-9])")
 
 
@@ -33,36 +27,9 @@ def compose() -> dict:
     return yaml.safe_load(COMPOSE_FILE.read_text())
 
 
-def _field_names(cls: object) -> dict[str, object] | None:
-    """``{field: type}`` of a dataclass, msgspec Struct or pydantic model, else None."""
-    if dataclasses.is_dataclass(cls):
-        return {f.name: f.type for f in dataclasses.fields(cls)}
-    if hasattr(cls, "model_fields"):
-        return {n: f.annotation for n, f in cls.model_fields.items()}
-    if hasattr(cls, "__struct_fields__"):
-        return {n: cls.__annotations__.get(n) for n in cls.__struct_fields__}
-    return None
-
-
-def _app_settings_keys() -> dict[str, set[str]] | None:
-    """Sections and keys of the application's settings object, when it exists."""
-    for module_name in ("stream.settings", "stream.config"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        settings = getattr(module, "Settings", None)
-        fields = _field_names(settings) if settings is not None else None
-        if not fields:
-            continue
-        sections = {}
-        for name, typ in fields.items():
-            sub = _field_names(typ) if isinstance(typ, type) else None
-            if sub:
-                sections[name] = set(sub)
-        if sections:
-            return sections
-    return None
+def _app_settings_keys() -> dict[str, set[str]]:
+    """Sections and keys of the application's settings object."""
+    return {f.name: set(f.type.__struct_fields__) for f in msgspec.structs.fields(Settings)}
 
 
 def _environment(service: dict) -> dict[str, str]:
@@ -135,7 +102,7 @@ def test_startup_order(compose):
 
 
 def test_fairstream_environment_is_well_formed_and_known(compose):
-    known = _app_settings_keys() or KNOWN_SETTINGS
+    known = _app_settings_keys()
     problems = []
     for name in FAIRSTREAM_SERVICES:
         env = _environment(compose["services"][name])
