@@ -43,16 +43,22 @@ class Checkpoint:
 
 def write_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT_VERSION,
             "offsets": {str(p): o for p, o in checkpoint.offsets.items()},
             "header": checkpoint.header}
     buf = io.BytesIO()
     np.savez(buf, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
              **checkpoint.arrays)
+    write_atomic(path, buf.getbuffer())
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | memoryview) -> None:
+    """Replace ``path`` with ``data``: temporary sibling, fsync, rename, fsync the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
-        f.write(buf.getbuffer())
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

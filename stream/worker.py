@@ -17,6 +17,7 @@ import math
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -26,7 +27,7 @@ from prometheus_client import start_http_server
 from learners import Encoder, FineTuneError, FineTuner
 from learners.features import AGE_BUCKETS, GENDERS
 from stream.bundle import dump_bundle
-from stream.checkpoint import read_checkpoint, write_checkpoint
+from stream.checkpoint import CheckpointError, read_checkpoint, write_atomic, write_checkpoint
 from stream.events import Click, EventCodec, Impression, Purchase
 from stream.exceptions import InvalidEvent
 from stream.join import Pending
@@ -209,7 +210,23 @@ class Worker:
         else:
             self.state = LearningState.from_checkpoint(self.settings, self.catalog, ck)
             log.info("resumed from checkpoint at offsets %s", ck.offsets)
+        # Versions published after the last checkpoint must not be reused: servers only
+        # swap to a newer number, so a reused one would be ignored.
+        self.state.version = max(self.state.version, self._published_version())
         self.metrics.policy_version.set(self.state.version)
+
+    @property
+    def _version_path(self) -> Path:
+        path = Path(self.settings.worker.checkpoint_path)
+        return path.with_name(path.name + ".published")
+
+    def _published_version(self) -> int:
+        try:
+            return int(self._version_path.read_text())
+        except FileNotFoundError:
+            return 0
+        except ValueError as exc:
+            raise CheckpointError(f"{self._version_path} does not hold a version") from exc
 
     # -- catalog --------------------------------------------------------------------------------
 
@@ -338,6 +355,8 @@ class Worker:
             bundle = dump_bundle(self.state.policy, self.state.fmap,
                                  key=s.policy.signing_key.encode(), version=self.state.version)
             report = self.state.fairness.window_report()
+        # Record the number before sending it, so a crash right after never reuses it.
+        write_atomic(self._version_path, str(self.state.version).encode())
         self._producer.send(s.topics.policies, key=s.kafka.group_id.encode(), value=bundle)
         fairness = {"policy_version": self.state.version, "ts": time.time(),
                     "window": asdict(report),

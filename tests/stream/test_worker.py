@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.partitioner.default import murmur2
 
+from stream.bundle import load_bundle
 from stream.checkpoint import read_checkpoint
 from stream.demo import MALFORMED
 from stream.events import Click
@@ -50,6 +52,19 @@ def reference_state(settings, ml, encoder, events):
         p = (murmur2(event.user_id.encode()) & 0x7FFFFFFF) % n_parts  # Kafka's keyed default
         state.learn(state.observe(event, p))
     return state
+
+
+def read_topic(settings, topic, partitions=1):
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False)
+    consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+    consumer.seek_to_beginning()
+    values, quiet_since = [], time.monotonic()
+    while time.monotonic() - quiet_since < 2.0:
+        for records in consumer.poll(200).values():
+            values.extend(r.value for r in records)
+            quiet_since = time.monotonic()
+    consumer.close()
+    return values
 
 
 def assert_same_learning(state, ref):
@@ -184,3 +199,10 @@ def test_sigkill_mid_stream_then_restart_equals_one_uninterrupted_run(loaded, mo
     ck = read_checkpoint(path)
     assert sum(ck.offsets.values()) == len(events) + 1 + len(MALFORMED) + 1
     assert_same_learning(LearningState.from_checkpoint(settings, ref.catalog, ck), ref)
+
+    # Policy versions only go up across the crash: servers swap only to a newer number.
+    versions = [load_bundle(v, key=settings.policy.signing_key.encode(),
+                            dim=settings.features.dim).version
+                for v in read_topic(settings, settings.topics.policies)]
+    assert len(versions) >= 3
+    assert all(a < b for a, b in itertools.pairwise(versions)), versions
