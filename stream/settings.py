@@ -119,7 +119,7 @@ class WorkerSettings(_Section):
     checkpoint_every_s: float = 30.0
     metrics_port: int = 9100
     metrics_host: str = "127.0.0.1"
-    poll_max_records: int = 2000
+    poll_max_records: int = 10_000  # larger polls: ~1.8x events/s learned (bench pipeline)
     poll_timeout_ms: int = 200
 
 
