@@ -19,6 +19,13 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _style(name: str) -> dict[str, Any]:
     from stream.evaluate.suite import is_peer
 
@@ -43,10 +50,7 @@ def write_plots(out_dir: Path, curves: dict[str, dict[str, np.ndarray]],
     axes[1].set(title="Cumulative regret vs best slate of the candidates", xlabel="arrival",
                 ylabel="regret")
     axes[1].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    paths.append(out_dir / "reward_regret.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out_dir / "reward_regret.png"))
 
     labels = sorted({g for n in names for g in policies[n]["reward_by_user_group"]})
     fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(labels) + 4), 5))
@@ -57,10 +61,7 @@ def write_plots(out_dir: Path, curves: dict[str, dict[str, np.ndarray]],
     ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2, labels, rotation=30, ha="right")
     ax.set(title="Mean reward per user group", ylabel="reward per shown item")
     ax.legend(fontsize=7, ncol=3)
-    fig.tight_layout()
-    paths.append(out_dir / "reward_by_group.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out_dir / "reward_by_group.png"))
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for name in names:
@@ -74,10 +75,7 @@ def write_plots(out_dir: Path, curves: dict[str, dict[str, np.ndarray]],
     ax.set(title="Tail-item exposure share over time (cumulative)", xlabel="arrival",
            ylabel="position-weighted share")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    paths.append(out_dir / "tail_exposure.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out_dir / "tail_exposure.png"))
 
     fig, ax = plt.subplots(figsize=(7, 5))
     if tradeoff:
@@ -89,8 +87,5 @@ def write_plots(out_dir: Path, curves: dict[str, dict[str, np.ndarray]],
                         fontsize=8, xytext=(4, 4), textcoords="offset points")
         ax.set(title=f"Reward vs tail-exposure disparity ({tradeoff[0]['policy']})")
     ax.set(xlabel="|tail exposure share − tail share among candidates|", ylabel="mean reward")
-    fig.tight_layout()
-    paths.append(out_dir / "tradeoff.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out_dir / "tradeoff.png"))
     return paths

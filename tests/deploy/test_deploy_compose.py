@@ -198,24 +198,13 @@ def test_docker_compose_config():
     command = _compose_command()
     if command is None:
         pytest.skip("no Docker client with compose here; the structure tests above still ran")
-    env = {**os.environ, "POLICY_SIGNING_KEY": "test-only-key"}
-    result = subprocess.run(
-        [*command, "-f", str(COMPOSE_FILE), "config", "-q"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    def config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*command, "-f", str(COMPOSE_FILE), "config", "-q"],
+                              cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+    env = {k: v for k, v in os.environ.items() if k != "POLICY_SIGNING_KEY"}
+    result = config({**env, "POLICY_SIGNING_KEY": "test-only-key"})
     assert result.returncode == 0, result.stderr
     # Without a signing key the stack refuses to start rather than run unsigned.
-    env.pop("POLICY_SIGNING_KEY")
-    result = subprocess.run(
-        [*command, "-f", str(COMPOSE_FILE), "config", "-q"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = config(env)
     assert result.returncode != 0 and "POLICY_SIGNING_KEY" in result.stderr
