@@ -58,6 +58,13 @@ class _Follower:
         self._thread: threading.Thread | None = None
         self.consumer: KafkaConsumer | None = None
 
+    def _from_start(self, name: str, tp: TopicPartition) -> KafkaConsumer:
+        """A consumer of one compacted partition, read from its beginning (no group)."""
+        consumer = self._consumer(name)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        return consumer
+
     def _consumer(self, suffix: str) -> KafkaConsumer:
         k = self.settings.kafka
         return KafkaConsumer(bootstrap_servers=k.bootstrap, enable_auto_commit=False,
@@ -121,10 +128,7 @@ class PolicyFollower(_Follower):
         self._tp = TopicPartition(settings.topics.policies, 0)
 
     def _open(self) -> KafkaConsumer:
-        consumer = self._consumer("policies")
-        consumer.assign([self._tp])
-        consumer.seek_to_beginning(self._tp)
-        return consumer
+        return self._from_start("policies", self._tp)
 
     def request_reload(self) -> None:
         """Re-read the topic from the beginning (admin): forgets kept bundles first."""
@@ -217,10 +221,7 @@ class CatalogFollower(_Follower):
         self._tp = TopicPartition(settings.topics.items, 0)
 
     def _open(self) -> KafkaConsumer:
-        consumer = self._consumer("catalog")
-        consumer.assign([self._tp])
-        consumer.seek_to_beginning(self._tp)
-        return consumer
+        return self._from_start("catalog", self._tp)
 
     def _step(self) -> None:
         batch = self.consumer.poll(timeout_ms=_POLL_MS, max_records=5000)
