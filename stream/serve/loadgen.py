@@ -1,7 +1,8 @@
 """Load generator for :func:`stream.serve.bench.run_serve_bench`, run as a second process.
 
-Stdlib only (asyncio streams, HTTP/1.1 keep-alive, pre-encoded requests), so
-the client costs little CPU next to the server it measures. Two phases:
+asyncio streams (on uvloop when installed), HTTP/1.1 keep-alive and
+pre-encoded requests, so the client costs little CPU next to the server it
+measures. Two phases:
 
 * **max**: ``connections`` closed-loop clients for ``max_requests`` requests
   or ``max_seconds`` → requests/s and latency at saturation;
@@ -134,6 +135,14 @@ async def _main(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def main(spec: dict[str, Any]) -> dict[str, Any]:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(_main(spec))
+    return uvloop.run(_main(spec))
+
+
 if __name__ == "__main__":
     with open(sys.argv[1]) as f:
-        print(json.dumps(asyncio.run(_main(json.load(f)))))
+        print(json.dumps(main(json.load(f))))

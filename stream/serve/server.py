@@ -149,8 +149,9 @@ class _Server(uvicorn.Server):
 
 
 def _config(app: Any, host: str, port: int) -> uvicorn.Config:
-    # No access log (a log line per request costs more than the scoring); h11 unless
-    # httptools is installed ("auto"); one worker process: the followers live in it.
+    # No access log (a log line per request costs more than the scoring); uvloop and
+    # httptools (dependencies; "auto" falls back to asyncio and h11 without them); one
+    # worker process: the followers live in it.
     return uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning",
                           lifespan="off", timeout_graceful_shutdown=10)
 
