@@ -122,6 +122,21 @@ def test_admin_is_disabled_without_a_configured_token(ml_catalog):
     assert r.status_code == 403 and r.json()["error"] == "admin_disabled"
 
 
+def test_an_unexpected_failure_is_a_logged_500_and_the_server_keeps_answering(caplog):
+    class Broken(Recommender):
+        def recommend(self, *args, **kwargs):
+            raise RuntimeError("boom")
+
+    metrics = ServeMetrics()
+    client = TestClient(create_app(ServeContext(Broken(), metrics=metrics)))
+    r = post(client, "/recommend", {"user_id": "u1"})
+    assert r.status_code == 500 and r.json()["error"] == "internal_error"
+    assert "boom" in caplog.text
+    assert metrics.registry.get_sample_value(
+        "fairstream_serve_requests_total", {"endpoint": "recommend", "code": "500"}) == 1
+    assert client.get("/healthz").status_code == 200
+
+
 def test_tampered_bundle_is_rejected_and_the_old_one_keeps_serving(served):
     client, catalog, metrics, follower, settings, _ = served
     serving = follower.recommender.bundle.version
