@@ -34,7 +34,9 @@ class ReplayBuffer:
 
     ``policy="reservoir"`` keeps a uniform sample of everything seen
     (Vitter's algorithm R, driven by ``seed``); ``"window"`` keeps the last
-    ``capacity`` rows. Storage grows by doubling up to ``capacity``. Safe to
+    ``capacity`` rows. Storage for ``capacity`` rows is reserved up front with
+``np.zeros`` (calloc: the OS maps pages as rows land, so an empty buffer costs
+no memory, and nothing is ever copied to grow it). Safe to
     ``add`` from the consumer while a fine-tune thread takes ``snapshot()``.
 
     >>> buf = ReplayBuffer(capacity=3, emb_dim=2, seed=0, policy="window")
@@ -56,23 +58,13 @@ class ReplayBuffer:
         self._lock = threading.Lock()
         self._n = 0
         self.seen = 0
-        self._alloc(min(self.capacity, 1024))
-
-    def _alloc(self, size: int) -> None:
-        old = getattr(self, "_items", None)
-        items = np.zeros((size, self.emb_dim), dtype=np.float32)
-        profiles = np.zeros((size, self.emb_dim), dtype=np.float32)
-        gender = np.full(size, -1, dtype=np.int8)
-        age = np.full(size, -1, dtype=np.int8)
-        rewards = np.zeros(size, dtype=np.float64)
-        seq = np.zeros(size, dtype=np.int64)
-        if old is not None:
-            n = self._n
-            items[:n], profiles[:n] = self._items[:n], self._profiles[:n]
-            gender[:n], age[:n] = self._gender[:n], self._age[:n]
-            rewards[:n], seq[:n] = self._rewards[:n], self._seq[:n]
-        self._items, self._profiles, self._gender, self._age = items, profiles, gender, age
-        self._rewards, self._seq = rewards, seq
+        size = self.capacity
+        self._items = np.zeros((size, self.emb_dim), dtype=np.float32)
+        self._profiles = np.zeros((size, self.emb_dim), dtype=np.float32)
+        self._gender = np.full(size, -1, dtype=np.int8)
+        self._age = np.full(size, -1, dtype=np.int8)
+        self._rewards = np.zeros(size, dtype=np.float64)
+        self._seq = np.zeros(size, dtype=np.int64)
 
     def __len__(self) -> int:
         return self._n
@@ -97,8 +89,6 @@ class ReplayBuffer:
             t = self.seen
             self.seen += 1
             if self._n < self.capacity:
-                if self._n == self._items.shape[0]:
-                    self._alloc(min(self.capacity, 2 * self._n))
                 slot = self._n
                 self._n += 1
             elif self.policy == "window":
@@ -142,8 +132,6 @@ class ReplayBuffer:
             self.seen += m
             take = min(self.capacity - self._n, m)
             if take > 0:
-                while self._items.shape[0] < self._n + take:
-                    self._alloc(min(self.capacity, 2 * self._items.shape[0]))
                 slots = np.arange(self._n, self._n + take)
                 self._n += take
             else:
