@@ -15,9 +15,9 @@ Metrics (over the last N slates and cumulatively), for a slate whose item at
     largest gap      max_u ρ_u − min_u ρ_u;   ratio = min_u ρ_u / max_u ρ_u
 
 Sums are over the slates in scope. Undefined values (no reward yet, fewer
-than two user groups, max rate 0) are ``nan``. Windowed sums are maintained
-incrementally (add the new slate, subtract the evicted one) and re-summed
-from the window every N evictions to bound floating-point drift.
+than two user groups, max rate 0) are ``nan``. Windowed sums are taken
+afresh from a ring of the last N per-slate rows whenever a report is made,
+so they carry no floating-point drift however many slates were evicted.
 
 Controller: :class:`ExposureController` keeps, per item group, the
 accumulated exposure deficit relative to the group's merit share::
@@ -42,9 +42,7 @@ Järvelin, Kekäläinen (2002). Cumulated gain-based evaluation of IR techniques
 
 from __future__ import annotations
 
-import functools
 import math
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -61,11 +59,6 @@ def position_weights(k: int) -> np.ndarray:
     return 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
 
 
-@functools.lru_cache(maxsize=64)
-def _weights(k: int) -> tuple[float, ...]:
-    return tuple(position_weights(k).tolist())
-
-
 @dataclass(frozen=True)
 class FairnessReport:
     """Fairness metrics over some scope (a window or everything so far)."""
@@ -80,56 +73,60 @@ class FairnessReport:
     reward_rate_ratio: float
 
 
-class _Sums:
-    """Per-group running sums of one scope, with presence counts for key cleanup."""
+def _report(slates: int, item_groups: list[str], exposure: np.ndarray, merit: np.ndarray,
+            user_groups: list[str], rewards: np.ndarray, shown: np.ndarray) -> FairnessReport:
+    """Shares, gaps and reward rates from per-group sums (groups in sorted order)."""
+    nan = math.nan
+    total_e, total_m = math.fsum(exposure.tolist()), math.fsum(merit.tolist())
+    e = {g: float(x) / total_e if total_e > 0 else nan
+         for g, x in zip(item_groups, exposure, strict=True)}
+    m = {g: float(x) / total_m if total_m > 0 else nan
+         for g, x in zip(item_groups, merit, strict=True)}
+    gap = {g: e[g] - m[g] for g in item_groups}
+    disparity = 0.5 * sum(abs(v) for v in gap.values()) if total_m > 0 and item_groups else nan
+    rate = {u: float(r) / float(n) if n > 0 else nan
+            for u, r, n in zip(user_groups, rewards, shown, strict=True)}
+    finite = [v for v in rate.values() if not math.isnan(v)]
+    if len(finite) >= 2:
+        hi, lo = max(finite), min(finite)
+        rgap, ratio = hi - lo, (lo / hi if hi > 0 else nan)
+    else:
+        rgap = ratio = nan
+    return FairnessReport(slates, e, m, gap, disparity, rate, rgap, ratio)
 
-    def __init__(self) -> None:
-        self.slates = 0
-        self.exposure: dict[str, float] = {}
-        self.merit: dict[str, float] = {}
-        self.rewards: dict[str, float] = {}
-        self.impressions: dict[str, float] = {}
-        self.item_presence: dict[str, int] = {}
-        self.user_presence: dict[str, int] = {}
 
-    def add(self, c: tuple, sign: int) -> None:
-        exposure, merit, user_groups, reward, shown = c
-        self.slates += sign
-        for g in exposure:
-            self.exposure[g] = self.exposure.get(g, 0.0) + sign * exposure[g]
-            self.merit[g] = self.merit.get(g, 0.0) + sign * merit[g]
-            self.item_presence[g] = self.item_presence.get(g, 0) + sign
-            if self.item_presence[g] == 0:
-                del self.exposure[g], self.merit[g], self.item_presence[g]
-        for u in user_groups:
-            self.rewards[u] = self.rewards.get(u, 0.0) + sign * reward
-            self.impressions[u] = self.impressions.get(u, 0.0) + sign * shown
-            self.user_presence[u] = self.user_presence.get(u, 0) + sign
-            if self.user_presence[u] == 0:
-                del self.rewards[u], self.impressions[u], self.user_presence[u]
+class _Table:
+    """Per-slate rows by group column: exposure and merit per item group, reward and
+    items shown per user group, and whether the slate touched each group."""
 
-    def report(self) -> FairnessReport:
-        nan = math.nan
-        total_e = sum(self.exposure.values())
-        total_m = sum(self.merit.values())
-        groups = sorted(self.exposure)
-        e = {g: self.exposure[g] / total_e if total_e > 0 else nan for g in groups}
-        m = {g: self.merit[g] / total_m if total_m > 0 else nan for g in groups}
-        gap = {g: e[g] - m[g] for g in groups}
-        disparity = 0.5 * sum(abs(v) for v in gap.values()) if total_m > 0 and groups else nan
-        rate = {u: self.rewards[u] / self.impressions[u] if self.impressions[u] > 0 else nan
-                for u in sorted(self.rewards)}
-        finite = [v for v in rate.values() if not math.isnan(v)]
-        if len(finite) >= 2:
-            hi, lo = max(finite), min(finite)
-            rgap, ratio = hi - lo, (lo / hi if hi > 0 else nan)
-        else:
-            rgap = ratio = nan
-        return FairnessReport(self.slates, e, m, gap, disparity, rate, rgap, ratio)
+    def __init__(self, rows: int) -> None:
+        self.exposure = np.zeros((rows, 0))
+        self.merit = np.zeros((rows, 0))
+        self.item_in = np.zeros((rows, 0), dtype=bool)
+        self.rewards = np.zeros((rows, 0))
+        self.shown = np.zeros((rows, 0))
+        self.user_in = np.zeros((rows, 0), dtype=bool)
+
+    def widen(self, n_items: int, n_users: int) -> None:
+        """Grow the group columns (new groups appear rarely)."""
+        def grow(a: np.ndarray, n: int) -> np.ndarray:
+            return a if a.shape[1] >= n else np.pad(a, ((0, 0), (0, n - a.shape[1])))
+
+        self.exposure, self.merit = grow(self.exposure, n_items), grow(self.merit, n_items)
+        self.item_in = grow(self.item_in, n_items)
+        self.rewards, self.shown = grow(self.rewards, n_users), grow(self.shown, n_users)
+        self.user_in = grow(self.user_in, n_users)
 
 
 class FairnessTracker:
-    """Incremental per-group exposure / merit / reward-rate metrics.
+    """Per-group exposure / merit / reward-rate metrics over a window and cumulatively.
+
+    Each slate becomes one row of per-group sums (exposure and merit per item
+    group, reward and items shown per user group); the window is a ring of the
+    last ``window`` rows, summed when a report is asked for (exact, no drift),
+    and cumulative sums add every row. :meth:`observe_batch` takes many slates
+    at once with a few numpy calls, which is what a worker's batched update
+    needs: one slate at a time cost more than the policy update itself.
 
     Example
     -------
@@ -145,46 +142,101 @@ class FairnessTracker:
         if isinstance(window, bool) or int(window) != window or window < 1:
             raise InvalidInput(f"window must be a positive integer, got {window!r}")
         self.window = int(window)
-        self._recent: deque[tuple] = deque()
-        self._win = _Sums()
-        self._all = _Sums()
-        self._evictions = 0
+        self._items: dict[str, int] = {}  # group name -> column
+        self._users: dict[str, int] = {}
+        self._ring = _Table(self.window)
+        self._head = 0     # next ring row to write
+        self._filled = 0   # rows of the ring in use
+        self._slates = 0
+        self._all = _Table(1)  # cumulative sums, one row
 
     def observe(self, item_groups: Sequence[str], rewards: Sequence[float] | np.ndarray,
                 user_groups: Sequence[str] | str = ()) -> None:
         """Record one slate: item groups by position (best first) and each shown item's reward."""
-        # Plain Python on purpose: a worker calls this once per closed impression, and for
-        # slates of a handful of items numpy's per-call overhead dominates the arithmetic.
-        groups = [str(g) for g in item_groups]
-        r = [float(x) for x in np.ravel(rewards)] if isinstance(rewards, np.ndarray) \
-            else [float(x) for x in rewards]
-        if len(r) != len(groups) or not all(math.isfinite(x) for x in r):
-            raise InvalidInput(f"rewards must be {len(groups)} finite values, got {len(r)}")
-        users = (user_groups,) if isinstance(user_groups, str) else tuple(map(str, user_groups))
-        exposure: dict[str, float] = {}
-        merit: dict[str, float] = {}
-        for g, wj, rj in zip(groups, _weights(len(groups)), r, strict=True):
-            exposure[g] = exposure.get(g, 0.0) + wj
-            merit[g] = merit.get(g, 0.0) + rj
-        c = (exposure, merit, tuple(dict.fromkeys(users)), math.fsum(r), float(len(groups)))
-        self._all.add(c, 1)
-        self._win.add(c, 1)
-        self._recent.append(c)
-        if len(self._recent) > self.window:
-            self._win.add(self._recent.popleft(), -1)
-            self._evictions += 1
-            if self._evictions % self.window == 0:  # re-sum to drop accumulated rounding
-                self._win = _Sums()
-                for old in self._recent:
-                    self._win.add(old, 1)
+        self.observe_batch([item_groups], [rewards], [user_groups])
+
+    def observe_batch(self, item_groups: Sequence[Sequence[str]],
+                      rewards: Sequence[Sequence[float] | np.ndarray],
+                      user_groups: Sequence[Sequence[str] | str]) -> None:
+        """Record ``B`` slates in order, as ``B`` calls of :meth:`observe` would."""
+        b = len(item_groups)
+        if not len(rewards) == len(user_groups) == b:
+            raise InvalidInput(f"need one rewards and one user_groups entry per slate ({b}), "
+                               f"got {len(rewards)} and {len(user_groups)}")
+        if b == 0:
+            return
+        sizes = np.fromiter(map(len, item_groups), dtype=np.intp, count=b)
+        flat_r = np.concatenate([np.ravel(np.asarray(r, dtype=np.float64)) for r in rewards])
+        if flat_r.shape[0] != sizes.sum() or not np.all(np.isfinite(flat_r)):
+            bad = next((i for i, (g, r) in enumerate(zip(item_groups, rewards, strict=True))
+                        if np.size(r) != len(g)), None)
+            raise InvalidInput("rewards must be finite and one per shown item"
+                               + (f" (slate {bad}: {len(item_groups[bad])} items, "
+                                  f"{np.size(rewards[bad])} rewards)" if bad is not None else ""))
+        items, users = self._items, self._users
+        item_cols = [items.setdefault(str(g), len(items)) for slate in item_groups for g in slate]
+        user_rows, user_cols = [], []
+        for i, u in enumerate(user_groups):
+            for label in dict.fromkeys((u,) if isinstance(u, str) else map(str, u)):
+                user_rows.append(i)
+                user_cols.append(users.setdefault(label, len(users)))
+        n_items, n_users = len(items), len(users)
+        self._ring.widen(n_items, n_users)
+        self._all.widen(n_items, n_users)
+
+        # Per-slate rows: (B, groups) sums by bincount over slate*groups + column.
+        slate = np.repeat(np.arange(b), sizes)
+        starts = np.cumsum(sizes) - sizes
+        position = np.arange(slate.shape[0]) - starts[slate]
+        weight = 1.0 / np.log2(position + 2.0)
+        cell = slate * n_items + np.asarray(item_cols, dtype=np.intp)
+        exposure = np.bincount(cell, weight, b * n_items).reshape(b, n_items)
+        merit = np.bincount(cell, flat_r, b * n_items).reshape(b, n_items)
+        item_in = np.bincount(cell, None, b * n_items).reshape(b, n_items) > 0
+        total = np.bincount(slate, flat_r, b)
+        urow = np.asarray(user_rows, dtype=np.intp)
+        ucell = urow * n_users + np.asarray(user_cols, dtype=np.intp)
+        rewards_u = np.bincount(ucell, total[urow], b * n_users).reshape(b, n_users)
+        shown_u = np.bincount(ucell, sizes[urow].astype(np.float64),
+                              b * n_users).reshape(b, n_users)
+        user_in = np.bincount(ucell, None, b * n_users).reshape(b, n_users) > 0
+
+        a = self._all
+        a.exposure[0] += exposure.sum(axis=0)
+        a.merit[0] += merit.sum(axis=0)
+        a.item_in[0] |= item_in.any(axis=0)
+        a.rewards[0] += rewards_u.sum(axis=0)
+        a.shown[0] += shown_u.sum(axis=0)
+        a.user_in[0] |= user_in.any(axis=0)
+        self._slates += b
+
+        keep = min(b, self.window)  # earlier slates of a long batch are evicted at once
+        rows = (self._head + np.arange(keep)) % self.window
+        ring = self._ring
+        ring.exposure[rows], ring.merit[rows] = exposure[-keep:], merit[-keep:]
+        ring.item_in[rows] = item_in[-keep:]
+        ring.rewards[rows], ring.shown[rows] = rewards_u[-keep:], shown_u[-keep:]
+        ring.user_in[rows] = user_in[-keep:]
+        self._head = int((self._head + keep) % self.window)
+        self._filled = min(self.window, self._filled + keep)
+
+    def _of(self, t: _Table, rows: slice | int, slates: int) -> FairnessReport:
+        in_i, in_u = t.item_in[rows].any(axis=0), t.user_in[rows].any(axis=0)
+        groups = sorted((g for g, c in self._items.items() if in_i[c]))
+        labels = sorted((u for u, c in self._users.items() if in_u[c]))
+        gc = [self._items[g] for g in groups]
+        uc = [self._users[u] for u in labels]
+        return _report(slates, groups, t.exposure[rows][:, gc].sum(axis=0),
+                       t.merit[rows][:, gc].sum(axis=0), labels,
+                       t.rewards[rows][:, uc].sum(axis=0), t.shown[rows][:, uc].sum(axis=0))
 
     def window_report(self) -> FairnessReport:
         """Metrics over the last ``window`` slates."""
-        return self._win.report()
+        return self._of(self._ring, slice(0, self._filled), self._filled)
 
     def cumulative_report(self) -> FairnessReport:
         """Metrics over every slate observed."""
-        return self._all.report()
+        return self._of(self._all, slice(0, 1), self._slates)
 
 
 class ExposureController:

@@ -70,6 +70,32 @@ def test_no_reward_gives_nan_merit_and_window_stays_exact_over_many_evictions():
         t.observe(["a", "b"], [1.0])
 
 
+@pytest.mark.parametrize("window", [1, 4, 1000])
+def test_a_batch_equals_the_same_slates_one_by_one(window):
+    rng = np.random.default_rng(window)
+    groups = ["head", "tail", "provider-7", "new"]
+    slates = [(list(rng.choice(groups[:2 + i // 20], size=rng.integers(1, 6))),
+               rng.random(6), list(rng.choice(["gender=F", "gender=M", "age=18-24"], 2)))
+              for i in range(60)]
+    slates = [(g, r[:len(g)].round(), u) for g, r, u in slates]
+    one, many = FairnessTracker(window=window), FairnessTracker(window=window)
+    for g, r, u in slates:
+        one.observe(g, r, user_groups=u)
+    for chunk in (slates[:7], slates[7:8], slates[8:]):  # a batch longer than the window too
+        many.observe_batch(*zip(*chunk, strict=True))
+    for report in ("window_report", "cumulative_report"):
+        a, b = getattr(one, report)(), getattr(many, report)()
+        assert a.slates == b.slates
+        for name in ("exposure_share", "merit_share", "reward_rate"):
+            assert getattr(a, name).keys() == getattr(b, name).keys()
+            assert getattr(a, name) == pytest.approx(getattr(b, name), rel=1e-12, nan_ok=True)
+        assert a.disparity == pytest.approx(b.disparity, rel=1e-12, nan_ok=True)
+    with pytest.raises(InvalidInput, match="slate 1"):
+        many.observe_batch([["a"], ["a", "b"]], [[1.0], [1.0]], [[], []])
+    with pytest.raises(InvalidInput, match="one rewards"):
+        many.observe_batch([["a"]], [], [[]])
+
+
 def test_popularity_groups_head_is_top_20_percent():
     counts = {f"i{j}": c for j, c in enumerate([5, 100, 7, 0, 3, 50, 2, 2, 9, 1])}
     groups = popularity_groups(counts)
