@@ -23,7 +23,6 @@ from bandits import (
     dump_snapshot,
     load_snapshot,
     policy_from_config,
-    position_weights,
 )
 from learners import (
     Adapter,
@@ -59,6 +58,8 @@ class Catalog:
         self.ids: list[str] = []
         self.index: dict[str, int] = {}
         self.groups: list[dict[str, str]] = []
+        #: each row's popularity group (what exposure is tracked by), kept beside ``groups``
+        self.popularity: list[str] = []
         self._emb = np.zeros((0, dim), dtype=np.float32)
 
     def __len__(self) -> int:
@@ -87,9 +88,11 @@ class Catalog:
                     self._emb = grown
                 self.ids.append(item.item_id)
                 self.groups.append({})
+                self.popularity.append("unknown")
                 self.index[item.item_id] = row
             self._emb[row] = vec
             self.groups[row] = dict(item.groups)
+            self.popularity[row] = self.groups[row].get("popularity", "unknown")
             rows.append(row)
         return rows
 
@@ -146,6 +149,7 @@ class LearningState:
         self.offsets: dict[int, int] = {}
         self.version = 0  # of the last published policy
         self._adapted = np.zeros((0, fmap.k_item))
+        self._code_cache: dict[tuple[Any, Any], tuple[int, int]] = {}
 
     # -- construction -------------------------------------------------------------------------
 
@@ -167,6 +171,19 @@ class LearningState:
             self._adapted = np.vstack(
                 [self._adapted, self.fmap.adapt(self.catalog.embeddings[len(self._adapted):n])])
         return self._adapted[rows]
+
+    def _codes(self, user: dict[str, Any]) -> tuple[int, int]:
+        """:func:`attr_codes`, memoised on the raw (gender, age) values (few distinct)."""
+        key = (user.get("gender"), user.get("age"))
+        try:
+            codes = self._code_cache.get(key)
+        except TypeError:  # unhashable attribute values
+            return attr_codes(user)
+        if codes is None:
+            if len(self._code_cache) > 4096:
+                self._code_cache.clear()
+            codes = self._code_cache[key] = attr_codes(user)
+        return codes
 
     def features(self, user_id: str, user: dict[str, Any], item_ids: Sequence[str],
                  now: float, profile: np.ndarray | None = None) -> np.ndarray:
@@ -200,37 +217,53 @@ class LearningState:
         if not closed:
             return learned
         emb, index = self.catalog.embeddings, self.catalog.index
-        n = sum(len(p.items) for p in closed)
-        rows = np.empty(n, dtype=np.intp)
-        owner = np.empty(n, dtype=np.intp)
-        codes = np.empty((n, 2), dtype=np.int8)
-        rewards = np.empty(n, dtype=np.float64)
+        # Python lists in the loop, one array each after it: per-row numpy assignments
+        # cost more than the bookkeeping they hold.
+        rows_l: list[int] = []
+        owner_l: list[int] = []
+        codes_l: list[tuple[int, int]] = []
+        rewards_l: list[float] = []
         profiles = np.empty((len(closed), emb.shape[1]), dtype=np.float32)
-        rewards_by_group = learned.reward_by_user_group
-        exposure = learned.exposure_by_item_group
-        j = 0
+        labels_of: list[tuple[str, str]] = []
+        groups_of: list[list[str]] = []
+        item_group = self.catalog.popularity
+        drift, observe = self.drift.update, self.profiles.observe
         for i, p in enumerate(closed):
             profiles[i] = self.profiles.get(p.user_id, now=p.ts)
             k = len(p.items)
             item_rows = [index[item] for item in p.items]
-            g, a = attr_codes(p.user)
-            rows[j:j + k], owner[j:j + k], codes[j:j + k] = item_rows, i, (g, a)
-            rewards[j:j + k] = p.rewards
-            j += k
-            labels = _labels(g, a)
-            total = sum(p.rewards)
-            for label in labels:
-                acc = rewards_by_group.setdefault(label, [0.0, 0.0])
-                acc[0] += total
-                acc[1] += k
-            groups = [self.catalog.groups[r].get("popularity", "unknown") for r in item_rows]
-            self.fairness.observe(groups, p.rewards, labels)
-            for group, weight in zip(groups, _position_weights(k), strict=True):
-                exposure[group] = exposure.get(group, 0.0) + weight
+            codes = self._codes(p.user)
+            rows_l += item_rows
+            owner_l += [i] * k
+            codes_l += [codes] * k
+            rewards_l += p.rewards
+            labels = _labels(*codes)
+            labels_of.append(labels)
+            groups_of.append([item_group[r] for r in item_rows])
             for row, reward in zip(item_rows, p.rewards, strict=True):
-                self.drift.update(reward, labels[0])
+                drift(reward, labels[0])
                 if reward > 0:
-                    self.profiles.observe(p.user_id, emb[row], reward, now=p.ts)
+                    observe(p.user_id, emb[row], reward, now=p.ts)
+        n = len(rows_l)
+        rows = np.array(rows_l, dtype=np.intp)
+        owner = np.array(owner_l, dtype=np.intp)
+        codes = np.array(codes_l, dtype=np.int8).reshape(n, 2)
+        rewards = np.array(rewards_l, dtype=np.float64)
+        self.fairness.observe_batch(groups_of, [p.rewards for p in closed], labels_of)
+        # Per-group sums for the Prometheus counters, by array ops over the whole batch.
+        sizes = np.fromiter((len(p.items) for p in closed), dtype=np.intp, count=len(closed))
+        slate_reward = np.bincount(owner, rewards, len(closed))
+        for pos, (label_g, label_a) in enumerate(labels_of):
+            for label in (label_g, label_a):
+                acc = learned.reward_by_user_group.setdefault(label, [0.0, 0.0])
+                acc[0] += slate_reward[pos]
+                acc[1] += sizes[pos]
+        position = np.arange(n) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        weight = 1.0 / np.log2(position + 2.0)
+        names, group_code = np.unique([g for gs in groups_of for g in gs], return_inverse=True)
+        for name, total in zip(names.tolist(), np.bincount(group_code, weight).tolist(),
+                               strict=True):
+            learned.exposure_by_item_group[name] = total
         X = self.fmap.assemble(self.adapted_items(rows), self.fmap.adapt(profiles)[owner],
                                codes[:, 0], codes[:, 1])
         self.policy.update(X, rewards)
@@ -321,11 +354,6 @@ def _new_policy(settings: Settings, fmap: FeatureMap) -> Policy:
         hyper |= {"epsilon": b.epsilon}
     return policy_from_config(algorithm=b.algorithm, dim=fmap.dim,
                               feature_space=fmap.feature_space, seed=b.seed, **hyper)
-
-
-@functools.cache
-def _position_weights(k: int) -> tuple[float, ...]:
-    return tuple(position_weights(k).tolist())
 
 
 @functools.cache
