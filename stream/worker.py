@@ -133,6 +133,8 @@ class Worker:
             self.close()
             return self.report
         self._restore()
+        if self.tuner is not None:
+            log.info("fine-tune path warmed up in %.1fs", self.tuner.warm_up(self.state.fmap))
         self.publish()  # announce the policy it starts from: servers can answer at once
         self.consumer.subscribe([s.topics.events], listener=_Resume(self))
         self.ready.set()
@@ -263,21 +265,25 @@ class Worker:
             log.info("catalog grew to %d items", len(self.catalog))
         batch = self.consumer.poll(timeout_ms=w.poll_timeout_ms, max_records=w.poll_max_records)
         handled = 0
+        kinds: dict[str, int] = {}  # counted once per poll, not per record
         with self.lock:
             closed: list[Pending] = []
             for tp, records in batch.items():
                 for record in records:
-                    closed.extend(self._handle(tp, record))
+                    closed.extend(self._handle(tp, record, kinds))
                 handled += len(records)
                 self.state.offsets[tp.partition] = records[-1].offset + 1
             if closed:
                 self._learn(closed)
+        for kind, n in kinds.items():
+            self._consumed[kind].inc(n)
+            self.report.by_type[kind] = self.report.by_type.get(kind, 0) + n
         self._since_checkpoint += handled
         self.report.events += handled
         self._update_lag()
         return handled
 
-    def _handle(self, tp: TopicPartition, record) -> list[Pending]:
+    def _handle(self, tp: TopicPartition, record, kinds: dict[str, int]) -> list[Pending]:
         try:
             event = self.codec.decode(record.value, known_items=self.catalog)
         except InvalidEvent as exc:
@@ -288,8 +294,7 @@ class Worker:
             self.report.duplicates += 1
             return []
         kind = _KIND[type(event)]
-        self._consumed[kind].inc()
-        self.report.by_type[kind] = self.report.by_type.get(kind, 0) + 1
+        kinds[kind] = kinds.get(kind, 0) + 1
         return self.state.observe(event, tp.partition)
 
     def _dead_letter(self, tp: TopicPartition, record, exc: InvalidEvent) -> None:

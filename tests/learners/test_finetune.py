@@ -116,3 +116,13 @@ def test_failure_surfaces_in_poll():
     with pytest.raises(FineTuneError, match="empty"):
         tuner.wait(timeout=30)
     assert tuner.runs_failed == 1
+
+
+def test_warm_up_runs_the_training_path_and_leaves_the_tuner_as_it_was():
+    tuner = FineTuner(steps=5, device="cpu", every_events=100)
+    fmap = FeatureMap(Adapter(out_dim=18), 64)
+    adapter_before = fmap.adapter.to_bytes()
+    assert tuner.warm_up(fmap) > 0
+    assert (tuner.runs_started, tuner.runs_completed, tuner.running) == (0, 0, False)
+    assert tuner.due(99, now=0.0) is None  # its triggers are untouched
+    assert fmap.adapter.to_bytes() == adapter_before  # trains a clone, never the live map
