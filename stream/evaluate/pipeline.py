@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from stream.hoststats import CpuWindow, cpu_times
 from stream.worker import Worker
 
 __all__ = ["TimedWorker", "run_pipeline_bench"]
@@ -64,7 +65,8 @@ class TimedWorker(Worker):
 
     ``learned_at`` holds ``(wall time when _learn returned, request_ids)``;
     ``first_records_at`` / ``target_reached_at`` (perf_counter) bracket the
-    handling of the first ``target`` records.
+    handling of the first ``target`` records, and ``host`` the machine's CPU
+    times over the same span.
     """
 
     def __init__(self, *args: Any, target: int = 0, **kwargs: Any) -> None:
@@ -74,14 +76,18 @@ class TimedWorker(Worker):
         self.first_records_at: float | None = None
         self.target_reached_at: float | None = None
         self.rows_at_target = 0
+        self.host = CpuWindow()
 
     def step(self) -> int:
         t0 = time.perf_counter()
+        before = cpu_times() if self.first_records_at is None else None
         n = super().step()
         if n and self.first_records_at is None:
             self.first_records_at = t0
+            self.host.start = before
         if self.target_reached_at is None and self.report.events >= self.target > 0:
             self.target_reached_at = time.perf_counter()
+            self.host.finish()
             self.rows_at_target = self.report.rows_learned
         return n
 
@@ -321,6 +327,7 @@ def run_pipeline_bench(settings=None, events: int = 20000,
         "learn_fraction_of_raw": learn_rate / raw_rate if raw_rate else None,
         "learn_rows_per_s": worker.rows_at_target / learn_s if learn_s > 0 else 0.0,
         "vw_learn_rows_per_s": vw["rows_per_s"],
+        "host_cpu_while_learning": worker.host.shares(),
         "details": {
             "ratings": events, "records": len(backlog), "learn_elapsed_s": learn_s,
             "rows_learned": worker.rows_at_target,
@@ -347,7 +354,10 @@ def run_pipeline_bench(settings=None, events: int = 20000,
     (out / "results.json").write_text(text)
     if json_path is not None:
         Path(json_path).write_text(text)
-    say(f"learn/raw = {result['learn_fraction_of_raw']:.2f}; wrote {out / 'results.json'}")
+    steal = result["host_cpu_while_learning"]["steal"]
+    say(f"learn/raw = {result['learn_fraction_of_raw']:.2f}"
+        + (f" (host CPU stolen while learning: {100 * steal:.1f} %)" if steal is not None else "")
+        + f"; wrote {out / 'results.json'}")
     return result
 
 

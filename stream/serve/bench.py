@@ -27,6 +27,7 @@ import numpy as np
 from learners import Encoder
 from stream import data
 from stream.bundle import dump_bundle
+from stream.hoststats import CpuWindow
 from stream.producers import catalog_items, make_producer, publish_catalog
 from stream.serve.server import ServerThread, ServeRuntime
 from stream.settings import ServeSettings, Settings
@@ -102,9 +103,10 @@ def run_serve_bench(settings: Settings | None = None, *, bootstrap: str | None =
         with open(spec_path, "w") as f:
             json.dump(spec, f)
         t0 = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "stream.serve.loadgen", spec_path],
-                              capture_output=True, text=True,
-                              timeout=120 + 3 * duration_s + 2 * requests / rate)
+        with CpuWindow() as host:
+            proc = subprocess.run([sys.executable, "-m", "stream.serve.loadgen", spec_path],
+                                  capture_output=True, text=True,
+                                  timeout=120 + 3 * duration_s + 2 * requests / rate)
         if progress and proc.stderr:
             sys.stderr.write(proc.stderr)
         if proc.returncode != 0:
@@ -128,12 +130,17 @@ def run_serve_bench(settings: Settings | None = None, *, bootstrap: str | None =
             "impressions_dropped": m.get_sample_value(
                 "fairstream_serve_impressions_dropped_total") or 0.0,
             "load_seconds": elapsed,
+            # CPU share stolen by the hypervisor while loading: a tail percentile taken
+            # while it is high measures the host more than the server.
+            "host_cpu": host.shares(),
         }
         runtime.close()  # flush impressions before counting them
         result["impressions_logged"] = m.get_sample_value(
             "fairstream_serve_impressions_logged_total") or 0.0
+        steal = result["host_cpu"]["steal"]
         say(f"{result['rps_max']:.0f} req/s max; at {rate:g} req/s p50 "
-            f"{result['p50_ms_at_200rps']:.2f} ms, p99 {result['p99_ms_at_200rps']:.2f} ms")
+            f"{result['p50_ms_at_200rps']:.2f} ms, p99 {result['p99_ms_at_200rps']:.2f} ms"
+            + (f"; host CPU stolen meanwhile {100 * steal:.1f} %" if steal is not None else ""))
         return result
 
 

@@ -29,6 +29,9 @@ def test_tiny_pipeline_bench(make_settings, broker, encoder, tmp_path):
     assert d["records"] > 300  # one impression per rating plus its clicks
     assert d["raw_consume"]["before"]["records"] == d["records"]
     assert d["rows_learned"] > 0
+    host = result["host_cpu_while_learning"]  # shares of the machine's CPU time (Linux)
+    assert host["busy"] > 0 and 0 <= host["steal"] < 1
+    assert abs(host["busy"] + host["idle"] + host["steal"] - 1) < 1e-9
     assert d["worker_report"]["rejected"] == 0
     assert d["live"]["impressions_learned"] > 0 and d["live"]["samples"] > 0
     assert json.loads(json_path.read_text()) == json.loads(
