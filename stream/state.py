@@ -252,12 +252,12 @@ class LearningState:
         self.fairness.observe_batch(groups_of, [p.rewards for p in closed], labels_of)
         # Per-group sums for the Prometheus counters, by array ops over the whole batch.
         sizes = np.fromiter((len(p.items) for p in closed), dtype=np.intp, count=len(closed))
-        slate_reward = np.bincount(owner, rewards, len(closed))
-        for pos, (label_g, label_a) in enumerate(labels_of):
-            for label in (label_g, label_a):
+        slate_reward = np.bincount(owner, rewards, len(closed)).tolist()
+        for labels, total, k in zip(labels_of, slate_reward, sizes.tolist(), strict=True):
+            for label in labels:
                 acc = learned.reward_by_user_group.setdefault(label, [0.0, 0.0])
-                acc[0] += slate_reward[pos]
-                acc[1] += sizes[pos]
+                acc[0] += total
+                acc[1] += k
         position = np.arange(n) - np.repeat(np.cumsum(sizes) - sizes, sizes)
         weight = 1.0 / np.log2(position + 2.0)
         names, group_code = np.unique([g for gs in groups_of for g in gs], return_inverse=True)
