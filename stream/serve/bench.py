@@ -137,10 +137,11 @@ def run_serve_bench(settings: Settings | None = None, *, bootstrap: str | None =
         runtime.close()  # flush impressions before counting them
         result["impressions_logged"] = m.get_sample_value(
             "fairstream_serve_impressions_logged_total") or 0.0
-        steal = result["host_cpu"]["steal"]
+        steal = [load[phase]["host_cpu"]["steal"] for phase in ("max", "paced")]
         say(f"{result['rps_max']:.0f} req/s max; at {rate:g} req/s p50 "
             f"{result['p50_ms_at_200rps']:.2f} ms, p99 {result['p99_ms_at_200rps']:.2f} ms"
-            + (f"; host CPU stolen meanwhile {100 * steal:.1f} %" if steal is not None else ""))
+            + ("; host CPU stolen {:.1f} % / {:.1f} % (max / paced phase)".format(
+                *(100 * x for x in steal)) if None not in steal else ""))
         return result
 
 

@@ -21,6 +21,8 @@ import sys
 import time
 from typing import Any
 
+from stream.hoststats import CpuWindow
+
 
 def _request(host: str, path: str, body: bytes) -> bytes:
     return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
@@ -127,11 +129,15 @@ async def _main(spec: dict[str, Any]) -> dict[str, Any]:
     await _max_phase(warm, requests)
     if spec["progress"]:
         print("loadgen: max-load phase", file=sys.stderr, flush=True)
-    result = {"max": await _max_phase(spec, requests)}
+    with CpuWindow() as host:
+        result = {"max": await _max_phase(spec, requests)}
+    result["max"]["host_cpu"] = host.shares()
     if spec["progress"]:
         print(f"loadgen: {result['max']['rps']:.0f} req/s; paced phase at {spec['rate']} req/s",
               file=sys.stderr, flush=True)
-    result["paced"] = await _paced_phase(spec, requests)
+    with CpuWindow() as host:
+        result["paced"] = await _paced_phase(spec, requests)
+    result["paced"]["host_cpu"] = host.shares()
     return result
 
 
