@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import math
 from collections.abc import Mapping
@@ -71,9 +72,22 @@ def user_groups(attrs: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 def attr_codes(attrs: Mapping[str, Any] | None) -> tuple[int, int]:
-    """``(gender_code, age_code)`` of a user's attributes (-1 = unknown)."""
+    """``(gender_code, age_code)`` of a user's attributes (-1 = unknown).
+
+    Memoised on the raw values (a worker calls this once per event and sees few
+    distinct ones); ``typed``, so ``True`` and ``1`` stay apart.
+    """
     attrs = attrs or {}
-    return gender_code(attrs.get("gender")), age_code(attrs.get("age"))
+    gender, age = attrs.get("gender"), attrs.get("age")
+    try:
+        return _attr_codes(gender, age)
+    except TypeError:  # unhashable values
+        return gender_code(gender), age_code(age)
+
+
+@functools.lru_cache(maxsize=4096, typed=True)
+def _attr_codes(gender: Any, age: Any) -> tuple[int, int]:
+    return gender_code(gender), age_code(age)
 
 
 def attr_onehot(g: np.ndarray, a: np.ndarray) -> np.ndarray:

@@ -149,7 +149,6 @@ class LearningState:
         self.offsets: dict[int, int] = {}
         self.version = 0  # of the last published policy
         self._adapted = np.zeros((0, fmap.k_item))
-        self._code_cache: dict[tuple[Any, Any], tuple[int, int]] = {}
 
     # -- construction -------------------------------------------------------------------------
 
@@ -171,19 +170,6 @@ class LearningState:
             self._adapted = np.vstack(
                 [self._adapted, self.fmap.adapt(self.catalog.embeddings[len(self._adapted):n])])
         return self._adapted[rows]
-
-    def _codes(self, user: dict[str, Any]) -> tuple[int, int]:
-        """:func:`attr_codes`, memoised on the raw (gender, age) values (few distinct)."""
-        key = (user.get("gender"), user.get("age"))
-        try:
-            codes = self._code_cache.get(key)
-        except TypeError:  # unhashable attribute values
-            return attr_codes(user)
-        if codes is None:
-            if len(self._code_cache) > 4096:
-                self._code_cache.clear()
-            codes = self._code_cache[key] = attr_codes(user)
-        return codes
 
     def features(self, user_id: str, user: dict[str, Any], item_ids: Sequence[str],
                  now: float, profile: np.ndarray | None = None) -> np.ndarray:
@@ -232,7 +218,7 @@ class LearningState:
             profiles[i] = self.profiles.get(p.user_id, now=p.ts)
             k = len(p.items)
             item_rows = [index[item] for item in p.items]
-            codes = self._codes(p.user)
+            codes = attr_codes(p.user)
             rows_l += item_rows
             owner_l += [i] * k
             codes_l += [codes] * k

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from learners import Adapter, FeatureMap, user_groups
-from learners.features import AGE_BUCKETS
+from learners.features import AGE_BUCKETS, attr_codes
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +107,11 @@ def test_phi_is_fast(catalog):
     us = (time.perf_counter() - t0) / n * 1e6
     print(f"phi: {us:.1f} us/call (20 candidates, d=64)")
     assert us < 2000  # generous: the box is shared; the real target (<100 us) is benched
+
+
+def test_attr_codes_memo_keeps_bools_apart_and_takes_unhashable_values():
+    assert attr_codes({"age": 1}) == (-1, 0)
+    assert attr_codes({"age": True}) == (-1, -1)  # a bool is no age, cached or not
+    assert attr_codes({"age": 1}) == (-1, 0)
+    assert attr_codes({"gender": ["F"], "age": {"x": 1}}) == (-1, -1)
+    assert attr_codes({"gender": "f", "age": "25-34"}) == (1, 2)
