@@ -114,8 +114,14 @@ def _wait_rule(prom, promql, n):
 
 
 def test_recording_rules_on_real_prometheus(prom):
-    # Metrics() declares every event type and rejection reason at 0 from the start.
-    consumed = _wait_rule(prom, "job_type:fairstream_events_consumed:rate1m", 3)
+    # Metrics() declares every event type and rejection reason at 0 from the start. Both
+    # targets export these counters, so the rule can first be evaluated while only the
+    # constant target has two samples in the window (a rate of 0): wait for the ticking
+    # one to count too.
+    consumed = prom.wait_for(
+        "job_type:fairstream_events_consumed:rate1m",
+        lambda s: len(s) == 3 and not any(math.isnan(x.value) for x in s)
+        and by(s, "type")["impression"] > 0)
     rates = by(consumed, "type")
     assert rates["purchase"] == 0
     assert rates["impression"] == pytest.approx(4 * rates["click"])
