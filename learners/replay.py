@@ -34,12 +34,12 @@ class ReplayBuffer:
 
     ``policy="reservoir"`` keeps a uniform sample of everything seen
     (Vitter's algorithm R, driven by ``seed``); ``"window"`` keeps the last
-    ``capacity`` rows. Storage for ``capacity`` rows is allocated and touched up
-front (``prefault``, the default), so the first pass over the buffer does not
-page-fault inside the consumer loop (measured on a 2-core VM: 8.2 µs a row
-while faulting, 0.9 µs after; the default 50,000 rows take ~0.5 s to touch at
-start-up); nothing is ever copied to grow it. With ``prefault=False`` pages
-are mapped as rows land instead. Safe to
+    ``capacity`` rows. Storage for ``capacity`` rows is allocated and touched
+    up front (``prefault``, the default), so the first pass over the buffer
+    does not page-fault inside the consumer loop (measured on a 2-core VM:
+    8.2 µs a row while faulting, 0.9 µs after; the default 50,000 rows take
+    ~0.5 s to touch at start-up); nothing is ever copied to grow it. With
+    ``prefault=False`` pages are mapped as rows land instead. Safe to
     ``add`` from the consumer while a fine-tune thread takes ``snapshot()``.
 
     >>> buf = ReplayBuffer(capacity=3, emb_dim=2, seed=0, policy="window")

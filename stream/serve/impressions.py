@@ -5,9 +5,8 @@ thread wake-up); a background thread drains the buffer every
 ``flush_interval_s`` (sooner once it is half full), turns the records into
 :mod:`stream.events` records, encodes them and hands them to a
 ``KafkaProducer`` (itself asynchronous, acks counted in its callbacks).
-Draining in batches matters on a small machine: waking the log thread for
-every request cost the server about a third of its request rate in GIL
-hand-offs. When the buffer is full the impression is dropped and counted
+Draining in batches keeps the request path from waking another thread (a GIL
+hand-off) for every request. When the buffer is full the impression is dropped and counted
 (``fairstream_serve_impressions_dropped_total``): serving never waits on
 Kafka. Feedback refused this way is reported to the caller (503), so a client
 can retry it.
