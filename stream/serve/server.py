@@ -12,7 +12,6 @@ so no logged impression is lost on a clean stop.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import logging
@@ -228,7 +227,7 @@ def run_server(settings: Settings, host: str | None = None, port: int | None = N
                          name="serve-freeze-when-ready").start()
         print(f"fairstream: serving on http://{host}:{port} (policies from "
               f"{settings.topics.policies}, group {settings.kafka.group_id})", flush=True)
-        asyncio.run(server.serve())
+        server.run()  # on the loop uvicorn's config picks (uvloop), like ServerThread
     finally:
         runtime.close()
         for sig, handler in previous.items():
