@@ -50,8 +50,8 @@ import numpy as np
 
 from bandits.exceptions import InvalidInput
 
-__all__ = ["ExposureController", "FairnessReport", "FairnessTracker", "popularity_groups",
-           "position_weights"]
+__all__ = ["BatchSums", "ExposureController", "FairnessReport", "FairnessTracker",
+           "popularity_groups", "position_weights"]
 
 
 def position_weights(k: int) -> np.ndarray:
@@ -93,6 +93,17 @@ def _report(slates: int, item_groups: list[str], exposure: np.ndarray, merit: np
     else:
         rgap = ratio = nan
     return FairnessReport(slates, e, m, gap, disparity, rate, rgap, ratio)
+
+
+@dataclass(frozen=True)
+class BatchSums:
+    """One :meth:`FairnessTracker.observe_batch` call's per-group totals (only groups it
+    touched): position-weighted exposure by item group; reward and items shown by user
+    group."""
+
+    exposure: dict[str, float]
+    rewards: dict[str, float]
+    shown: dict[str, float]
 
 
 class _Table:
@@ -157,14 +168,15 @@ class FairnessTracker:
 
     def observe_batch(self, item_groups: Sequence[Sequence[str]],
                       rewards: Sequence[Sequence[float] | np.ndarray],
-                      user_groups: Sequence[Sequence[str] | str]) -> None:
-        """Record ``B`` slates in order, as ``B`` calls of :meth:`observe` would."""
+                      user_groups: Sequence[Sequence[str] | str]) -> BatchSums:
+        """Record ``B`` slates in order, as ``B`` calls of :meth:`observe` would; return the
+        batch's own per-group totals."""
         b = len(item_groups)
         if not len(rewards) == len(user_groups) == b:
             raise InvalidInput(f"need one rewards and one user_groups entry per slate ({b}), "
                                f"got {len(rewards)} and {len(user_groups)}")
         if b == 0:
-            return
+            return BatchSums({}, {}, {})
         sizes = np.fromiter(map(len, item_groups), dtype=np.intp, count=b)
         flat_r = np.concatenate([np.ravel(np.asarray(r, dtype=np.float64)) for r in rewards])
         if flat_r.shape[0] != sizes.sum() or not np.all(np.isfinite(flat_r)):
@@ -201,13 +213,15 @@ class FairnessTracker:
                               b * n_users).reshape(b, n_users)
         user_in = np.bincount(ucell, None, b * n_users).reshape(b, n_users) > 0
 
+        batch = (exposure.sum(axis=0), rewards_u.sum(axis=0), shown_u.sum(axis=0))
+        in_i, in_u = item_in.any(axis=0), user_in.any(axis=0)
         a = self._all
-        a.exposure[0] += exposure.sum(axis=0)
+        a.exposure[0] += batch[0]
         a.merit[0] += merit.sum(axis=0)
-        a.item_in[0] |= item_in.any(axis=0)
-        a.rewards[0] += rewards_u.sum(axis=0)
-        a.shown[0] += shown_u.sum(axis=0)
-        a.user_in[0] |= user_in.any(axis=0)
+        a.item_in[0] |= in_i
+        a.rewards[0] += batch[1]
+        a.shown[0] += batch[2]
+        a.user_in[0] |= in_u
         self._slates += b
 
         keep = min(b, self.window)  # earlier slates of a long batch are evicted at once
@@ -219,6 +233,11 @@ class FairnessTracker:
         ring.user_in[rows] = user_in[-keep:]
         self._head = int((self._head + keep) % self.window)
         self._filled = min(self.window, self._filled + keep)
+        touched_i = [(g, c) for g, c in items.items() if in_i[c]]
+        touched_u = [(u, c) for u, c in users.items() if in_u[c]]
+        return BatchSums({g: float(batch[0][c]) for g, c in touched_i},
+                         {u: float(batch[1][c]) for u, c in touched_u},
+                         {u: float(batch[2][c]) for u, c in touched_u})
 
     def _of(self, t: _Table, rows: slice | int, slates: int) -> FairnessReport:
         in_i, in_u = t.item_in[rows].any(axis=0), t.user_in[rows].any(axis=0)

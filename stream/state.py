@@ -206,7 +206,7 @@ class LearningState:
         # Python lists in the loop, one array each after it: per-row numpy assignments
         # cost more than the bookkeeping they hold.
         rows_l: list[int] = []
-        owner_l: list[int] = []
+        sizes: list[int] = []
         codes_l: list[tuple[int, int]] = []
         rewards_l: list[float] = []
         profiles = np.empty((len(closed), emb.shape[1]), dtype=np.float32)
@@ -220,7 +220,7 @@ class LearningState:
             item_rows = [index[item] for item in p.items]
             codes = attr_codes(p.user)
             rows_l += item_rows
-            owner_l += [i] * k
+            sizes.append(k)
             codes_l += [codes] * k
             rewards_l += p.rewards
             labels = _labels(*codes)
@@ -232,24 +232,14 @@ class LearningState:
                     observe(p.user_id, emb[row], reward, now=p.ts)
         n = len(rows_l)
         rows = np.array(rows_l, dtype=np.intp)
-        owner = np.array(owner_l, dtype=np.intp)
+        owner = np.repeat(np.arange(len(closed)), sizes)
         codes = np.array(codes_l, dtype=np.int8).reshape(n, 2)
         rewards = np.array(rewards_l, dtype=np.float64)
-        self.fairness.observe_batch(groups_of, [p.rewards for p in closed], labels_of)
-        # Per-group sums for the Prometheus counters, by array ops over the whole batch.
-        sizes = np.fromiter((len(p.items) for p in closed), dtype=np.intp, count=len(closed))
-        slate_reward = np.bincount(owner, rewards, len(closed)).tolist()
-        for labels, total, k in zip(labels_of, slate_reward, sizes.tolist(), strict=True):
-            for label in labels:
-                acc = learned.reward_by_user_group.setdefault(label, [0.0, 0.0])
-                acc[0] += total
-                acc[1] += k
-        position = np.arange(n) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        weight = 1.0 / np.log2(position + 2.0)
-        names, group_code = np.unique([g for gs in groups_of for g in gs], return_inverse=True)
-        for name, total in zip(names.tolist(), np.bincount(group_code, weight).tolist(),
-                               strict=True):
-            learned.exposure_by_item_group[name] = total
+        # The fairness tracker sums the batch by group anyway; the counters take its totals.
+        sums = self.fairness.observe_batch(groups_of, [p.rewards for p in closed], labels_of)
+        learned.exposure_by_item_group.update(sums.exposure)
+        for label, total in sums.rewards.items():
+            learned.reward_by_user_group[label] = [total, sums.shown[label]]
         X = self.fmap.assemble(self.adapted_items(rows), self.fmap.adapt(profiles)[owner],
                                codes[:, 0], codes[:, 1])
         self.policy.update(X, rewards)

@@ -82,7 +82,18 @@ def test_a_batch_equals_the_same_slates_one_by_one(window):
     for g, r, u in slates:
         one.observe(g, r, user_groups=u)
     for chunk in (slates[:7], slates[7:8], slates[8:]):  # a batch longer than the window too
-        many.observe_batch(*zip(*chunk, strict=True))
+        sums = many.observe_batch(*zip(*chunk, strict=True))
+        # The batch's own totals, against sums written out slate by slate.
+        exposure, rewards, shown = {}, {}, {}
+        for g, r, u in chunk:
+            for j, group in enumerate(g):
+                exposure[group] = exposure.get(group, 0.0) + 1 / math.log2(j + 2)
+            for label in dict.fromkeys(u):
+                rewards[label] = rewards.get(label, 0.0) + float(np.sum(r))
+                shown[label] = shown.get(label, 0.0) + len(g)
+        assert sums.exposure == pytest.approx(exposure, rel=1e-12)
+        assert sums.rewards == pytest.approx(rewards, rel=1e-12, abs=1e-12)
+        assert sums.shown == shown
     for report in ("window_report", "cumulative_report"):
         a, b = getattr(one, report)(), getattr(many, report)()
         assert a.slates == b.slates
