@@ -72,9 +72,14 @@ def test_dashboard_panels_and_group_series_on_a_scraped_worker(make_settings, mo
     registry = worker.metrics.registry
     runtime = ServeRuntime(settings, encoder=encoder)
     server = ServerThread(runtime.app)
-    # Prometheus scrapes from the start, so every rate() sees the counters grow.
+    # Prometheus scrapes from the start, so every rate() sees the counters grow: the worker
+    # starts only once a scrape of its zeroed histogram is in (it can learn the whole
+    # replay within Prometheus' start-up, and a histogram that never grows inside the
+    # window has no quantile).
     with server, PrometheusServer([f"127.0.0.1:{port}", f"127.0.0.1:{server.port}"],
                                   rule_files=RULE_FILES, scrape_interval="1s") as prom:
+        prom.wait_for("fairstream_bandit_update_duration_seconds_count",
+                      lambda s: len(s) == 1 and s[0].value == 0, timeout=30)
         thread.start()
         assert worker.ready.wait(120)
         runtime.start()
