@@ -114,7 +114,20 @@ class EventCodec:
             raise self._classify(raw, exc) from None
         if event.v not in SUPPORTED_VERSIONS:
             raise _unknown_version(event.v)
-        self._validate(event, known_items)
+        self._validate(event)
+        if known_items is not None:
+            check_catalog(event, known_items)
+        return event
+
+    def decode_validated(self, raw: bytes, known_items: Container[str] | None = None) -> Event:
+        """Decode a value :meth:`decode` accepted elsewhere (the worker's fetch process),
+        checking only what that could not: that its items are in ``known_items``."""
+        try:
+            event = self._decoder.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise self._classify(raw, exc) from None
+        if known_items is not None:
+            check_catalog(event, known_items)
         return event
 
     def _classify(self, raw: bytes, exc: Exception) -> InvalidEvent:
@@ -136,7 +149,7 @@ class EventCodec:
             return InvalidEvent("missing_field", message)
         return InvalidEvent("invalid_field", message)
 
-    def _validate(self, event: Event, known_items: Container[str] | None) -> None:
+    def _validate(self, event: Event) -> None:
         if not math.isfinite(event.ts):
             raise InvalidEvent("non_finite", f"ts is {event.ts}")
         if event.ts < 0:
@@ -144,18 +157,16 @@ class EventCodec:
         for name in ("event_id", "request_id", "user_id"):
             _check_id(name, getattr(event, name))
         if isinstance(event, Impression):
-            self._validate_impression(event, known_items)
+            self._validate_impression(event)
             return
         _check_id("item_id", event.item_id)
-        if known_items is not None and event.item_id not in known_items:
-            raise InvalidEvent("unknown_item", f"item {event.item_id!r} is not in the catalog")
         if isinstance(event, Purchase):
             if not math.isfinite(event.value):
                 raise InvalidEvent("non_finite", f"value is {event.value}")
             if event.value < 0:
                 raise InvalidEvent("invalid_field", f"value {event.value} is negative")
 
-    def _validate_impression(self, event: Impression, known_items: Container[str] | None) -> None:
+    def _validate_impression(self, event: Impression) -> None:
         n = len(event.items)
         if n == 0 or n > self.max_slate:
             raise InvalidEvent("invalid_field",
@@ -174,9 +185,15 @@ class EventCodec:
                 raise InvalidEvent("invalid_field", f"propensity {p} is outside (0, 1]")
         for item in event.items:
             _check_id("items[]", item)
-            if known_items is not None and item not in known_items:
-                raise InvalidEvent("unknown_item", f"item {item!r} is not in the catalog")
         _check_id("policy_version", event.policy_version)
+
+
+def check_catalog(event: Event, known_items: Container[str]) -> None:
+    """Raise ``unknown_item`` unless every item ``event`` names is in ``known_items``."""
+    items = event.items if isinstance(event, Impression) else (event.item_id,)
+    for item in items:
+        if item not in known_items:
+            raise InvalidEvent("unknown_item", f"item {item!r} is not in the catalog")
 
 
 def _check_id(name: str, value: str) -> None:

@@ -25,6 +25,10 @@ class InvalidEvent(FairstreamError):
         self.detail = detail
 
 
+class FetchError(FairstreamError):
+    """The worker's fetch process failed or went away."""
+
+
 class BrokerError(FairstreamError):
     """The embedded broker could not be started or did not become ready."""
 

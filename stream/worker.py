@@ -7,6 +7,10 @@ dead-letter topic with their reason), joins rewards to impressions, updates the
 policy in batches, and checkpoints state together with the offsets it covers.
 On (re)start it resumes from its checkpoint's offsets, so a crash loses no
 event and counts none twice. SIGTERM drains, checkpoints and exits 0.
+
+The group membership, the fetches, kafka-python's record parsing and event
+validation run in a child process (:mod:`stream.fetch`), on the other core:
+the worker learns from one poll while the child parses the next.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from prometheus_client import start_http_server
 
 from learners import Encoder, FineTuneError, FineTuner
@@ -30,6 +33,7 @@ from stream.bundle import dump_bundle
 from stream.checkpoint import CheckpointError, read_checkpoint, write_atomic, write_checkpoint
 from stream.events import Click, EventCodec, Impression, Purchase
 from stream.exceptions import InvalidEvent
+from stream.fetch import Ack, Assigned, Commit, FetchProcess, Records, Revoked, Seek
 from stream.join import Pending
 from stream.metrics import Metrics
 from stream.settings import Settings
@@ -51,25 +55,6 @@ class WorkerReport:
     by_type: dict[str, int] = field(default_factory=dict)
 
 
-class _Resume(ConsumerRebalanceListener):
-    """Seek newly assigned partitions to the checkpoint's offsets; checkpoint before losing any."""
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-
-    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        # Runs on the client's IO thread: write the checkpoint, but no blocking commit.
-        if revoked and self.worker.state is not None:
-            self.worker.checkpoint(commit=False)
-
-    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        offsets = self.worker.state.offsets if self.worker.state else {}
-        for tp in assigned:
-            if tp.partition in offsets:
-                self.worker.consumer.seek(tp, offsets[tp.partition])
-        log.info("assigned %s", sorted(tp.partition for tp in assigned))
-
-
 class Worker:
     """A long-running learning worker (also usable in-process by the demo and tests)."""
 
@@ -88,7 +73,11 @@ class Worker:
         self._consumed = {kind: self.metrics.events_consumed.labels(type=kind)
                           for kind in _KIND.values()}
         self.ready = threading.Event()
-        self.consumer: KafkaConsumer | None = None
+        self.fetch: FetchProcess | None = None
+        # The fetch process's view after the last poll the worker handled, per partition.
+        self._assigned: set[int] = set()
+        self._positions: dict[int, int] = {}
+        self._highwater: dict[int, int] = {}
         self._items: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self._metrics_server = None
@@ -136,7 +125,8 @@ class Worker:
         if self.tuner is not None:
             log.info("fine-tune path warmed up in %.1fs", self.tuner.warm_up(self.state.fmap))
         self.publish()  # announce the policy it starts from: servers can answer at once
-        self.consumer.subscribe([s.topics.events], listener=_Resume(self))
+        self.fetch = FetchProcess(s)
+        self.fetch.start()  # it joins the group; assignments come back through step()
         self.ready.set()
         idle_since = time.monotonic()
         try:
@@ -177,26 +167,21 @@ class Worker:
         return self.report
 
     def close(self) -> None:
-        for client in (self.consumer, self._items):
-            if client is not None:
-                client.close()
+        if self.fetch is not None:
+            self.fetch.close()  # the child leaves the group
+            self.fetch = None
+        if self._items is not None:
+            self._items.close()
         if self._producer is not None:
             self._producer.flush()
             self._producer.close()
-        self.consumer = self._items = self._producer = None
+        self._items = self._producer = None
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server = None
 
     def _open_clients(self) -> None:
         k = self.settings.kafka
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=k.bootstrap, group_id=k.group_id, client_id=k.client_id,
-            enable_auto_commit=False, auto_offset_reset="earliest",
-            session_timeout_ms=k.session_timeout_ms,
-            heartbeat_interval_ms=max(100, k.session_timeout_ms // 4),
-            max_poll_records=self.settings.worker.poll_max_records,
-        )
         self._items = KafkaConsumer(bootstrap_servers=k.bootstrap, enable_auto_commit=False,
                                     client_id=f"{k.client_id}-catalog")
         self._items.assign([TopicPartition(self.settings.topics.items, 0)])
@@ -259,20 +244,51 @@ class Worker:
     # -- the loop -------------------------------------------------------------------------------
 
     def step(self) -> int:
-        """One poll: decode, validate, join, learn. Returns the number of records handled."""
-        w = self.settings.worker
+        """One message from the fetch process: a poll's records (join, learn) or a
+        rebalance. Returns the number of records handled."""
         if self._poll_catalog():
             log.info("catalog grew to %d items", len(self.catalog))
-        batch = self.consumer.poll(timeout_ms=w.poll_timeout_ms, max_records=w.poll_max_records)
+        message = self.fetch.receive(timeout_s=self.settings.worker.poll_timeout_ms / 1000)
+        if isinstance(message, Records):
+            return self._handle_records(message)
+        if isinstance(message, Assigned):
+            self._on_assigned(message.partitions)
+        elif isinstance(message, Revoked):
+            self._on_revoked(message.partitions)
+        return 0
+
+    def _on_assigned(self, partitions: list[int]) -> None:
+        """Seek newly assigned partitions to the checkpoint's offsets."""
+        offsets = self.state.offsets
+        self.fetch.send(Seek({p: offsets[p] for p in partitions if p in offsets}))
+        self._assigned.update(partitions)
+        log.info("assigned %s", partitions)
+
+    def _on_revoked(self, partitions: list[int]) -> None:
+        """Checkpoint before losing partitions: every record fetched before the rebalance
+        has been handled (the fetch process's messages arrive in order)."""
+        self.checkpoint(commit=False)
+        self.fetch.send(Ack())
+        self._assigned.difference_update(partitions)
+        for p in partitions:
+            self._positions.pop(p, None)
+            self._highwater.pop(p, None)
+        log.info("revoked %s", partitions)
+
+    def _handle_records(self, message: Records) -> int:
         handled = 0
         kinds: dict[str, int] = {}  # counted once per poll, not per record
         with self.lock:
             closed: list[Pending] = []
-            for tp, records in batch.items():
-                for record in records:
-                    closed.extend(self._handle(tp, record, kinds))
-                handled += len(records)
-                self.state.offsets[tp.partition] = records[-1].offset + 1
+            for chunk in message.chunks:
+                p = chunk.partition
+                for offset, key, value in zip(chunk.offsets, chunk.keys, chunk.values,
+                                              strict=True):
+                    closed.extend(self._handle(p, offset, key, value, kinds))
+                for r in chunk.rejected:
+                    self._dead_letter(p, r.offset, r.key, r.value, InvalidEvent(r.reason, r.detail))
+                handled += len(chunk.offsets) + len(chunk.rejected)
+                self.state.offsets[p] = chunk.next_offset
             if closed:
                 self._learn(closed)
         for kind, n in kinds.items():
@@ -280,14 +296,17 @@ class Worker:
             self.report.by_type[kind] = self.report.by_type.get(kind, 0) + n
         self._since_checkpoint += handled
         self.report.events += handled
+        self._positions.update(message.positions)
+        self._highwater.update(message.highwater)
         self._update_lag()
         return handled
 
-    def _handle(self, tp: TopicPartition, record, kinds: dict[str, int]) -> list[Pending]:
+    def _handle(self, partition: int, offset: int, key: bytes | None, value: bytes,
+                kinds: dict[str, int]) -> list[Pending]:
         try:
-            event = self.codec.decode(record.value, known_items=self.catalog)
+            event = self.codec.decode_validated(value, known_items=self.catalog)
         except InvalidEvent as exc:
-            self._dead_letter(tp, record, exc)
+            self._dead_letter(partition, offset, key, value, exc)
             return []
         if self.state.seen.check_and_add(event.event_id):
             self.metrics.events_duplicate.inc()
@@ -295,16 +314,17 @@ class Worker:
             return []
         kind = _KIND[type(event)]
         kinds[kind] = kinds.get(kind, 0) + 1
-        return self.state.observe(event, tp.partition)
+        return self.state.observe(event, partition)
 
-    def _dead_letter(self, tp: TopicPartition, record, exc: InvalidEvent) -> None:
+    def _dead_letter(self, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                     exc: InvalidEvent) -> None:
         self.metrics.events_rejected.labels(reason=exc.reason).inc()
         self.report.rejected += 1
+        source = f"{self.settings.topics.events}/{partition}/{offset}"
         headers = [("reason", exc.reason.encode()), ("detail", exc.detail[:1000].encode()),
-                   ("source", f"{tp.topic}/{tp.partition}/{record.offset}".encode())]
-        self._producer.send(self.settings.topics.dlq, key=record.key, value=record.value,
-                       headers=headers)
-        log.debug("dead-lettered %s/%d/%d: %s", tp.topic, tp.partition, record.offset, exc)
+                   ("source", source.encode())]
+        self._producer.send(self.settings.topics.dlq, key=key, value=value, headers=headers)
+        log.debug("dead-lettered %s: %s", source, exc)
 
     def _learn(self, closed: list[Pending]) -> Learned:
         t0 = time.perf_counter()
@@ -384,23 +404,18 @@ class Worker:
                  self.state.fmap.feature_space, self.state.policy.n_updates)
 
     def _update_lag(self) -> None:
-        for tp in self.consumer.assignment():
-            high = self.consumer.highwater(tp)
-            if high is not None:
-                self.metrics.consumer_lag.labels(partition=str(tp.partition)).set(
-                    max(0, high - self.consumer.position(tp)))
+        for p, high in self._highwater.items():
+            if p in self._assigned:
+                self.metrics.consumer_lag.labels(partition=str(p)).set(
+                    max(0, high - self._positions[p]))
 
     def _caught_up(self) -> bool:
-        assignment = self.consumer.assignment()
-        if not assignment:
+        if not self._assigned:
             return False
-        for tp in assignment:
-            high = self.consumer.highwater(tp)
-            if high is None:  # no fetch answered yet (an empty partition answers with 0)
-                return False
-            if self.consumer.position(tp) < high:
-                return False
-        return True
+        # A partition no fetch has answered for yet has no high watermark (an empty one
+        # answers 0).
+        return all(p in self._highwater and self._positions[p] >= self._highwater[p]
+                   for p in self._assigned)
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -418,19 +433,12 @@ class Worker:
             self._commit(ck.offsets)
 
     def _commit(self, offsets: dict[int, int]) -> None:
-        """Best effort: the checkpoint is the source of truth; commits feed lag tooling."""
-        from kafka.errors import KafkaError
-        from kafka.structs import OffsetAndMetadata
-
-        mine = {tp.partition for tp in self.consumer.assignment()} if self.consumer else set()
-        to_commit = {TopicPartition(self.settings.topics.events, p): OffsetAndMetadata(o, "", -1)
-                     for p, o in offsets.items() if p in mine}
-        if not to_commit:
-            return
-        try:
-            self.consumer.commit(to_commit)
-        except KafkaError as exc:
-            log.warning("offset commit failed (checkpoint is intact): %s", exc)
+        """Have the fetch process commit the checkpoint's offsets of the partitions it
+        holds, between its polls (best effort: the checkpoint is the source of truth;
+        commits feed lag tooling)."""
+        mine = {p: o for p, o in offsets.items() if p in self._assigned}
+        if mine and self.fetch is not None:
+            self.fetch.send(Commit(mine))
 
 
 def _json(obj: Any) -> bytes:

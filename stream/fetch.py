@@ -1,0 +1,401 @@
+"""The worker's fetch process: Kafka fetches, record parsing and event validation on a core
+of their own.
+
+kafka-python parses every fetched record in Python, and that parse costs about as
+much as everything the worker learns from the record. In one process the two share
+one core (the GIL); here a child process owns the group membership on
+``fairstream.events``, parses and validates records, and hands the worker whole polls
+while the worker learns from the previous one.
+
+The two talk over a Unix socket pair in length-prefixed msgpack frames (no pickle):
+
+* child → worker: :class:`Records` (one poll: per partition the valid records' raw
+  values, keys and offsets in order, the rejected ones with their reason, and the
+  fetch positions and high watermarks after the poll), :class:`Assigned`,
+  :class:`Revoked`, :class:`Failed`;
+* worker → child: :class:`Start` (the settings), :class:`Seek` (the answer to
+  Assigned: the checkpoint's offsets), :class:`Ack` (the answer to Revoked, sent once
+  the worker has checkpointed), :class:`Commit`.
+
+A rebalance is a round trip: the child's rebalance callback sends Assigned or Revoked
+and waits for the answer. Frames arrive in order, so when the worker answers, it has
+learnt every record fetched before the rebalance, and a checkpoint written then covers
+exactly the offsets it holds. The child ignores SIGINT and SIGTERM (the worker decides
+when to stop) and leaves the group when its socket closes, which also happens when the
+worker is killed.
+
+Validation here is everything :class:`~stream.events.EventCodec` checks except catalog
+membership, which needs the worker's catalog: the worker checks that and dead-letters
+what fails. Records are sent raw, so a dead letter carries the original bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from typing import Any
+
+import msgspec
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from stream.events import EventCodec
+from stream.exceptions import FetchError, InvalidEvent
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct(">I")
+_SOCKET_BUFFER = 4 * 1024 * 1024  # a poll's frame is ~2 MB: one in flight while one is learnt
+
+
+class _ChannelClosed(Exception):
+    """The other end closed the socket."""
+
+
+class Rejected(msgspec.Struct, array_like=True):
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    reason: str
+    detail: str
+
+
+class Chunk(msgspec.Struct, array_like=True):
+    """One partition's records of one poll, in offset order."""
+
+    partition: int
+    next_offset: int
+    offsets: list[int]
+    keys: list[bytes | None]
+    values: list[bytes]
+    rejected: list[Rejected]
+
+
+class _Message(msgspec.Struct, tag_field="t", array_like=True):
+    pass
+
+
+class Start(_Message, tag="start"):
+    settings: Settings
+    log_level: int = logging.INFO
+
+
+class Records(_Message, tag="records"):
+    chunks: list[Chunk]
+    positions: dict[int, int]
+    highwater: dict[int, int]
+
+
+class Assigned(_Message, tag="assigned"):
+    partitions: list[int]
+
+
+class Revoked(_Message, tag="revoked"):
+    partitions: list[int]
+
+
+class Seek(_Message, tag="seek"):
+    offsets: dict[int, int]
+
+
+class Ack(_Message, tag="ack"):
+    pass
+
+
+class Commit(_Message, tag="commit"):
+    offsets: dict[int, int]
+
+
+class Failed(_Message, tag="failed"):
+    error: str
+
+
+Message = Start | Records | Assigned | Revoked | Seek | Ack | Commit | Failed
+
+
+class Channel:
+    """Length-prefixed msgpack frames over a stream socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder(Message)
+
+    def send(self, message: Message) -> None:
+        payload = self._encoder.encode(message)
+        try:
+            self.sock.sendall(_HEADER.pack(len(payload)) + payload)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise _ChannelClosed from exc
+
+    def receive(self, timeout_s: float | None = None) -> Message | None:
+        """The next message; None when none starts within ``timeout_s`` (None: wait)."""
+        if timeout_s is not None:
+            ready, _, _ = select.select([self.sock], [], [], max(0.0, timeout_s))
+            if not ready:
+                return None
+        (size,) = _HEADER.unpack(self._read(_HEADER.size))
+        return self._decoder.decode(self._read(size))
+
+    def _read(self, n: int) -> bytearray:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            try:
+                k = self.sock.recv_into(view[got:])
+            except ConnectionResetError as exc:
+                raise _ChannelClosed from exc
+            if k == 0:
+                raise _ChannelClosed
+            got += k
+        return buf
+
+    def drain_and_close(self, timeout_s: float) -> None:
+        """Half-close, then read and drop what the other end still sends until it closes
+        too: a peer blocked sending a frame gets to read what was sent to it."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            while (left := deadline - time.monotonic()) > 0:
+                ready, _, _ = select.select([self.sock], [], [], left)
+                if ready and not self.sock.recv(1 << 20):
+                    break
+        except OSError:
+            pass  # already gone
+        finally:
+            self.sock.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class FetchProcess:
+    """The worker's end: starts the child and exchanges messages with it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._channel: Channel | None = None
+
+    def start(self) -> None:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "stream.fetch", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        self._channel = Channel(mine)
+        level = logging.getLogger("stream").getEffectiveLevel()
+        self.send(Start(settings=self.settings, log_level=level))
+        log.info("fetch process %d started", self._proc.pid)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def send(self, message: Message) -> None:
+        try:
+            self._channel.send(message)
+        except _ChannelClosed:
+            raise self._gone() from None
+
+    def receive(self, timeout_s: float) -> Message | None:
+        try:
+            message = self._channel.receive(timeout_s)
+        except _ChannelClosed:
+            raise self._gone() from None
+        if isinstance(message, Failed):
+            raise FetchError(f"fetch process failed: {message.error}")
+        return message
+
+    def _gone(self) -> FetchError:
+        code = self._proc.wait(timeout=5) if self._proc is not None else None
+        return FetchError(f"fetch process exited (code {code})")
+
+    def close(self, timeout_s: float = 15.0) -> None:
+        """Close the channel (the child commits what it was last sent, leaves the group and
+        exits) and reap the child."""
+        deadline = time.monotonic() + timeout_s
+        if self._channel is not None:
+            self._channel.drain_and_close(timeout_s)
+            self._channel = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("fetch process %d did not exit in %.0fs; killing it",
+                            self._proc.pid, timeout_s)
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+
+# -- the child ------------------------------------------------------------------------------
+
+
+class _Relay(ConsumerRebalanceListener):
+    """The child's rebalance listener: asks the worker, waits for its answer."""
+
+    def __init__(self, fetcher: _Fetcher) -> None:
+        self.fetcher = fetcher
+
+    def on_partitions_revoked(self, revoked: list[Any]) -> None:
+        if revoked:
+            self.fetcher.ask(Revoked(sorted(tp.partition for tp in revoked)), Ack)
+
+    def on_partitions_assigned(self, assigned: list[Any]) -> None:
+        answer = self.fetcher.ask(Assigned(sorted(tp.partition for tp in assigned)), Seek)
+        for tp in assigned:
+            if tp.partition in answer.offsets:
+                self.fetcher.consumer.seek(tp, answer.offsets[tp.partition])
+
+
+class _Fetcher:
+    def __init__(self, channel: Channel, settings: Settings) -> None:
+        self.channel = channel
+        self.settings = settings
+        k, w = settings.kafka, settings.worker
+        self.codec = EventCodec(settings.events.max_bytes, settings.events.max_slate)
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=k.bootstrap, group_id=k.group_id, client_id=k.client_id,
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            session_timeout_ms=k.session_timeout_ms,
+            heartbeat_interval_ms=max(100, k.session_timeout_ms // 4),
+            max_poll_records=w.poll_max_records,
+        )
+        self._commit: dict[int, int] | None = None
+
+    def ask(self, question: Message, answer_type: type) -> Any:
+        self.channel.send(question)
+        while True:
+            message = self.channel.receive()
+            if isinstance(message, answer_type):
+                return message
+            self._control(message)
+
+    def _control(self, message: Message) -> None:
+        if isinstance(message, Commit):
+            self._commit = message.offsets  # the newest wins; committed between polls
+        else:
+            raise FetchError(f"unexpected {type(message).__name__} from the worker")
+
+    def run(self) -> None:
+        w = self.settings.worker
+        self.consumer.subscribe([self.settings.topics.events], listener=_Relay(self))
+        while True:
+            while (message := self.channel.receive(timeout_s=0)) is not None:
+                self._control(message)
+            if self._commit:
+                self._do_commit(self._commit)
+                self._commit = None
+            batch = self.consumer.poll(timeout_ms=w.poll_timeout_ms,
+                                       max_records=w.poll_max_records)
+            self.channel.send(self._records(batch))
+
+    def _records(self, batch: dict[Any, list[Any]]) -> Records:
+        decode = self.codec.decode
+        chunks = []
+        for tp, records in batch.items():
+            offsets: list[int] = []
+            keys: list[bytes | None] = []
+            values: list[bytes] = []
+            rejected: list[Rejected] = []
+            for record in records:
+                try:
+                    decode(record.value)
+                except InvalidEvent as exc:
+                    rejected.append(Rejected(record.offset, record.key, record.value,
+                                             exc.reason, exc.detail))
+                    continue
+                offsets.append(record.offset)
+                keys.append(record.key)
+                values.append(record.value)
+            chunks.append(Chunk(tp.partition, records[-1].offset + 1, offsets, keys, values,
+                                rejected))
+        positions, highwater = {}, {}
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is not None:  # no fetch answered yet (an empty partition answers 0)
+                highwater[tp.partition] = high
+                positions[tp.partition] = self.consumer.position(tp)
+        return Records(chunks, positions, highwater)
+
+    def _do_commit(self, offsets: dict[int, int]) -> None:
+        """Best effort: the worker's checkpoint is the source of truth; commits feed lag
+        tooling."""
+        from kafka import TopicPartition
+        from kafka.errors import KafkaError
+        from kafka.structs import OffsetAndMetadata
+
+        mine = {tp.partition for tp in self.consumer.assignment()}
+        topic = self.settings.topics.events
+        to_commit = {TopicPartition(topic, p): OffsetAndMetadata(o, "", -1)
+                     for p, o in offsets.items() if p in mine}
+        if not to_commit:
+            return
+        try:
+            self.consumer.commit(to_commit)
+        except KafkaError as exc:
+            log.warning("offset commit failed (the checkpoint is intact): %s", exc)
+
+    def close(self) -> None:
+        if self._commit:  # the worker's last checkpoint, sent just before it closed
+            self._do_commit(self._commit)
+        self.consumer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Child entry point: ``python -m stream.fetch FD`` (started by :class:`FetchProcess`)."""
+    argv = sys.argv[1:] if argv is None else argv
+    # The worker decides when to stop: a terminal's Ctrl-C reaches the whole process
+    # group, and the worker still needs this process to answer a final rebalance.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    channel = Channel(socket.socket(fileno=int(argv[0])))
+    try:
+        start = channel.receive()
+    except _ChannelClosed:
+        return 0
+    if not isinstance(start, Start):
+        print(f"fetch: expected start, got {type(start).__name__}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=start.log_level,
+                        format="%(asctime)s %(levelname)s fetch %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(max(start.log_level, logging.WARNING))
+    fetcher = None
+    try:
+        fetcher = _Fetcher(channel, start.settings)
+        fetcher.run()
+    except _ChannelClosed:
+        log.info("worker closed the channel: leaving the group")
+        return 0
+    except Exception as exc:
+        log.exception("fetch process failed")
+        try:
+            channel.send(Failed(f"{type(exc).__name__}: {exc}"))
+        except _ChannelClosed:
+            pass
+        return 1
+    finally:
+        t0 = time.monotonic()
+        if fetcher is not None:
+            fetcher.close()
+            log.debug("consumer closed in %.2fs", time.monotonic() - t0)
+    return 0  # pragma: no cover - run() only returns by raising
+
+
+if __name__ == "__main__":
+    sys.exit(main())
