@@ -42,9 +42,11 @@ Järvelin, Kekäläinen (2002). Cumulated gain-based evaluation of IR techniques
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -178,7 +180,12 @@ class FairnessTracker:
         if b == 0:
             return BatchSums({}, {}, {})
         sizes = np.fromiter(map(len, item_groups), dtype=np.intp, count=b)
-        flat_r = np.concatenate([np.ravel(np.asarray(r, dtype=np.float64)) for r in rewards])
+        # One array from all slates' rewards (two numpy calls per slate cost more than the
+        # whole bincount below).
+        try:
+            flat_r = np.fromiter(itertools.chain.from_iterable(rewards), dtype=np.float64)
+        except (TypeError, ValueError):  # a scalar or nested entry: reported below
+            flat_r = np.full(1, np.nan)
         if flat_r.shape[0] != sizes.sum() or not np.all(np.isfinite(flat_r)):
             bad = next((i for i, (g, r) in enumerate(zip(item_groups, rewards, strict=True))
                         if np.size(r) != len(g)), None)
@@ -187,11 +194,18 @@ class FairnessTracker:
                                   f"{np.size(rewards[bad])} rewards)" if bad is not None else ""))
         items, users = self._items, self._users
         item_cols = [items.setdefault(str(g), len(items)) for slate in item_groups for g in slate]
+        # A worker's slates repeat a few user-group tuples: columns once per distinct one.
+        cols_of: dict[Any, list[int]] = {}
         user_rows, user_cols = [], []
         for i, u in enumerate(user_groups):
-            for label in dict.fromkeys((u,) if isinstance(u, str) else map(str, u)):
-                user_rows.append(i)
-                user_cols.append(users.setdefault(label, len(users)))
+            key = u if isinstance(u, str | tuple) else tuple(u)
+            cols = cols_of.get(key)
+            if cols is None:
+                cols = cols_of[key] = [
+                    users.setdefault(label, len(users))
+                    for label in dict.fromkeys((u,) if isinstance(u, str) else map(str, u))]
+            user_rows += [i] * len(cols)
+            user_cols += cols
         n_items, n_users = len(items), len(users)
         self._ring.widen(n_items, n_users)
         self._all.widen(n_items, n_users)

@@ -94,18 +94,25 @@ class ProfileStore:
                 entry[2] = now
                 self._users.move_to_end(user_id)
             return
-        e = np.asarray(item_emb, dtype=np.float64).reshape(-1)
-        if e.shape[0] != self.emb_dim:
-            raise ValueError(f"item_emb must have {self.emb_dim} values, got {e.shape[0]}")
+        e = np.asarray(item_emb, dtype=np.float32)
+        if e.shape != (self.emb_dim,):
+            e = e.reshape(-1)
+            if e.shape[0] != self.emb_dim:
+                raise ValueError(f"item_emb must have {self.emb_dim} values, got {e.shape[0]}")
         if entry is None:
-            self._users[user_id] = [e.astype(np.float32), reward, now]
+            self._users[user_id] = [e.copy(), reward, now]
             if len(self._users) > self.capacity:
                 self._users.popitem(last=False)
                 self.evictions += 1
             return
         w_old = self.decay * entry[1]
         w_new = w_old + reward
-        entry[0] = ((w_old * entry[0] + reward * e) / w_new).astype(np.float32)
+        # (w_old·mean + reward·e) / w_new: weights in float64, vectors in float32 (a Python
+        # float keeps a float32 array float32). A new array: views handed out by get()
+        # keep the profile they were taken from.
+        mean = entry[0] * (w_old / w_new)
+        mean += e * (reward / w_new)
+        entry[0] = mean
         entry[1] = w_new
         entry[2] = now
         self._users.move_to_end(user_id)

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     """An impression waiting for its attribution window to close."""
 
@@ -117,7 +117,7 @@ class RewardJoiner:
             "orphans": self.orphans,
             "watermarks": {str(p): s.watermark for p, s in self._partitions.items()},
             "open": [
-                [p, seq, vars(self._open[rid])]
+                [p, seq, asdict(self._open[rid])]
                 for p, s in self._partitions.items() for (_, seq, rid) in s.heap
             ],
         }

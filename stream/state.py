@@ -182,8 +182,9 @@ class LearningState:
     def observe(self, event: Event, partition: int) -> list[Pending]:
         """Feed one valid, non-duplicate event; returns impressions whose window closed."""
         if isinstance(event, Impression):
+            # The event is frozen and nothing writes to its user dict: no copy.
             pending = Pending(event.request_id, event.user_id, event.ts, tuple(event.items),
-                              tuple(event.propensities), dict(event.user))
+                              tuple(event.propensities), event.user, [0.0] * len(event.items))
             return self.joiner.add_impression(partition, pending)
         kind = "click" if isinstance(event, Click) else "purchase"
         assert isinstance(event, Click | Purchase)
