@@ -258,6 +258,8 @@ class _Relay(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: list[Any]) -> None:
         answer = self.fetcher.ask(Assigned(sorted(tp.partition for tp in assigned)), Seek)
+        if answer is None:
+            return
         for tp in assigned:
             if tp.partition in answer.offsets:
                 self.fetcher.consumer.seek(tp, answer.offsets[tp.partition])
@@ -277,14 +279,25 @@ class _Fetcher:
             max_poll_records=w.poll_max_records,
         )
         self._commit: dict[int, int] | None = None
+        # Set once the worker has closed the channel. Rebalance callbacks (leaving the
+        # group on close triggers one) then have no one to ask, and must not raise into
+        # kafka-python.
+        self.closed = False
 
     def ask(self, question: Message, answer_type: type) -> Any:
-        self.channel.send(question)
-        while True:
-            message = self.channel.receive()
-            if isinstance(message, answer_type):
-                return message
-            self._control(message)
+        """Send ``question``, wait for its answer; None once the worker has gone."""
+        if self.closed:
+            return None
+        try:
+            self.channel.send(question)
+            while True:
+                message = self.channel.receive()
+                if isinstance(message, answer_type):
+                    return message
+                self._control(message)
+        except _ChannelClosed:
+            self.closed = True
+            return None
 
     def _control(self, message: Message) -> None:
         if isinstance(message, Commit):
@@ -303,6 +316,8 @@ class _Fetcher:
                 self._commit = None
             batch = self.consumer.poll(timeout_ms=w.poll_timeout_ms,
                                        max_records=w.poll_max_records)
+            if self.closed:
+                raise _ChannelClosed
             self.channel.send(self._records(batch))
 
     def _records(self, batch: dict[Any, list[Any]]) -> Records:
@@ -352,6 +367,7 @@ class _Fetcher:
             log.warning("offset commit failed (the checkpoint is intact): %s", exc)
 
     def close(self) -> None:
+        self.closed = True
         if self._commit:  # the worker's last checkpoint, sent just before it closed
             self._do_commit(self._commit)
         self.consumer.close()
