@@ -31,6 +31,7 @@ what fails. Records are sent raw, so a dead letter carries the original bytes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import signal
@@ -351,10 +352,6 @@ class _Fetcher:
     def _do_commit(self, offsets: dict[int, int]) -> None:
         """Best effort: the worker's checkpoint is the source of truth; commits feed lag
         tooling."""
-        from kafka import TopicPartition
-        from kafka.errors import KafkaError
-        from kafka.structs import OffsetAndMetadata
-
         mine = {tp.partition for tp in self.consumer.assignment()}
         topic = self.settings.topics.events
         to_commit = {TopicPartition(topic, p): OffsetAndMetadata(o, "", -1)
@@ -400,16 +397,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as exc:
         log.exception("fetch process failed")
-        try:
+        with contextlib.suppress(_ChannelClosed):
             channel.send(Failed(f"{type(exc).__name__}: {exc}"))
-        except _ChannelClosed:
-            pass
         return 1
     finally:
-        t0 = time.monotonic()
         if fetcher is not None:
             fetcher.close()
-            log.debug("consumer closed in %.2fs", time.monotonic() - t0)
     return 0  # pragma: no cover - run() only returns by raising
 
 
