@@ -74,7 +74,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from stream.worker import Worker
 
     settings = _settings(args)
-    worker = Worker(settings)
+    worker = Worker(settings, own_process=True)
     stop = threading.Event()
 
     def _drain(signum: int, _frame: object) -> None:

