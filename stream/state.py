@@ -210,13 +210,15 @@ class LearningState:
         sizes: list[int] = []
         codes_l: list[tuple[int, int]] = []
         rewards_l: list[float] = []
-        profiles = np.empty((len(closed), emb.shape[1]), dtype=np.float32)
+        profile_of: list[np.ndarray] = []
         labels_of: list[tuple[str, str]] = []
         groups_of: list[list[str]] = []
         item_group = self.catalog.popularity
-        drift, observe = self.drift.update, self.profiles.observe
-        for i, p in enumerate(closed):
-            profiles[i] = self.profiles.get(p.user_id, now=p.ts)
+        drift, observe, profile = self.drift.update, self.profiles.observe, self.profiles.get
+        for p in closed:
+            # A reference now, one copy for all below: the profile object is replaced,
+            # never written to, when the user's feedback is folded in.
+            profile_of.append(profile(p.user_id, now=p.ts))
             k = len(p.items)
             item_rows = [index[item] for item in p.items]
             codes = attr_codes(p.user)
@@ -232,6 +234,7 @@ class LearningState:
                 if reward > 0:
                     observe(p.user_id, emb[row], reward, now=p.ts)
         n = len(rows_l)
+        profiles = np.concatenate(profile_of).reshape(len(closed), -1)  # one copy, not B
         rows = np.array(rows_l, dtype=np.intp)
         owner = np.repeat(np.arange(len(closed)), sizes)
         codes = np.array(codes_l, dtype=np.int8).reshape(n, 2)
