@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 
 from river.drift import ADWIN
 
@@ -69,6 +69,23 @@ class DriftMonitor:
             self._pending = True
             return True
         return False
+
+    def update_many(self, rewards: Iterable[float], segment: Hashable = "all") -> int:
+        """Feed rewards of one segment in order (as :meth:`update` would, one by one);
+        returns how many detections they caused."""
+        segment, det = self._detector(segment)
+        found = 0
+        n = 0
+        for reward in rewards:
+            det.update(float(reward))
+            n += 1
+            if det.drift_detected:
+                found += 1
+        self.updates += n
+        if found:
+            self.detections[segment] += found
+            self._pending = True
+        return found
 
     def consume(self) -> bool:
         """True once per batch of detections since the last call (then reset)."""

@@ -10,6 +10,7 @@ server ask it for slates.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -203,41 +204,36 @@ class LearningState:
         learned = Learned()
         if not closed:
             return learned
-        emb, index = self.catalog.embeddings, self.catalog.index
-        # Python lists in the loop, one array each after it: per-row numpy assignments
-        # cost more than the bookkeeping they hold.
-        rows_l: list[int] = []
-        sizes: list[int] = []
-        codes_l: list[tuple[int, int]] = []
-        rewards_l: list[float] = []
+        catalog = self.catalog
+        emb, index, item_group = catalog.embeddings, catalog.index, catalog.popularity
+        # Comprehensions over the batch, then one array each: per-row numpy assignments and
+        # per-impression statements cost more than the bookkeeping they hold.
+        rows_of = [[index[item] for item in p.items] for p in closed]
+        codes_of = [attr_codes(p.user) for p in closed]
+        labels_of = [_labels(*codes) for codes in codes_of]
+        groups_of = [[item_group[r] for r in rows] for rows in rows_of]
+        sizes = [len(rows) for rows in rows_of]
+        rows_l = list(itertools.chain.from_iterable(rows_of))
+        rewards_l = list(itertools.chain.from_iterable(p.rewards for p in closed))
+        # The sequential part: each impression sees its user's profile as it stood before
+        # its own feedback, which then folds in; drift detectors see rewards in order.
         profile_of: list[np.ndarray] = []
-        labels_of: list[tuple[str, str]] = []
-        groups_of: list[list[str]] = []
-        item_group = self.catalog.popularity
-        drift, observe, profile = self.drift.update, self.profiles.observe, self.profiles.get
-        for p in closed:
+        profile, observe = self.profiles.get, self.profiles.observe
+        drift = self.drift.update_many
+        for p, rows, labels in zip(closed, rows_of, labels_of, strict=True):
             # A reference now, one copy for all below: the profile object is replaced,
             # never written to, when the user's feedback is folded in.
             profile_of.append(profile(p.user_id, now=p.ts))
-            k = len(p.items)
-            item_rows = [index[item] for item in p.items]
-            codes = attr_codes(p.user)
-            rows_l += item_rows
-            sizes.append(k)
-            codes_l += [codes] * k
-            rewards_l += p.rewards
-            labels = _labels(*codes)
-            labels_of.append(labels)
-            groups_of.append([item_group[r] for r in item_rows])
-            for row, reward in zip(item_rows, p.rewards, strict=True):
-                drift(reward, labels[0])
+            drift(p.rewards, labels[0])
+            for row, reward in zip(rows, p.rewards, strict=True):
                 if reward > 0:
                     observe(p.user_id, emb[row], reward, now=p.ts)
         n = len(rows_l)
         profiles = np.concatenate(profile_of).reshape(len(closed), -1)  # one copy, not B
         rows = np.array(rows_l, dtype=np.intp)
         owner = np.repeat(np.arange(len(closed)), sizes)
-        codes = np.array(codes_l, dtype=np.int8).reshape(n, 2)
+        codes = np.repeat(np.array(codes_of, dtype=np.int8).reshape(len(closed), 2), sizes,
+                          axis=0)
         rewards = np.array(rewards_l, dtype=np.float64)
         # The fairness tracker sums the batch by group anyway; the counters take its totals.
         sums = self.fairness.observe_batch(groups_of, [p.rewards for p in closed], labels_of)

@@ -42,3 +42,17 @@ def test_segments_are_separate_and_bounded():
     mon.update(1.0, "third")
     mon.update(1.0, "fourth")
     assert set(mon.detections) == {"M", "F", "other"}
+
+
+def test_update_many_equals_one_by_one():
+    rng = np.random.default_rng(7)
+    rewards = np.concatenate([rng.binomial(1, 0.2, 3000), rng.binomial(1, 0.8, 3000)])
+    one, many = DriftMonitor(delta=0.002), DriftMonitor(delta=0.002)
+    for r in rewards:
+        one.update(float(r), "gender=F")
+    for chunk in np.array_split(rewards, 37):
+        many.update_many(chunk.tolist(), "gender=F")
+    assert one.detections == many.detections and one.total_detections > 0
+    assert one.updates == many.updates == len(rewards)
+    assert one.width("gender=F") == many.width("gender=F")
+    assert one.consume() and many.consume()
