@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Container
+from collections.abc import Container, Iterable
 
 import msgspec
 
@@ -116,18 +116,8 @@ class EventCodec:
             raise _unknown_version(event.v)
         self._validate(event)
         if known_items is not None:
-            check_catalog(event, known_items)
-        return event
-
-    def decode_validated(self, raw: bytes, known_items: Container[str] | None = None) -> Event:
-        """Decode a value :meth:`decode` accepted elsewhere (the worker's fetch process),
-        checking only what that could not: that its items are in ``known_items``."""
-        try:
-            event = self._decoder.decode(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise self._classify(raw, exc) from None
-        if known_items is not None:
-            check_catalog(event, known_items)
+            check_catalog(event.items if isinstance(event, Impression) else (event.item_id,),
+                          known_items)
         return event
 
     def _classify(self, raw: bytes, exc: Exception) -> InvalidEvent:
@@ -188,9 +178,8 @@ class EventCodec:
         _check_id("policy_version", event.policy_version)
 
 
-def check_catalog(event: Event, known_items: Container[str]) -> None:
-    """Raise ``unknown_item`` unless every item ``event`` names is in ``known_items``."""
-    items = event.items if isinstance(event, Impression) else (event.item_id,)
+def check_catalog(items: Iterable[str], known_items: Container[str]) -> None:
+    """Raise ``unknown_item`` unless every one of an event's ``items`` is in ``known_items``."""
     for item in items:
         if item not in known_items:
             raise InvalidEvent("unknown_item", f"item {item!r} is not in the catalog")

@@ -183,14 +183,22 @@ class LearningState:
     def observe(self, event: Event, partition: int) -> list[Pending]:
         """Feed one valid, non-duplicate event; returns impressions whose window closed."""
         if isinstance(event, Impression):
-            # The event is frozen and nothing writes to its user dict: no copy.
-            pending = Pending(event.request_id, event.user_id, event.ts, tuple(event.items),
-                              tuple(event.propensities), event.user, [0.0] * len(event.items))
-            return self.joiner.add_impression(partition, pending)
+            return self.observe_impression(partition, event.request_id, event.user_id,
+                                           event.ts, event.items, event.propensities,
+                                           event.user)
         kind = "click" if isinstance(event, Click) else "purchase"
         assert isinstance(event, Click | Purchase)
         return self.joiner.add_feedback(partition, event.request_id, event.item_id, kind,
                                         event.ts)
+
+    def observe_impression(self, partition: int, request_id: str, user_id: str, ts: float,
+                           items: Sequence[str], propensities: Sequence[float],
+                           user: dict[str, Any]) -> list[Pending]:
+        """:meth:`observe` of an impression, from its fields (the worker's wire records).
+        ``user`` is kept, not copied: nothing writes to it."""
+        pending = Pending(request_id, user_id, ts, tuple(items), tuple(propensities), user,
+                          [0.0] * len(items))
+        return self.joiner.add_impression(partition, pending)
 
     def learn(self, closed: Iterable[Pending]) -> Learned:
         """One batched policy update from closed impressions (in closing order).

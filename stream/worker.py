@@ -32,9 +32,19 @@ from learners import Encoder, FineTuneError, FineTuner
 from learners.features import AGE_BUCKETS, GENDERS
 from stream.bundle import dump_bundle
 from stream.checkpoint import CheckpointError, read_checkpoint, write_atomic, write_checkpoint
-from stream.events import Click, EventCodec, Impression, Purchase
+from stream.events import check_catalog
 from stream.exceptions import InvalidEvent
-from stream.fetch import Ack, Assigned, Commit, FetchProcess, Records, Revoked, Seek
+from stream.fetch import (
+    Ack,
+    Assigned,
+    Commit,
+    Feedback,
+    FetchProcess,
+    Records,
+    Revoked,
+    Seek,
+    Shown,
+)
 from stream.join import Pending
 from stream.metrics import Metrics
 from stream.settings import Settings
@@ -43,7 +53,7 @@ from stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
-_KIND = {Impression: "impression", Click: "click", Purchase: "purchase"}
+_KINDS = ("impression", "click", "purchase")
 
 
 @dataclass
@@ -69,13 +79,12 @@ class Worker:
         self.encoder = encoder or Encoder(cache_dir=settings.embedding_cache_dir,
                                           device=settings.model.device,
                                           batch_size=settings.model.batch_size)
-        self.codec = EventCodec(settings.events.max_bytes, settings.events.max_slate)
         self.catalog = Catalog(self.encoder.dim)
         self.state: LearningState | None = None
         self.lock = threading.Lock()  # guards `state` against readers in other threads
         self.report = WorkerReport()
         self._consumed = {kind: self.metrics.events_consumed.labels(type=kind)
-                          for kind in _KIND.values()}
+                          for kind in _KINDS}
         self.ready = threading.Event()
         self.fetch: FetchProcess | None = None
         # The fetch process's view after the last poll the worker handled, per partition.
@@ -288,9 +297,9 @@ class Worker:
             closed: list[Pending] = []
             for chunk in message.chunks:
                 p = chunk.partition
-                for offset, key, value in zip(chunk.offsets, chunk.keys, chunk.values,
-                                              strict=True):
-                    closed.extend(self._handle(p, offset, key, value, kinds))
+                for offset, key, value, event in zip(chunk.offsets, chunk.keys, chunk.values,
+                                                     chunk.events, strict=True):
+                    closed.extend(self._handle(p, offset, key, value, event, kinds))
                 for r in chunk.rejected:
                     self._dead_letter(p, r.offset, r.key, r.value, InvalidEvent(r.reason, r.detail))
                 handled += len(chunk.offsets) + len(chunk.rejected)
@@ -308,9 +317,11 @@ class Worker:
         return handled
 
     def _handle(self, partition: int, offset: int, key: bytes | None, value: bytes,
-                kinds: dict[str, int]) -> list[Pending]:
+                event: Shown | Feedback, kinds: dict[str, int]) -> list[Pending]:
+        """One valid event from the fetch process: catalog check, dedup, join."""
+        shown = type(event) is Shown
         try:
-            event = self.codec.decode_validated(value, known_items=self.catalog)
+            check_catalog(event.items if shown else (event.item_id,), self.catalog.index)
         except InvalidEvent as exc:
             self._dead_letter(partition, offset, key, value, exc)
             return []
@@ -318,9 +329,14 @@ class Worker:
             self.metrics.events_duplicate.inc()
             self.report.duplicates += 1
             return []
-        kind = _KIND[type(event)]
-        kinds[kind] = kinds.get(kind, 0) + 1
-        return self.state.observe(event, partition)
+        if shown:
+            kinds["impression"] = kinds.get("impression", 0) + 1
+            return self.state.observe_impression(partition, event.request_id, event.user_id,
+                                                 event.ts, event.items, event.propensities,
+                                                 event.user)
+        kinds[event.kind] = kinds.get(event.kind, 0) + 1
+        return self.state.joiner.add_feedback(partition, event.request_id, event.item_id,
+                                              event.kind, event.ts)
 
     def _dead_letter(self, partition: int, offset: int, key: bytes | None, value: bytes | None,
                      exc: InvalidEvent) -> None:

@@ -10,8 +10,19 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from stream.demo import MALFORMED
+from stream.events import Click, EventCodec, Impression
 from stream.exceptions import FetchError
-from stream.fetch import Ack, Assigned, Commit, FetchProcess, Records, Revoked, Seek
+from stream.fetch import (
+    Ack,
+    Assigned,
+    Commit,
+    Feedback,
+    FetchProcess,
+    Records,
+    Revoked,
+    Seek,
+    Shown,
+)
 from stream.producers import make_producer, publish_events, replay_events
 from stream.topics import ensure_topics
 
@@ -109,6 +120,23 @@ def test_rejected_records_keep_their_bytes_and_reason(stream_settings):
         assert rejected[value].reason == reason
         assert rejected[value].key == b"bad" and rejected[value].detail
     assert len(rejected) == len(MALFORMED) - 1
+    # Valid records travel decoded, field for field what their raw bytes say.
+    codec = EventCodec()
+    n_valid = 0
+    for c in (c for cs in chunks.values() for c in cs):
+        for value, wire in zip(c.values, c.events, strict=True):
+            event = codec.decode(value)
+            assert (wire.event_id, wire.request_id, wire.user_id, wire.ts) == (
+                event.event_id, event.request_id, event.user_id, event.ts)
+            if isinstance(event, Impression):
+                assert isinstance(wire, Shown)
+                assert (wire.items, wire.propensities, wire.user) == (
+                    event.items, event.propensities, event.user)
+            else:
+                assert isinstance(wire, Feedback) and wire.item_id == event.item_id
+                assert wire.kind == ("click" if isinstance(event, Click) else "purchase")
+            n_valid += 1
+    assert n_valid == n_events + 1  # the unknown-item message is valid here
 
 
 def test_a_second_member_makes_the_first_answer_a_revoke_before_the_split(stream_settings):
