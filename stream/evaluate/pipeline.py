@@ -110,7 +110,8 @@ def _raw_consume(settings, expected: int, timeout_s: float = 120.0) -> dict[str,
     cmd = [sys.executable, "-m", "stream.evaluate.rawconsume", settings.kafka.bootstrap,
            settings.topics.events, str(settings.kafka.events_partitions), str(expected),
            "--max-records", str(w.poll_max_records),
-           "--poll-timeout-ms", str(w.poll_timeout_ms), "--timeout-s", str(timeout_s)]
+           "--poll-timeout-ms", str(w.poll_timeout_ms),
+           "--fetch-max-wait-ms", str(w.fetch_max_wait_ms), "--timeout-s", str(timeout_s)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 60)
     if done.returncode != 0:
         raise RuntimeError(f"raw consumer failed ({done.returncode}): "

@@ -20,9 +20,10 @@ from kafka import KafkaConsumer, TopicPartition
 
 def consume(bootstrap: str, topic: str, partitions: int, expected: int,
             max_records: int = 10_000, poll_timeout_ms: int = 200,
-            timeout_s: float = 120.0) -> dict[str, float]:
+            fetch_max_wait_ms: int = 500, timeout_s: float = 120.0) -> dict[str, float]:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             client_id="fairstream-bench-raw", max_poll_records=max_records)
+                             client_id="fairstream-bench-raw", max_poll_records=max_records,
+                             fetch_max_wait_ms=fetch_max_wait_ms)
     try:
         consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
         consumer.seek_to_beginning()
@@ -49,10 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("expected", type=int)
     parser.add_argument("--max-records", type=int, default=10_000)
     parser.add_argument("--poll-timeout-ms", type=int, default=200)
+    parser.add_argument("--fetch-max-wait-ms", type=int, default=500)
     parser.add_argument("--timeout-s", type=float, default=120.0)
     args = parser.parse_args(argv)
     result = consume(args.bootstrap, args.topic, args.partitions, args.expected,
-                     args.max_records, args.poll_timeout_ms, args.timeout_s)
+                     args.max_records, args.poll_timeout_ms, args.fetch_max_wait_ms,
+                     args.timeout_s)
     print(json.dumps(result), flush=True)
     return 0 if result["records"] >= args.expected else 1
 
