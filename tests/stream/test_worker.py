@@ -206,3 +206,52 @@ def test_sigkill_mid_stream_then_restart_equals_one_uninterrupted_run(loaded, mo
                 for v in read_topic(settings, settings.topics.policies)]
     assert len(versions) >= 3
     assert all(a < b for a, b in itertools.pairwise(versions)), versions
+
+
+def test_a_second_worker_splits_the_partitions_after_the_first_checkpoints(
+        loaded, movielens, encoder, tmp_path):
+    """A rebalance through the fetch processes: the first worker checkpoints before it
+    gives anything up, the second starts where the first committed, and later events
+    are learnt exactly once between them."""
+    settings, events = loaded
+    total = len(events) + 1 + len(MALFORMED) + 1
+    first = Worker(settings, encoder=encoder)
+    second = Worker(settings.replace(worker={"checkpoint_path": str(tmp_path / "b.npz")}),
+                    encoder=encoder)
+    stop = threading.Event()
+    threads = [threading.Thread(target=w.run, args=(stop,)) for w in (first, second)]
+    threads[0].start()
+    try:
+        deadline = time.monotonic() + 120
+        while first.report.events < total:
+            assert time.monotonic() < deadline and threads[0].is_alive(), first.report
+            time.sleep(0.1)
+        time.sleep(2.5)  # idle: a timed checkpoint commits the offsets it covers
+        checkpoints = first.metrics.checkpoints._value.get()
+        threads[1].start()
+        deadline = time.monotonic() + 120
+        while not (len(first._assigned) == len(second._assigned) == 1):
+            assert time.monotonic() < deadline, (first._assigned, second._assigned)
+            time.sleep(0.1)
+        assert first.metrics.checkpoints._value.get() > checkpoints
+        ck = read_checkpoint(settings.worker.checkpoint_path)
+        assert sum(ck.offsets.values()) == total  # everything, written before the split
+
+        more = list(replay_events(movielens, limit=N_RATINGS + 300))[len(events):]
+        before = first.report.events
+        publish_events(settings, iter(more), progress=False)
+        deadline = time.monotonic() + 60
+        while first.report.events - before + second.report.events < len(more):
+            assert time.monotonic() < deadline, (first.report, second.report)
+            time.sleep(0.1)
+        time.sleep(1.0)  # nothing more arrives: no record twice
+        assert first.report.events - before + second.report.events == len(more)
+        for w in (first, second):  # each caught up on its own partition
+            (p,) = w._assigned
+            assert w.state.offsets[p] == w._highwater[p]
+        assert set(second.state.offsets) == second._assigned  # never read the other one
+    finally:
+        stop.set()
+        for t in threads:
+            if t.is_alive() or t.ident is not None:
+                t.join(timeout=60)
