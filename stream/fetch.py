@@ -205,9 +205,6 @@ class Channel:
         finally:
             self.sock.close()
 
-    def close(self) -> None:
-        self.sock.close()
-
 
 class FetchProcess:
     """The worker's end: starts the child and exchanges messages with it."""
@@ -230,10 +227,6 @@ class FetchProcess:
         self.send(Start(settings=self.settings, log_level=level))
         log.info("fetch process %d started", self._proc.pid)
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
     def send(self, message: Message) -> None:
         try:
             self._channel.send(message)
@@ -250,7 +243,10 @@ class FetchProcess:
         return message
 
     def _gone(self) -> FetchError:
-        code = self._proc.wait(timeout=5) if self._proc is not None else None
+        try:
+            code = self._proc.wait(timeout=5) if self._proc is not None else None
+        except subprocess.TimeoutExpired:
+            return FetchError("fetch process closed its channel but has not exited")
         return FetchError(f"fetch process exited (code {code})")
 
     def close(self, timeout_s: float = 15.0) -> None:
