@@ -188,8 +188,8 @@ class LearningState:
                                            event.user)
         kind = "click" if isinstance(event, Click) else "purchase"
         assert isinstance(event, Click | Purchase)
-        return self.joiner.add_feedback(partition, event.request_id, event.item_id, kind,
-                                        event.ts)
+        return self.observe_feedback(partition, event.request_id, event.item_id, kind,
+                                     event.ts)
 
     def observe_impression(self, partition: int, request_id: str, user_id: str, ts: float,
                            items: Sequence[str], propensities: Sequence[float],
@@ -199,6 +199,11 @@ class LearningState:
         pending = Pending(request_id, user_id, ts, tuple(items), tuple(propensities), user,
                           [0.0] * len(items))
         return self.joiner.add_impression(partition, pending)
+
+    def observe_feedback(self, partition: int, request_id: str, item_id: str, kind: str,
+                         ts: float) -> list[Pending]:
+        """:meth:`observe` of a click or purchase (``kind``), from its fields."""
+        return self.joiner.add_feedback(partition, request_id, item_id, kind, ts)
 
     def learn(self, closed: Iterable[Pending]) -> Learned:
         """One batched policy update from closed impressions (in closing order).

@@ -335,8 +335,8 @@ class Worker:
                                                  event.ts, event.items, event.propensities,
                                                  event.user)
         kinds[event.kind] = kinds.get(event.kind, 0) + 1
-        return self.state.joiner.add_feedback(partition, event.request_id, event.item_id,
-                                              event.kind, event.ts)
+        return self.state.observe_feedback(partition, event.request_id, event.item_id,
+                                           event.kind, event.ts)
 
     def _dead_letter(self, partition: int, offset: int, key: bytes | None, value: bytes | None,
                      exc: InvalidEvent) -> None:

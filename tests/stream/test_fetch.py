@@ -3,6 +3,7 @@ round trips, commits, and failures that surface as a clear FetchError."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 
@@ -56,6 +57,27 @@ def drain(fetch, expected, timeout_s=60.0):
     return got
 
 
+@contextlib.contextmanager
+def joined(settings, seek=None):
+    """A fetch process past its first assignment (answered with ``seek``), closed after."""
+    fetch = FetchProcess(settings)
+    fetch.start()
+    try:
+        assigned = receive_until(fetch, Assigned)[-1]
+        fetch.send(Seek(seek or {}))
+        yield fetch, assigned
+    finally:
+        fetch.close()
+
+
+def fail_within(fetch, match, timeout_s=50.0):
+    """Receive until the FetchError matching ``match``."""
+    with pytest.raises(FetchError, match=match):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            fetch.receive(timeout_s=0.5)
+
+
 @pytest.fixture
 def stream_settings(make_settings, movielens):
     settings = make_settings()
@@ -72,13 +94,9 @@ def stream_settings(make_settings, movielens):
 
 def test_seek_answer_positions_the_child_and_records_come_validated(stream_settings):
     settings, n_events = stream_settings
-    fetch = FetchProcess(settings)
-    fetch.start()
-    try:
-        assigned = receive_until(fetch, Assigned)[-1]
+    # Skip partition 1's first 10 records, as a checkpoint would.
+    with joined(settings, seek={1: 10}) as (fetch, assigned):
         assert assigned.partitions == [0, 1]
-        # Skip partition 1's first 10 records, as a checkpoint would.
-        fetch.send(Seek({1: 10}))
         chunks = drain(fetch, n_events + len(MALFORMED) - 10)
         first = {p: cs[0].offsets[0] if cs[0].offsets else cs[0].rejected[0].offset
                  for p, cs in chunks.items()}
@@ -88,8 +106,6 @@ def test_seek_answer_positions_the_child_and_records_come_validated(stream_setti
             assert sorted(offsets) == list(range(offsets[0], offsets[0] + len(offsets)))
             assert cs[-1].next_offset == max(offsets) + 1
         fetch.send(Commit({0: 5, 1: 12}))
-    finally:
-        fetch.close()
     # The commit sent just before the close lands before the child leaves the group.
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap,
                              group_id=settings.kafka.group_id, enable_auto_commit=False)
@@ -103,14 +119,8 @@ def test_seek_answer_positions_the_child_and_records_come_validated(stream_setti
 
 def test_rejected_records_keep_their_bytes_and_reason(stream_settings):
     settings, n_events = stream_settings
-    fetch = FetchProcess(settings)
-    fetch.start()
-    try:
-        receive_until(fetch, Assigned)
-        fetch.send(Seek({}))
+    with joined(settings) as (fetch, _):
         chunks = drain(fetch, n_events + len(MALFORMED))
-    finally:
-        fetch.close()
     rejected = {r.value: r for c in chunks[0] for r in c.rejected}
     valid = {v: k for c in chunks[0] for k, v in zip(c.keys, c.values, strict=True)}
     for reason, value in MALFORMED.items():
@@ -164,30 +174,15 @@ def test_a_second_member_makes_the_first_answer_a_revoke_before_the_split(stream
 def test_a_dead_fetch_process_is_a_fetch_error(make_settings):
     settings = make_settings()
     ensure_topics(settings)
-    fetch = FetchProcess(settings)
-    fetch.start()
-    try:
-        receive_until(fetch, Assigned)
+    with joined(settings) as (fetch, _):
         fetch._proc.send_signal(signal.SIGKILL)
-        with pytest.raises(FetchError, match="exited"):
-            for _ in range(100):
-                fetch.receive(timeout_s=0.5)
-    finally:
-        fetch.close()
+        fail_within(fetch, "exited")
 
 
 def test_a_failure_in_the_child_reaches_the_worker_with_its_cause(make_settings):
     settings = make_settings()
     ensure_topics(settings)
-    fetch = FetchProcess(settings)
-    fetch.start()
-    try:
-        receive_until(fetch, Assigned)
-        fetch.send(Seek({}))
+    with joined(settings) as (fetch, _):
         fetch.send(Ack())  # answers nothing: a protocol error the child reports, then exits
-        with pytest.raises(FetchError, match="unexpected Ack from the worker"):
-            for _ in range(100):
-                fetch.receive(timeout_s=0.5)
+        fail_within(fetch, "unexpected Ack from the worker")
         assert fetch._proc.wait(timeout=30) == 1
-    finally:
-        fetch.close()
