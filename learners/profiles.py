@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -83,11 +83,7 @@ class ProfileStore:
         drives the TTL and the recency order of the LRU.
         """
         now = time.time() if now is None else float(now)
-        entry = self._users.get(user_id)
-        if entry is not None and self._expired(entry, now):
-            del self._users[user_id]
-            self.expirations += 1
-            entry = None
+        entry = self._live(user_id, now)
         reward = float(reward)
         if not reward > 0.0:  # also rejects NaN
             if entry is not None:  # activity keeps the profile warm
@@ -99,12 +95,54 @@ class ProfileStore:
             e = e.reshape(-1)
             if e.shape[0] != self.emb_dim:
                 raise ValueError(f"item_emb must have {self.emb_dim} values, got {e.shape[0]}")
+        self._fold(user_id, entry, e, reward, now)
+
+    def walk(self, user_ids: Sequence[Hashable], times: Sequence[float],
+             rows: Sequence[Sequence[int]], rewards: Sequence[Sequence[float]],
+             embeddings: np.ndarray) -> np.ndarray:
+        """Each of a batch of impressions' profile before its own feedback, folding that
+        feedback in as it goes: ``(B, emb_dim)`` float32.
+
+        Impression ``i`` of user ``user_ids[i]`` at event time ``times[i]`` showed the
+        ``embeddings`` rows ``rows[i]`` and got ``rewards[i]``; the result is what
+        :meth:`get` and then :meth:`observe` of each positive reward would give, in
+        batch order. ``embeddings`` must be float32 rows of ``emb_dim``.
+        """
+        if embeddings.dtype != np.float32 or embeddings.shape[1:] != (self.emb_dim,):
+            raise ValueError(f"embeddings must be float32 rows of {self.emb_dim}, got "
+                             f"{embeddings.dtype} {embeddings.shape}")
+        before = []
+        append, live, fold, zeros = before.append, self._live, self._fold, self._zeros
+        for user_id, now, shown, got in zip(user_ids, times, rows, rewards, strict=True):
+            entry = live(user_id, now)
+            # A reference: _fold replaces a profile's array, never writes to it.
+            append(zeros if entry is None else entry[0])
+            for row, reward in zip(shown, got, strict=True):
+                if reward > 0.0:
+                    entry = fold(user_id, entry, embeddings[row], float(reward), now)
+        if not before:
+            return np.zeros((0, self.emb_dim), dtype=np.float32)
+        return np.concatenate(before).reshape(len(before), self.emb_dim)  # one copy, not B
+
+    def _live(self, user_id: Hashable, now: float) -> list[Any] | None:
+        """The user's entry, or None when unknown or expired at ``now`` (then forgotten)."""
+        entry = self._users.get(user_id)
+        if entry is not None and self.ttl_seconds is not None and self._expired(entry, now):
+            del self._users[user_id]
+            self.expirations += 1
+            return None
+        return entry
+
+    def _fold(self, user_id: Hashable, entry: list[Any] | None, e: np.ndarray, reward: float,
+              now: float) -> list[Any]:
+        """Fold a float32 item embedding with ``reward > 0`` into ``entry`` (None: a new
+        user); returns the entry."""
         if entry is None:
-            self._users[user_id] = [e.copy(), reward, now]
+            entry = self._users[user_id] = [e.copy(), reward, now]
             if len(self._users) > self.capacity:
                 self._users.popitem(last=False)
                 self.evictions += 1
-            return
+            return entry
         w_old = self.decay * entry[1]
         w_new = w_old + reward
         # (w_old·mean + reward·e) / w_new: weights in float64, vectors in float32 (a Python
@@ -116,18 +154,15 @@ class ProfileStore:
         entry[1] = w_new
         entry[2] = now
         self._users.move_to_end(user_id)
+        return entry
 
     def get(self, user_id: Hashable, now: float | None = None) -> np.ndarray:
         """The user's profile (float32, read-only), zeros when unknown or expired."""
-        entry = self._users.get(user_id)
-        if entry is None:
-            return self._zeros
         if self.ttl_seconds is not None:
             now = time.time() if now is None else float(now)
-            if self._expired(entry, now):
-                del self._users[user_id]
-                self.expirations += 1
-                return self._zeros
+        entry = self._live(user_id, now)
+        if entry is None:
+            return self._zeros
         out = entry[0].view()
         out.setflags(write=False)
         return out

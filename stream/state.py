@@ -222,34 +222,34 @@ class LearningState:
         # Comprehensions over the batch, then one array each: per-row numpy assignments and
         # per-impression statements cost more than the bookkeeping they hold.
         rows_of = [[index[item] for item in p.items] for p in closed]
+        rewards_of = [p.rewards for p in closed]
         codes_of = [attr_codes(p.user) for p in closed]
         labels_of = [_labels(*codes) for codes in codes_of]
         groups_of = [[item_group[r] for r in rows] for rows in rows_of]
         sizes = [len(rows) for rows in rows_of]
         rows_l = list(itertools.chain.from_iterable(rows_of))
-        rewards_l = list(itertools.chain.from_iterable(p.rewards for p in closed))
+        rewards_l = list(itertools.chain.from_iterable(rewards_of))
         # The sequential part: each impression sees its user's profile as it stood before
-        # its own feedback, which then folds in; drift detectors see rewards in order.
-        profile_of: list[np.ndarray] = []
-        profile, observe = self.profiles.get, self.profiles.observe
-        drift = self.drift.update_many
-        for p, rows, labels in zip(closed, rows_of, labels_of, strict=True):
-            # A reference now, one copy for all below: the profile object is replaced,
-            # never written to, when the user's feedback is folded in.
-            profile_of.append(profile(p.user_id, now=p.ts))
-            drift(p.rewards, labels[0])
-            for row, reward in zip(rows, p.rewards, strict=True):
-                if reward > 0:
-                    observe(p.user_id, emb[row], reward, now=p.ts)
+        # its own feedback, which then folds in.
+        profiles = self.profiles.walk([p.user_id for p in closed], [p.ts for p in closed],
+                                      rows_of, rewards_of, emb)
+        # Drift detectors see each segment's rewards in order; segments are independent.
+        by_segment: dict[str, list[float]] = {}
+        for got, labels in zip(rewards_of, labels_of, strict=True):
+            segment = by_segment.get(labels[0])
+            if segment is None:
+                segment = by_segment[labels[0]] = []
+            segment += got
+        for segment, rewards_in in by_segment.items():
+            self.drift.update_many(rewards_in, segment)
         n = len(rows_l)
-        profiles = np.concatenate(profile_of).reshape(len(closed), -1)  # one copy, not B
         rows = np.array(rows_l, dtype=np.intp)
         owner = np.repeat(np.arange(len(closed)), sizes)
         codes = np.repeat(np.array(codes_of, dtype=np.int8).reshape(len(closed), 2), sizes,
                           axis=0)
         rewards = np.array(rewards_l, dtype=np.float64)
         # The fairness tracker sums the batch by group anyway; the counters take its totals.
-        sums = self.fairness.observe_batch(groups_of, [p.rewards for p in closed], labels_of)
+        sums = self.fairness.observe_batch(groups_of, rewards_of, labels_of)
         learned.exposure_by_item_group.update(sums.exposure)
         for label, total in sums.rewards.items():
             learned.reward_by_user_group[label] = [total, sums.shown[label]]

@@ -86,3 +86,52 @@ def test_state_round_trip_exact():
     store.observe(uid, e, 1.0, now=400)
     back.observe(uid, e, 1.0, now=400)
     np.testing.assert_array_equal(store.get(uid, now=400), back.get(uid, now=400))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    impressions=st.lists(
+        st.tuples(st.integers(0, 5),                        # user
+                  st.floats(0.0, 5.0),                      # time step
+                  st.lists(st.tuples(st.integers(0, 9),     # shown row
+                                     st.sampled_from([0.0, 0.0, 1.0, 2.0])),
+                           min_size=1, max_size=3)),
+        max_size=40),
+    capacity=st.integers(1, 8),
+    ttl=st.sampled_from([None, 3.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_walk_is_get_then_observe_in_order(impressions, capacity, ttl, seed):
+    """The batch walk hands out what get() would before each impression's feedback and
+    leaves the store as observe() of each positive reward would, LRU evictions and TTL
+    expiries included."""
+    emb = np.random.default_rng(seed).normal(size=(10, 8)).astype(np.float32)
+    one, batch = (ProfileStore(emb_dim=8, decay=0.7, capacity=capacity, ttl_seconds=ttl)
+                  for _ in range(2))
+    now, users, times, rows, rewards, expected = 0.0, [], [], [], [], []
+    for user, step, shown in impressions:
+        now += step
+        users.append(f"u{user}")
+        times.append(now)
+        rows.append([r for r, _ in shown])
+        rewards.append([g for _, g in shown])
+        expected.append(one.get(f"u{user}", now=now).copy())
+        for r, g in shown:
+            if g > 0:
+                one.observe(f"u{user}", emb[r], g, now=now)
+    got = batch.walk(users, times, rows, rewards, emb)
+    assert got.shape == (len(impressions), 8) and got.dtype == np.float32
+    if impressions:
+        np.testing.assert_array_equal(got, np.array(expected))
+    a, b = one.state(), batch.state()
+    assert a["user_ids"] == b["user_ids"] and a["counters"] == b["counters"]
+    for key in ("means", "weights", "last_seen"):
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_walk_rejects_embeddings_of_another_width_or_type():
+    store = ProfileStore(emb_dim=4)
+    with pytest.raises(ValueError, match="float32 rows of 4"):
+        store.walk(["u"], [0.0], [[0]], [[1.0]], np.ones((3, 5), dtype=np.float32))
+    with pytest.raises(ValueError, match="float32 rows of 4"):
+        store.walk(["u"], [0.0], [[0]], [[1.0]], np.ones((3, 4)))
