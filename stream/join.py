@@ -70,36 +70,46 @@ class RewardJoiner:
             state = self._partitions[partition] = _PartitionState()
         return state
 
+    # The three methods below run once per event: they look the partition up inline and
+    # leave at once when the watermark closes nothing, the common case.
+
     def add_impression(self, partition: int, pending: Pending) -> list[Pending]:
+        state = self._partitions.get(partition) or self._state(partition)
         if pending.request_id in self._open:
             self.orphans += 1  # a second impression for one request: keep the first
-            return self.advance(partition, pending.ts)
-        self._open[pending.request_id] = pending
-        self._seq += 1
-        heapq.heappush(self._state(partition).heap, (pending.ts, self._seq, pending.request_id))
-        return self.advance(partition, pending.ts)
+        else:
+            self._open[pending.request_id] = pending
+            self._seq += 1
+            heapq.heappush(state.heap, (pending.ts, self._seq, pending.request_id))
+        return self._advance(state, pending.ts)
 
     def add_feedback(self, partition: int, request_id: str, item_id: str, kind: str,
                      ts: float) -> list[Pending]:
         pending = self._open.get(request_id)
         if pending is None or not pending.ts <= ts <= pending.ts + self.window_s:
             self.orphans += 1
+        elif item_id in pending.items:
+            pos = pending.items.index(item_id)
+            weight = self.weights[kind]
+            if weight > pending.rewards[pos]:
+                pending.rewards[pos] = weight
         else:
-            try:
-                pos = pending.items.index(item_id)
-            except ValueError:
-                self.orphans += 1
-            else:
-                pending.rewards[pos] = max(pending.rewards[pos], self.weights[kind])
-        return self.advance(partition, ts)
+            self.orphans += 1
+        return self._advance(self._partitions.get(partition) or self._state(partition), ts)
 
     def advance(self, partition: int, ts: float) -> list[Pending]:
         """Move the partition's watermark to ``ts`` and return impressions it closes."""
-        state = self._state(partition)
-        state.watermark = max(state.watermark, ts)
+        return self._advance(self._state(partition), ts)
+
+    def _advance(self, state: _PartitionState, ts: float) -> list[Pending]:
+        if ts > state.watermark:
+            state.watermark = ts
+        heap, window, watermark = state.heap, self.window_s, state.watermark
+        if not heap or heap[0][0] + window >= watermark:
+            return []
         closed = []
-        while state.heap and state.heap[0][0] + self.window_s < state.watermark:
-            _, _, request_id = heapq.heappop(state.heap)
+        while heap and heap[0][0] + window < watermark:
+            _, _, request_id = heapq.heappop(heap)
             closed.append(self._open.pop(request_id))
         return closed
 
