@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Container, Iterable
+from typing import Annotated
 
 import msgspec
 
@@ -42,38 +43,42 @@ REASONS = (
 
 _MAX_ID_LEN = 256
 
-Id = msgspec.Meta(min_length=1, max_length=_MAX_ID_LEN)
+# Constraints the decoder checks as it parses (a failure is classified by
+# EventCodec._classify); what depends on settings or spans fields is checked after.
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=_MAX_ID_LEN)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0.0)]  # +inf passes: finiteness is checked after
+Propensity = Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
 
 
 class _Event(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True,
              kw_only=True):
     v: int = SCHEMA_VERSION
-    event_id: str
-    request_id: str
-    ts: float
-    user_id: str
+    event_id: Id
+    request_id: Id
+    ts: NonNegative
+    user_id: Id
 
 
 class Impression(_Event, tag="impression"):
     """A slate shown to a user, with the propensity of every shown item."""
 
-    items: list[str]
-    propensities: list[float]
-    policy_version: str
+    items: list[Id]
+    propensities: list[Propensity]
+    policy_version: Id
     user: dict[str, str | int] = msgspec.field(default_factory=dict)
 
 
 class Click(_Event, tag="click"):
     """The user clicked a shown item."""
 
-    item_id: str
+    item_id: Id
 
 
 class Purchase(_Event, tag="purchase"):
     """The user bought a shown item for ``value``."""
 
-    item_id: str
-    value: float
+    item_id: Id
+    value: NonNegative
 
 
 Event = Impression | Click | Purchase
@@ -82,7 +87,7 @@ Event = Impression | Click | Purchase
 class CatalogItem(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """An entry of the compacted ``fairstream.items`` topic (key = item_id)."""
 
-    item_id: str
+    item_id: Id
     text: str
     groups: dict[str, str] = msgspec.field(default_factory=dict)
     attrs: dict[str, str | int | float] = msgspec.field(default_factory=dict)
@@ -140,42 +145,23 @@ class EventCodec:
         return InvalidEvent("invalid_field", message)
 
     def _validate(self, event: Event) -> None:
+        """What the decoder's constraints leave: finiteness, and the slate's shape."""
         if not math.isfinite(event.ts):
             raise InvalidEvent("non_finite", f"ts is {event.ts}")
-        if event.ts < 0:
-            raise InvalidEvent("invalid_field", f"ts {event.ts} is negative")
-        for name in ("event_id", "request_id", "user_id"):
-            _check_id(name, getattr(event, name))
-        if isinstance(event, Impression):
-            self._validate_impression(event)
-            return
-        _check_id("item_id", event.item_id)
-        if isinstance(event, Purchase):
-            if not math.isfinite(event.value):
-                raise InvalidEvent("non_finite", f"value is {event.value}")
-            if event.value < 0:
-                raise InvalidEvent("invalid_field", f"value {event.value} is negative")
-
-    def _validate_impression(self, event: Impression) -> None:
-        n = len(event.items)
-        if n == 0 or n > self.max_slate:
-            raise InvalidEvent("invalid_field",
-                               f"items has {n} entries, expected 1..{self.max_slate}")
-        if len(event.propensities) != n:
-            raise InvalidEvent(
-                "invalid_field",
-                f"propensities has {len(event.propensities)} entries for {n} items",
-            )
-        if len(set(event.items)) != n:
-            raise InvalidEvent("invalid_field", "items contains duplicates")
-        for p in event.propensities:
-            if not math.isfinite(p):
-                raise InvalidEvent("non_finite", f"propensity is {p}")
-            if not 0.0 < p <= 1.0:
-                raise InvalidEvent("invalid_field", f"propensity {p} is outside (0, 1]")
-        for item in event.items:
-            _check_id("items[]", item)
-        _check_id("policy_version", event.policy_version)
+        if type(event) is Impression:
+            n = len(event.items)
+            if n == 0 or n > self.max_slate:
+                raise InvalidEvent("invalid_field",
+                                   f"items has {n} entries, expected 1..{self.max_slate}")
+            if len(event.propensities) != n:
+                raise InvalidEvent(
+                    "invalid_field",
+                    f"propensities has {len(event.propensities)} entries for {n} items",
+                )
+            if n > 1 and len(set(event.items)) != n:
+                raise InvalidEvent("invalid_field", "items contains duplicates")
+        elif type(event) is Purchase and not math.isfinite(event.value):
+            raise InvalidEvent("non_finite", f"value is {event.value}")
 
 
 def check_catalog(items: Iterable[str], known_items: Container[str]) -> None:
@@ -183,11 +169,6 @@ def check_catalog(items: Iterable[str], known_items: Container[str]) -> None:
     for item in items:
         if item not in known_items:
             raise InvalidEvent("unknown_item", f"item {item!r} is not in the catalog")
-
-
-def _check_id(name: str, value: str) -> None:
-    if not value or len(value) > _MAX_ID_LEN:
-        raise InvalidEvent("invalid_field", f"{name} must have 1..{_MAX_ID_LEN} characters")
 
 
 def _unknown_version(version: object) -> InvalidEvent:
@@ -215,7 +196,6 @@ def decode_catalog_item(raw: bytes) -> CatalogItem:
         item = _catalog_decoder.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise InvalidEvent("invalid_field", f"catalog item: {exc}") from None
-    _check_id("item_id", item.item_id)
     if not item.text:
         raise InvalidEvent("invalid_field", f"catalog item {item.item_id!r} has empty text")
     return item
