@@ -27,6 +27,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client import start_http_server
+from threadpoolctl import threadpool_limits
 
 from learners import Encoder, FineTuneError, FineTuner
 from learners.features import AGE_BUCKETS, GENDERS
@@ -37,8 +38,8 @@ from stream.exceptions import InvalidEvent
 from stream.fetch import (
     Ack,
     Assigned,
+    Chunk,
     Commit,
-    Feedback,
     FetchProcess,
     Records,
     Revoked,
@@ -72,7 +73,7 @@ class Worker:
     def __init__(self, settings: Settings, metrics: Metrics | None = None,
                  encoder: Encoder | None = None, own_process: bool = False) -> None:
         """``own_process``: the worker is what this process is for (``fairstream worker``),
-        so it may tune the process's garbage collector (see :func:`tune_gc`)."""
+        so it may tune the process's garbage collector and BLAS (:func:`tune_process`)."""
         self.settings = settings
         self.own_process = own_process
         self.metrics = metrics or Metrics()
@@ -138,7 +139,7 @@ class Worker:
         if self.tuner is not None:
             log.info("fine-tune path warmed up in %.1fs", self.tuner.warm_up(self.state.fmap))
         if self.own_process:
-            tune_gc()
+            tune_process()
         self.publish()  # announce the policy it starts from: servers can answer at once
         self.fetch = FetchProcess(s)
         self.fetch.start()  # it joins the group; assignments come back through step()
@@ -292,23 +293,22 @@ class Worker:
 
     def _handle_records(self, message: Records) -> int:
         handled = 0
-        kinds: dict[str, int] = {}  # counted once per poll, not per record
+        kinds = dict.fromkeys(_KINDS, 0)  # counted once per poll, not per record
         with self.lock:
             closed: list[Pending] = []
             for chunk in message.chunks:
-                p = chunk.partition
-                for offset, key, value, event in zip(chunk.offsets, chunk.keys, chunk.values,
-                                                     chunk.events, strict=True):
-                    closed.extend(self._handle(p, offset, key, value, event, kinds))
+                self._handle_chunk(chunk, closed, kinds)
                 for r in chunk.rejected:
-                    self._dead_letter(p, r.offset, r.key, r.value, InvalidEvent(r.reason, r.detail))
+                    self._dead_letter(chunk.partition, r.offset, r.key, r.value,
+                                      InvalidEvent(r.reason, r.detail))
                 handled += len(chunk.offsets) + len(chunk.rejected)
-                self.state.offsets[p] = chunk.next_offset
+                self.state.offsets[chunk.partition] = chunk.next_offset
             if closed:
                 self._learn(closed)
         for kind, n in kinds.items():
-            self._consumed[kind].inc(n)
-            self.report.by_type[kind] = self.report.by_type.get(kind, 0) + n
+            if n:
+                self._consumed[kind].inc(n)
+                self.report.by_type[kind] = self.report.by_type.get(kind, 0) + n
         self._since_checkpoint += handled
         self.report.events += handled
         self._positions.update(message.positions)
@@ -316,27 +316,43 @@ class Worker:
         self._update_lag()
         return handled
 
-    def _handle(self, partition: int, offset: int, key: bytes | None, value: bytes,
-                event: Shown | Feedback, kinds: dict[str, int]) -> list[Pending]:
-        """One valid event from the fetch process: catalog check, dedup, join."""
-        shown = type(event) is Shown
-        try:
-            check_catalog(event.items if shown else (event.item_id,), self.catalog.index)
-        except InvalidEvent as exc:
-            self._dead_letter(partition, offset, key, value, exc)
-            return []
-        if self.state.seen.check_and_add(event.event_id):
-            self.metrics.events_duplicate.inc()
-            self.report.duplicates += 1
-            return []
-        if shown:
-            kinds["impression"] = kinds.get("impression", 0) + 1
-            return self.state.observe_impression(partition, event.request_id, event.user_id,
-                                                 event.ts, event.items, event.propensities,
-                                                 event.user)
-        kinds[event.kind] = kinds.get(event.kind, 0) + 1
-        return self.state.observe_feedback(partition, event.request_id, event.item_id,
-                                           event.kind, event.ts)
+    def _handle_chunk(self, chunk: Chunk, closed: list[Pending], kinds: dict[str, int]) -> None:
+        """One partition's valid events, in order: catalog check, dedup, join; impressions
+        whose window closed go to ``closed``.
+
+        The loop runs once per event, so what it calls per event is bound to locals
+        first; the rare paths (an unknown item, a duplicate) leave it through calls."""
+        p = chunk.partition
+        known = self.catalog.index
+        state = self.state
+        seen = state.seen.check_and_add
+        impression, feedback = state.observe_impression, state.observe_feedback
+        for i, event in enumerate(chunk.events):
+            if type(event) is Shown:
+                items = event.items
+                if (len(items) == 1 and items[0] in known) or all(it in known for it in items):
+                    if seen(event.event_id):
+                        self._duplicate()
+                        continue
+                    kinds["impression"] += 1
+                    closed += impression(p, event.request_id, event.user_id, event.ts, items,
+                                         event.propensities, event.user)
+                    continue
+            elif event.item_id in known:
+                if seen(event.event_id):
+                    self._duplicate()
+                    continue
+                kinds[event.kind] += 1
+                closed += feedback(p, event.request_id, event.item_id, event.kind, event.ts)
+                continue
+            try:
+                check_catalog(event.items if type(event) is Shown else (event.item_id,), known)
+            except InvalidEvent as exc:
+                self._dead_letter(p, chunk.offsets[i], chunk.keys[i], chunk.values[i], exc)
+
+    def _duplicate(self) -> None:
+        self.metrics.events_duplicate.inc()
+        self.report.duplicates += 1
 
     def _dead_letter(self, partition: int, offset: int, key: bytes | None, value: bytes | None,
                      exc: InvalidEvent) -> None:
@@ -467,6 +483,13 @@ class Worker:
 GC_YOUNG_THRESHOLD = 50_000
 
 
+def tune_process() -> None:
+    """Tune the interpreter and numpy for a process that is a worker: :func:`tune_gc`
+    and :func:`single_threaded_blas`."""
+    tune_gc()
+    single_threaded_blas()
+
+
 def tune_gc() -> None:
     """Collect garbage the way a streaming worker allocates it.
 
@@ -482,6 +505,19 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
+def single_threaded_blas() -> None:
+    """Run numpy's BLAS on the calling thread only.
+
+    A worker's matrix products are small (a poll's rows by 384 or 64 columns), and
+    the other core belongs to the fetch process. With OpenBLAS's default of one
+    thread per core, its helper thread spun on that core for 0.28 s of each second
+    of learning (``fairstream bench pipeline``, per-thread CPU times from /proc),
+    taking it from the fetch process. Fine-tunes use torch's own thread pool, which
+    this leaves alone.
+    """
+    threadpool_limits(limits=1, user_api="blas")
 
 
 def _json(obj: Any) -> bytes:

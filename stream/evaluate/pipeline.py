@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from stream.hoststats import CpuWindow, cpu_times
 from stream.worker import Worker
@@ -245,9 +246,11 @@ def run_pipeline_bench(settings=None, events: int = 20000,
 
     gc_state = gc.get_threshold()
     with contextlib.ExitStack() as stack:
-        # The worker tunes the collector of the process it runs in; give it back after.
+        # The worker tunes the collector and BLAS of the process it runs in; give them
+        # back after (leaving this context restores the BLAS thread counts it found).
         stack.callback(gc.set_threshold, *gc_state)
         stack.callback(gc.unfreeze)
+        stack.enter_context(threadpool_limits(limits=None, user_api="blas"))
         if bootstrap is None:
             broker = stack.enter_context(EmbeddedBroker(log_path=out / "broker.log"))
             bootstrap = broker.bootstrap

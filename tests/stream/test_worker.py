@@ -81,6 +81,13 @@ def assert_same_learning(state, ref):
     assert len(state.joiner) == len(ref.joiner)
 
 
+#: An impression whose slate holds a known item and an unknown one.
+UNKNOWN_IN_SLATE = (b'{"v": 1, "type": "impression", "event_id": "bad-5", "request_id": "r5", '
+                    b'"ts": 1.0, "user_id": "1", "items": ["1", "no-such-item"], '
+                    b'"propensities": [0.5, 0.5], "policy_version": "p"}')
+BAD = len(MALFORMED) + 2  # with the oversize message and UNKNOWN_IN_SLATE
+
+
 @pytest.fixture
 def loaded(make_settings, movielens):
     """Topics, catalog and a replay slice (plus malformed messages and one duplicate)."""
@@ -94,6 +101,7 @@ def loaded(make_settings, movielens):
     for _reason, value in MALFORMED.items():
         producer.send(settings.topics.events, key=b"bad", value=value, headers=[])
     producer.send(settings.topics.events, key=b"bad", value=b"x" * (settings.events.max_bytes + 1))
+    producer.send(settings.topics.events, key=b"bad", value=UNKNOWN_IN_SLATE)
     producer.flush()
     producer.close()
     return settings, events
@@ -106,7 +114,7 @@ def test_worker_learns_exactly_what_the_stream_holds(loaded, movielens, encoder)
     stop, result = threading.Event(), {}
     thread = threading.Thread(target=lambda: result.setdefault("report", worker.run(stop)))
     thread.start()
-    total = len(events) + 1 + len(MALFORMED) + 1
+    total = len(events) + 1 + BAD
     deadline = time.monotonic() + 120
     while worker.report.events < total:
         assert time.monotonic() < deadline and thread.is_alive(), worker.report
@@ -117,9 +125,9 @@ def test_worker_learns_exactly_what_the_stream_holds(loaded, movielens, encoder)
     thread.join(timeout=60)
     report = result["report"]
     n_valid = len(events)
-    assert report.events == n_valid + 1 + len(MALFORMED) + 1
+    assert report.events == n_valid + 1 + BAD
     assert report.duplicates == 1
-    assert report.rejected == len(MALFORMED) + 1
+    assert report.rejected == BAD
     ref = reference_state(settings, movielens, encoder, events)
     assert_same_learning(worker.state, ref)
     ck = read_checkpoint(settings.worker.checkpoint_path)
@@ -132,21 +140,22 @@ def test_worker_learns_exactly_what_the_stream_holds(loaded, movielens, encoder)
     tps = [TopicPartition(settings.topics.dlq, p) for p in range(2)]
     dlq.assign(tps)
     dlq.seek_to_beginning()
-    reasons, deadline = {}, time.monotonic() + 20
-    while len(reasons) < len(MALFORMED) + 1 and time.monotonic() < deadline:
+    dead, deadline = [], time.monotonic() + 20
+    while len(dead) < BAD and time.monotonic() < deadline:
         for records in dlq.poll(500).values():
-            for rec in records:
-                reasons[dict(rec.headers)["reason"].decode()] = rec.value
+            dead += [(dict(rec.headers)["reason"].decode(), rec.value) for rec in records]
     dlq.close()
-    assert reasons.keys() == {*MALFORMED, "oversize"}
+    assert len(dead) == BAD
+    assert {reason for reason, _ in dead} == {*MALFORMED, "oversize"}
     for reason, value in MALFORMED.items():
-        assert reasons[reason] == value
+        assert (reason, value) in dead
+    assert ("unknown_item", UNKNOWN_IN_SLATE) in dead
 
     # /metrics as scraped while it ran, and the final counters.
     for reason in MALFORMED:
         value = worker.metrics.registry.get_sample_value("fairstream_events_rejected_total",
                                                          {"reason": reason})
-        assert value == 1.0
+        assert value == (2.0 if reason == "unknown_item" else 1.0)
     assert 'fairstream_events_consumed_total{type="impression"}' in text
     assert "fairstream_bandit_update_duration_seconds_bucket" in text
     assert 'fairstream_consumer_lag_messages{partition="0"}' in text
@@ -193,11 +202,11 @@ def test_sigkill_mid_stream_then_restart_equals_one_uninterrupted_run(loaded, mo
     assert second.wait(timeout=180) == 0, (tmp_path / "worker.log").read_text()
     log.close()
     summary = json.loads((tmp_path / "worker.log").read_text().strip().splitlines()[-1])
-    assert summary["events"] < len(events) + 1 + len(MALFORMED) + 1  # resumed, did not restart
+    assert summary["events"] < len(events) + 1 + BAD  # resumed, did not restart
 
     ref = reference_state(settings, movielens, encoder, events)
     ck = read_checkpoint(path)
-    assert sum(ck.offsets.values()) == len(events) + 1 + len(MALFORMED) + 1
+    assert sum(ck.offsets.values()) == len(events) + 1 + BAD
     assert_same_learning(LearningState.from_checkpoint(settings, ref.catalog, ck), ref)
 
     # Policy versions only go up across the crash: servers swap only to a newer number.
@@ -214,7 +223,7 @@ def test_a_second_worker_splits_the_partitions_after_the_first_checkpoints(
     gives anything up, the second starts where the first committed, and later events
     are learnt exactly once between them."""
     settings, events = loaded
-    total = len(events) + 1 + len(MALFORMED) + 1
+    total = len(events) + 1 + BAD
     first = Worker(settings, encoder=encoder)
     second = Worker(settings.replace(worker={"checkpoint_path": str(tmp_path / "b.npz")}),
                     encoder=encoder)
@@ -255,3 +264,14 @@ def test_a_second_worker_splits_the_partitions_after_the_first_checkpoints(
         for t in threads:
             if t.is_alive() or t.ident is not None:
                 t.join(timeout=60)
+
+
+def test_a_worker_process_runs_numpy_blas_on_one_thread():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from stream.worker import single_threaded_blas
+
+    with threadpool_limits(limits=None, user_api="blas"):  # restores the counts on exit
+        single_threaded_blas()
+        blas = [lib for lib in threadpool_info() if lib["user_api"] == "blas"]
+        assert blas and all(lib["num_threads"] == 1 for lib in blas)
