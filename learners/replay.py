@@ -117,10 +117,18 @@ class ReplayBuffer:
         gender: np.ndarray,
         age: np.ndarray,
         rewards: np.ndarray,
+        *,
+        item_rows: np.ndarray | None = None,
+        profile_rows: np.ndarray | None = None,
     ) -> None:
         """Offer ``m`` rows at once (attribute codes as from ``attr_codes``), as ``add`` would
         one by one: same slots for the window policy; for the reservoir, the same law
         (each arrival ``t`` lands in slot ``U{0..t}`` when that is below ``capacity``).
+
+        With ``item_rows`` (``profile_rows``), row ``i``'s item embedding (profile) is
+        ``item_emb[item_rows[i]]`` (``profiles[profile_rows[i]]``): a catalog's rows are
+        then copied once, and only those that land, instead of gathered for all ``m``
+        rows first.
 
         >>> buf = ReplayBuffer(capacity=4, emb_dim=2, seed=0, policy="window")
         >>> buf.add_batch(np.ones((6, 2)), np.zeros((6, 2)), np.zeros(6), np.zeros(6),
@@ -134,6 +142,9 @@ class ReplayBuffer:
             return
         if not np.all(np.isfinite(rewards)):
             raise ValueError("rewards must be finite")
+        for name, index in (("item_rows", item_rows), ("profile_rows", profile_rows)):
+            if index is not None and len(index) != m:
+                raise ValueError(f"{name} has {len(index)} entries for {m} rewards")
         with self._lock:
             t = self.seen + np.arange(m)
             self.seen += m
@@ -156,8 +167,8 @@ class ReplayBuffer:
                 last = len(more) - 1 - np.unique(more[::-1], return_index=True)[1]
                 slots = np.concatenate([slots, more[last]])
                 src = np.concatenate([src, rest[last]])
-            self._items[slots] = item_emb[src]
-            self._profiles[slots] = profiles[src]
+            self._items[slots] = item_emb[src if item_rows is None else item_rows[src]]
+            self._profiles[slots] = profiles[src if profile_rows is None else profile_rows[src]]
             self._gender[slots] = gender[src]
             self._age[slots] = age[src]
             self._rewards[slots] = rewards[src]

@@ -257,7 +257,8 @@ class LearningState:
                                codes[:, 0], codes[:, 1])
         self.policy.update(X, rewards)
         if self.buffer is not None:
-            self.buffer.add_batch(emb[rows], profiles[owner], codes[:, 0], codes[:, 1], rewards)
+            self.buffer.add_batch(emb, profiles, codes[:, 0], codes[:, 1], rewards,
+                                  item_rows=rows, profile_rows=owner)
         learned.rows = n
         return learned
 

@@ -42,3 +42,23 @@ def test_grows_past_initial_allocation_and_validates():
         buf.add(np.zeros(4), np.zeros(4), {}, float("inf"))
     with pytest.raises(ValueError):
         ReplayBuffer(10, policy="fifo")
+
+
+@pytest.mark.parametrize("policy", ["window", "reservoir"])
+def test_batches_by_row_index_equal_batches_of_gathered_rows(policy):
+    rng = np.random.default_rng(3)
+    catalog = rng.normal(size=(50, 4)).astype(np.float32)
+    profiles = rng.normal(size=(20, 4)).astype(np.float32)
+    by_index, gathered = (ReplayBuffer(64, seed=5, emb_dim=4, policy=policy) for _ in range(2))
+    for m in (40, 30, 90, 7):  # fills, then replaces
+        rows, owner = rng.integers(0, 50, m), rng.integers(0, 20, m)
+        codes, rewards = rng.integers(-1, 2, m), rng.random(m)
+        by_index.add_batch(catalog, profiles, codes, codes, rewards, item_rows=rows,
+                           profile_rows=owner)
+        gathered.add_batch(catalog[rows], profiles[owner], codes, codes, rewards)
+    a, b = by_index.snapshot(), gathered.snapshot()
+    for field in ("item_emb", "profiles", "gender", "rewards", "seq"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    with pytest.raises(ValueError, match="item_rows has 2 entries for 3 rewards"):
+        by_index.add_batch(catalog, profiles, np.zeros(3), np.zeros(3), np.ones(3),
+                           item_rows=np.arange(2))
