@@ -235,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--json", type=Path)
     bs.set_defaults(func=cmd_bench_serve)
     bp = bsub.add_parser("pipeline", help="events/s learned end to end vs the raw consume rate")
-    bp.add_argument("--events", type=int, default=20_000, help="MovieLens ratings to replay")
+    bp.add_argument("--events", type=int, default=98_000,
+                    help="MovieLens ratings in the timed backlog (2,000 more feed the latency "
+                         "phase)")
     bp.add_argument("--bootstrap", help="use this broker instead of starting one")
     bp.add_argument("--out", default="runs/bench-pipeline")
     bp.add_argument("--json", type=Path)
