@@ -70,8 +70,8 @@ class RewardJoiner:
             state = self._partitions[partition] = _PartitionState()
         return state
 
-    # The three methods below run once per event: they look the partition up inline and
-    # leave at once when the watermark closes nothing, the common case.
+    # add_impression, add_feedback and _advance run once per event: they look the partition
+    # up inline, and _advance leaves at once when the watermark closes nothing.
 
     def add_impression(self, partition: int, pending: Pending) -> list[Pending]:
         state = self._partitions.get(partition) or self._state(partition)

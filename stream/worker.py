@@ -321,34 +321,40 @@ class Worker:
         whose window closed go to ``closed``.
 
         The loop runs once per event, so what it calls per event is bound to locals
-        first; the rare paths (an unknown item, a duplicate) leave it through calls."""
+        first; the rare paths (an unknown item, a duplicate) are calls of their own."""
         p = chunk.partition
         known = self.catalog.index
         state = self.state
         seen = state.seen.check_and_add
         impression, feedback = state.observe_impression, state.observe_feedback
         for i, event in enumerate(chunk.events):
-            if type(event) is Shown:
-                items = event.items
-                if (len(items) == 1 and items[0] in known) or all(it in known for it in items):
-                    if seen(event.event_id):
-                        self._duplicate()
-                        continue
-                    kinds["impression"] += 1
-                    closed += impression(p, event.request_id, event.user_id, event.ts, items,
-                                         event.propensities, event.user)
-                    continue
-            elif event.item_id in known:
-                if seen(event.event_id):
-                    self._duplicate()
-                    continue
+            shown = type(event) is Shown
+            if shown:
+                items = event.items  # one item, a replay's slate, skips the generator
+                known_items = (items[0] in known if len(items) == 1
+                               else all(item in known for item in items))
+            else:
+                known_items = event.item_id in known
+            if not known_items:
+                self._unknown_item(chunk, i)
+            elif seen(event.event_id):
+                self._duplicate()
+            elif shown:
+                kinds["impression"] += 1
+                closed += impression(p, event.request_id, event.user_id, event.ts, items,
+                                     event.propensities, event.user)
+            else:
                 kinds[event.kind] += 1
                 closed += feedback(p, event.request_id, event.item_id, event.kind, event.ts)
-                continue
-            try:
-                check_catalog(event.items if type(event) is Shown else (event.item_id,), known)
-            except InvalidEvent as exc:
-                self._dead_letter(p, chunk.offsets[i], chunk.keys[i], chunk.values[i], exc)
+
+    def _unknown_item(self, chunk: Chunk, i: int) -> None:
+        event = chunk.events[i]
+        try:
+            check_catalog(event.items if type(event) is Shown else (event.item_id,),
+                          self.catalog.index)
+        except InvalidEvent as exc:
+            self._dead_letter(chunk.partition, chunk.offsets[i], chunk.keys[i],
+                              chunk.values[i], exc)
 
     def _duplicate(self) -> None:
         self.metrics.events_duplicate.inc()

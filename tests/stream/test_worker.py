@@ -246,7 +246,9 @@ def test_a_second_worker_splits_the_partitions_after_the_first_checkpoints(
         ck = read_checkpoint(settings.worker.checkpoint_path)
         assert sum(ck.offsets.values()) == total  # everything, written before the split
 
-        more = list(replay_events(movielens, limit=N_RATINGS + 300))[len(events):]
+        # The next 600 ratings come from users on both partitions (the next 300 from
+        # four users, all on one).
+        more = list(replay_events(movielens, limit=N_RATINGS + 600))[len(events):]
         before = first.report.events
         publish_events(settings, iter(more), progress=False)
         deadline = time.monotonic() + 60
@@ -255,6 +257,7 @@ def test_a_second_worker_splits_the_partitions_after_the_first_checkpoints(
             time.sleep(0.1)
         time.sleep(1.0)  # nothing more arrives: no record twice
         assert first.report.events - before + second.report.events == len(more)
+        assert first.report.events > before and second.report.events > 0
         for w in (first, second):  # each caught up on its own partition
             (p,) = w._assigned
             assert w.state.offsets[p] == w._highwater[p]
