@@ -236,12 +236,9 @@ class LearningState:
         # Drift detectors see each segment's rewards in order; segments are independent.
         by_segment: dict[str, list[float]] = {}
         for got, labels in zip(rewards_of, labels_of, strict=True):
-            segment = by_segment.get(labels[0])
-            if segment is None:
-                segment = by_segment[labels[0]] = []
-            segment += got
-        for segment, rewards_in in by_segment.items():
-            self.drift.update_many(rewards_in, segment)
+            by_segment.setdefault(labels[0], []).extend(got)
+        for segment, segment_rewards in by_segment.items():
+            self.drift.update_many(segment_rewards, segment)
         n = len(rows_l)
         rows = np.array(rows_l, dtype=np.intp)
         owner = np.repeat(np.arange(len(closed)), sizes)
