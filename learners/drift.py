@@ -61,18 +61,10 @@ class DriftMonitor:
 
     def update(self, reward: float, segment: Hashable = "all") -> bool:
         """Feed one reward; True when the segment's mean reward has shifted."""
-        segment, det = self._detector(segment)
-        det.update(float(reward))
-        self.updates += 1
-        if det.drift_detected:
-            self.detections[segment] += 1
-            self._pending = True
-            return True
-        return False
+        return self.update_many((reward,), segment) > 0
 
     def update_many(self, rewards: Iterable[float], segment: Hashable = "all") -> int:
-        """Feed rewards of one segment in order (as :meth:`update` would, one by one);
-        returns how many detections they caused."""
+        """Feed rewards of one segment in order; returns how many detections they caused."""
         segment, det = self._detector(segment)
         found = 0
         n = 0

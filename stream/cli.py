@@ -149,9 +149,9 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     from stream.evaluate.pipeline import run_pipeline_bench
 
     settings = _settings(args)
-    results = run_pipeline_bench(settings, events=args.events, out_dir=args.out,
-                                 json_path=args.json, progress=True,
-                                 bootstrap=args.bootstrap)
+    size = {} if args.events is None else {"events": args.events}
+    results = run_pipeline_bench(settings, **size, out_dir=args.out, json_path=args.json,
+                                 progress=True, bootstrap=args.bootstrap)
     print("fairstream bench pipeline")
     _emit({k: v for k, v in results.items() if not isinstance(v, dict | list)}, None)
     return 0
@@ -235,9 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--json", type=Path)
     bs.set_defaults(func=cmd_bench_serve)
     bp = bsub.add_parser("pipeline", help="events/s learned end to end vs the raw consume rate")
-    bp.add_argument("--events", type=int, default=98_000,
-                    help="MovieLens ratings in the timed backlog (2,000 more feed the latency "
-                         "phase)")
+    bp.add_argument("--events", type=int,
+                    help="MovieLens ratings in the timed backlog (default: 98,000; 2,000 more "
+                         "feed the latency phase)")
     bp.add_argument("--bootstrap", help="use this broker instead of starting one")
     bp.add_argument("--out", default="runs/bench-pipeline")
     bp.add_argument("--json", type=Path)
