@@ -26,15 +26,6 @@ __all__ = [
     "refit_statistics",
     "resolve_device",
     "ridge_statistics",
-    "run_learners_bench",
     "user_groups",
 ]
 
-
-def __getattr__(name: str):
-    # The bench pulls in the encoder stack; import it only when asked for.
-    if name == "run_learners_bench":
-        from learners.bench import run_learners_bench
-
-        return run_learners_bench
-    raise AttributeError(name)

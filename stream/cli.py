@@ -25,13 +25,13 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from stream.broker import run_broker
+    from stream.kafka.broker import run_broker
 
     return run_broker(args.port)
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
-    from stream.topics import ensure_topics
+    from stream.kafka.topics import ensure_topics
 
     created = ensure_topics(_settings(args))
     print(f"created: {', '.join(created) or 'none (all exist)'}")
@@ -50,7 +50,7 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 
 def cmd_produce_catalog(args: argparse.Namespace) -> int:
     from stream import data
-    from stream.producers import catalog_items, publish_catalog
+    from stream.kafka.producers import catalog_items, publish_catalog
 
     settings = _settings(args)
     ml = data.load_movielens(settings.data.cache_dir)
@@ -61,7 +61,7 @@ def cmd_produce_catalog(args: argparse.Namespace) -> int:
 
 def cmd_produce_replay(args: argparse.Namespace) -> int:
     from stream import data
-    from stream.producers import publish_events, replay_events
+    from stream.kafka.producers import publish_events, replay_events
 
     settings = _settings(args)
     ml = data.load_movielens(settings.data.cache_dir)
@@ -71,7 +71,7 @@ def cmd_produce_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from stream.worker import Worker
+    from stream.worker.loop import Worker
 
     settings = _settings(args)
     worker = Worker(settings, own_process=True)
@@ -93,7 +93,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from stream.demo import run_demo
+    from stream.sim.demo import run_demo
 
     run_demo(_settings(args), events=args.events, out_dir=args.out, seed=args.seed)
     return 0
@@ -113,7 +113,7 @@ def _emit(results: dict, json_path: Path | None) -> None:
 
 def cmd_bench_learners(args: argparse.Namespace) -> int:
     from bandits import LinUCB
-    from learners import run_learners_bench
+    from stream.bench.learners import run_learners_bench
 
     settings = _settings(args)
     # The consumer loop under test updates the real LinUCB (Sherman–Morrison), as a worker does.
@@ -135,7 +135,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
-    from stream.serve import run_serve_bench
+    from stream.bench.serve import run_serve_bench
 
     results = run_serve_bench(_settings(args), bootstrap=args.bootstrap, requests=args.requests,
                               duration_s=args.duration, rate=args.rate,
@@ -146,7 +146,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_pipeline(args: argparse.Namespace) -> int:
-    from stream.evaluate.pipeline import run_pipeline_bench
+    from stream.bench.pipeline import run_pipeline_bench
 
     settings = _settings(args)
     size = {} if args.events is None else {"events": args.events}

@@ -177,7 +177,7 @@ class Metrics:
 
 #: Route names used as the ``endpoint`` label (anything else is "other").
 ENDPOINTS = ("recommend", "feedback", "healthz", "readyz", "metrics", "admin", "other")
-#: Why a policy bundle was refused: stream.bundle.BundleError reasons.
+#: Why a policy bundle was refused: stream.core.bundle.BundleError reasons.
 BUNDLE_REASONS = ("format", "checksum", "signature", "policy")
 
 _SERVE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)

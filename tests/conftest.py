@@ -18,7 +18,7 @@ _ids = itertools.count()
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory):
     """One Tansu broker for the whole session (its consumer-group join is slow)."""
-    from stream.broker import EmbeddedBroker
+    from stream.kafka.broker import EmbeddedBroker
 
     log = tmp_path_factory.mktemp("broker") / "tansu.log"
     with EmbeddedBroker(log_path=log) as b:

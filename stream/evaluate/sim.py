@@ -88,7 +88,7 @@ def load_world(settings_or_cache_dir: Any, events: int, *, encoder: Any = None,
     from learners import Encoder
     from stream import data
     from stream.evaluate.simulation import world_from_movielens
-    from stream.producers import popularity_group
+    from stream.kafka.producers import popularity_group
     from stream.settings import Settings
 
     if isinstance(settings_or_cache_dir, Settings):

@@ -23,15 +23,6 @@ __all__ = [
     "Unauthorized",
     "create_app",
     "request_rng",
-    "run_serve_bench",
     "run_server",
 ]
 
-
-def __getattr__(name: str):
-    # The bench pulls in MovieLens and the broker launcher; import it only when asked for.
-    if name == "run_serve_bench":
-        from stream.serve.bench import run_serve_bench
-
-        return run_serve_bench
-    raise AttributeError(name)

@@ -5,14 +5,14 @@ not thread-safe), assigned to partitions directly — no consumer group, so a
 server never joins or rebalances the workers' group and starts in seconds:
 
 * :class:`PolicyFollower` — ``fairstream.policies`` partition 0 from the
-  beginning. Every bundle is verified (:func:`stream.bundle.load_bundle`); one
+  beginning. Every bundle is verified (:func:`stream.core.bundle.load_bundle`); one
   that fails is rejected, counted by reason and logged, and the served policy
   stays. A verified bundle newer than the served one is swapped in. Only
   bundles keyed by this server's ``kafka.group_id`` count: versions of
   different worker groups are not comparable.
 * :class:`CatalogFollower` — ``fairstream.items`` partition 0 from the
   beginning, embedding new items with the frozen encoder (disk cache) into a
-  :class:`stream.state.Catalog`, then swapping the catalog snapshot in.
+  :class:`stream.core.state.Catalog`, then swapping the catalog snapshot in.
 * :class:`FeedbackFollower` — every partition of ``fairstream.events`` from
   the end at start-up; clicks and purchases move user profiles (raw feedback,
   see :mod:`stream.serve.recommender`). Impressions are skipped.
@@ -29,13 +29,13 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from learners import Encoder
-from stream.bundle import BundleError, PolicyBundle, load_bundle
+from stream.core.bundle import BundleError, PolicyBundle, load_bundle
+from stream.core.catalog import Catalog
 from stream.events import Click, EventCodec, Purchase
 from stream.exceptions import InvalidEvent
 from stream.metrics import ServeMetrics
 from stream.serve.recommender import Recommender
 from stream.settings import Settings
-from stream.state import Catalog
 
 log = logging.getLogger(__name__)
 

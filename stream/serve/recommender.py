@@ -1,6 +1,6 @@
 """The in-process recommender: what ``POST /recommend`` calls, and what a simulator can drive.
 
-It serves one :class:`~stream.bundle.PolicyBundle` over an immutable
+It serves one :class:`~stream.core.bundle.PolicyBundle` over an immutable
 :class:`_View` (policy + feature map + catalog snapshot + the catalog's
 adapted-embedding table for that feature space). Writers (the policy and
 catalog followers) build a new view and swap one reference; a request reads
@@ -27,7 +27,7 @@ re-derived from its request id. Policies that draw nothing (LinUCB and
 >>> import numpy as np
 >>> from bandits import LinUCB
 >>> from learners import Adapter, FeatureMap
->>> from stream.bundle import dump_bundle, load_bundle
+>>> from stream.core.bundle import dump_bundle, load_bundle
 >>> E = np.random.default_rng(0).normal(size=(30, 384)).astype(np.float32)
 >>> fmap = FeatureMap(Adapter.from_pca(E, out_dim=FeatureMap.adapter_dim(64)), dim=64)
 >>> bundle = load_bundle(dump_bundle(LinUCB(dim=64, feature_space=fmap.feature_space), fmap,
@@ -57,7 +57,7 @@ import numpy as np
 
 from bandits import ExposureController
 from learners import ProfileStore, user_groups
-from stream.bundle import PolicyBundle
+from stream.core.bundle import PolicyBundle
 from stream.serve.exceptions import BadRequest, NotReady
 from stream.settings import MAX_K
 

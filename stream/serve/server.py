@@ -27,13 +27,13 @@ from kafka import KafkaProducer
 from bandits import ExposureController
 from learners import Encoder, ProfileStore
 from stream.events import EventCodec
+from stream.kafka.topics import ensure_topics
 from stream.metrics import ServeMetrics
 from stream.serve.app import ServeContext, create_app
 from stream.serve.follower import CatalogFollower, FeedbackFollower, PolicyFollower
 from stream.serve.impressions import EventLog, kafka_send
 from stream.serve.recommender import Recommender
 from stream.settings import ServeSettings, Settings
-from stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class ServerThread:
     """
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
-        from stream.broker import free_port
+        from stream.kafka.broker import free_port
 
         self.host = host
         self.port = port or free_port()

@@ -12,18 +12,18 @@ import httpx
 import pytest
 from promserver import RULE_FILES, PrometheusServer, dashboard_queries
 
-from stream.demo import MALFORMED
 from stream.events import Click
-from stream.producers import (
+from stream.kafka.producers import (
     catalog_items,
     make_producer,
     publish_catalog,
     publish_events,
     replay_events,
 )
+from stream.kafka.topics import ensure_topics
 from stream.serve import ServerThread, ServeRuntime
-from stream.topics import ensure_topics
-from stream.worker import Worker
+from stream.sim.demo import MALFORMED
+from stream.worker.loop import Worker
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.broker, pytest.mark.model]
 

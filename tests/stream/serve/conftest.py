@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from stream.bundle import dump_bundle, load_bundle
-from stream.producers import catalog_items
-from stream.state import Catalog, LearningState
+from stream.core.bundle import dump_bundle, load_bundle
+from stream.core.catalog import Catalog
+from stream.core.state import LearningState
+from stream.kafka.producers import catalog_items
 
 #: Catalog size for these tests: enough for real candidates, small enough to embed fast.
 N_ITEMS = 300

@@ -1,8 +1,9 @@
 import numpy as np
 
-from stream.producers import catalog_items, replay_events
+from stream.core.catalog import Catalog
+from stream.core.state import LearningState
+from stream.kafka.producers import catalog_items, replay_events
 from stream.settings import load_settings
-from stream.state import Catalog, LearningState
 
 
 def test_one_batch_learns_what_one_impression_at_a_time_does(movielens, encoder, data_cache):

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from stream.demo import MALFORMED, run_demo
 from stream.settings import Settings
+from stream.sim.demo import MALFORMED, run_demo
 
 pytestmark = [pytest.mark.broker, pytest.mark.model]
 

@@ -1,6 +1,6 @@
 """The pipeline bench's ceiling: a bare kafka-python consumer in a process of its own.
 
-``python -m stream.evaluate.rawconsume BOOTSTRAP TOPIC PARTITIONS EXPECTED`` assigns
+``python -m stream.bench.rawconsume BOOTSTRAP TOPIC PARTITIONS EXPECTED`` assigns
 itself every partition (no group), reads from the beginning until ``EXPECTED`` records
 have come, decodes nothing, and prints ``{"records", "elapsed_s", "rate"}`` as JSON.
 The rate runs from the first poll that returns records to the last record. A process
@@ -43,7 +43,7 @@ def consume(bootstrap: str, topic: str, partitions: int, expected: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stream.evaluate.rawconsume")
+    parser = argparse.ArgumentParser(prog="python -m stream.bench.rawconsume")
     parser.add_argument("bootstrap")
     parser.add_argument("topic")
     parser.add_argument("partitions", type=int)

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from learners import run_learners_bench
+from stream.bench.learners import run_learners_bench
 
 pytestmark = pytest.mark.model
 

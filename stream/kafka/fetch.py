@@ -218,7 +218,7 @@ class FetchProcess:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "stream.fetch", str(theirs.fileno())],
+                [sys.executable, "-m", "stream.kafka.fetch", str(theirs.fileno())],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         finally:
             theirs.close()
@@ -407,7 +407,7 @@ def _wire(event: Event) -> Shown | Feedback:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Child entry point: ``python -m stream.fetch FD`` (started by :class:`FetchProcess`)."""
+    """Child entry point: ``python -m stream.kafka.fetch FD`` (started by :class:`FetchProcess`)."""
     argv = sys.argv[1:] if argv is None else argv
     # The worker decides when to stop: a terminal's Ctrl-C reaches the whole process
     # group, and the worker still needs this process to answer a final rebalance.

@@ -3,7 +3,7 @@
 A real server (this process: uvicorn thread + policy/catalog/feedback
 followers + impression logging to Kafka) serves MovieLens-100K's catalog
 embedded by MiniLM and a signed LinUCB policy at ``features.dim``; a second
-process (:mod:`stream.serve.loadgen`) drives ``POST /recommend`` on loopback
+process (:mod:`stream.bench.loadgen`) drives ``POST /recommend`` on loopback
 with ``n_candidates`` random candidates per request: first at saturation
 (``rps_max``), then open loop at ``rate`` req/s (``p50_ms_at_200rps``,
 ``p99_ms_at_200rps``, named for the default rate). Runs against
@@ -26,13 +26,14 @@ import numpy as np
 
 from learners import Encoder
 from stream import data
-from stream.bundle import dump_bundle
-from stream.hoststats import CpuWindow
-from stream.producers import catalog_items, make_producer, publish_catalog
+from stream.bench.hoststats import CpuWindow
+from stream.core.bundle import dump_bundle
+from stream.core.catalog import Catalog
+from stream.core.state import LearningState
+from stream.kafka.producers import catalog_items, make_producer, publish_catalog
+from stream.kafka.topics import ensure_topics
 from stream.serve.server import ServerThread, ServeRuntime
 from stream.settings import ServeSettings, Settings
-from stream.state import Catalog, LearningState
-from stream.topics import ensure_topics
 
 
 def run_serve_bench(settings: Settings | None = None, *, bootstrap: str | None = None,
@@ -55,7 +56,7 @@ def run_serve_bench(settings: Settings | None = None, *, bootstrap: str | None =
 
     with ExitStack() as stack:
         if bootstrap is None:
-            from stream.broker import EmbeddedBroker
+            from stream.kafka.broker import EmbeddedBroker
 
             bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap
         settings = settings.replace(kafka={"bootstrap": bootstrap})
@@ -104,7 +105,7 @@ def run_serve_bench(settings: Settings | None = None, *, bootstrap: str | None =
             json.dump(spec, f)
         t0 = time.monotonic()
         with CpuWindow() as host:
-            proc = subprocess.run([sys.executable, "-m", "stream.serve.loadgen", spec_path],
+            proc = subprocess.run([sys.executable, "-m", "stream.bench.loadgen", spec_path],
                                   capture_output=True, text=True,
                                   timeout=120 + 3 * duration_s + 2 * requests / rate)
         if progress and proc.stderr:

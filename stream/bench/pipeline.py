@@ -3,7 +3,7 @@
 Three rates, measured in one run on one broker and one topic:
 
 * ``raw_consume_events_per_s`` — the ceiling: a bare ``KafkaConsumer`` in a
-  process of its own (:mod:`stream.evaluate.rawconsume`; assigned to every
+  process of its own (:mod:`stream.bench.rawconsume`; assigned to every
   partition, no group) iterating all records, decoding nothing. Measured
   before and after the worker; the larger is reported.
 * ``learn_events_per_s`` — records/s one :class:`stream.worker.Worker`
@@ -24,7 +24,7 @@ excluded). The default backlog is 98,000 ratings (about 152,000 records,
 several seconds of learning): the worker learns nothing until its fetch
 process has parsed a first poll, and over 20,000 ratings (four polls) that
 fill alone was about a fifth of the timed span. The events are a MovieLens
-replay (:func:`stream.producers.replay_events`) published before timing starts; the
+replay (:func:`stream.kafka.producers.replay_events`) published before timing starts; the
 attribution window is short (``events.attribution_window_s`` = 2 s of event
 time) so an impression closes as soon as a later event of its partition
 arrives.
@@ -61,8 +61,8 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from stream.hoststats import CpuWindow, cpu_times
-from stream.worker import Worker
+from stream.bench.hoststats import CpuWindow, cpu_times
+from stream.worker.loop import Worker
 
 __all__ = ["TimedWorker", "run_pipeline_bench"]
 
@@ -109,9 +109,9 @@ class TimedWorker(Worker):
 
 def _raw_consume(settings, expected: int, timeout_s: float = 120.0) -> dict[str, float]:
     """Records/s of a bare consumer process reading the events topic from the beginning
-    (:mod:`stream.evaluate.rawconsume`)."""
+    (:mod:`stream.bench.rawconsume`)."""
     w = settings.worker
-    cmd = [sys.executable, "-m", "stream.evaluate.rawconsume", settings.kafka.bootstrap,
+    cmd = [sys.executable, "-m", "stream.bench.rawconsume", settings.kafka.bootstrap,
            settings.topics.events, str(settings.kafka.events_partitions), str(expected),
            "--max-records", str(w.poll_max_records),
            "--poll-timeout-ms", str(w.poll_timeout_ms),
@@ -160,7 +160,7 @@ def _live_phase(settings, worker: TimedWorker, events: list, rate: float,
                 timeout_s: float) -> dict[str, Any]:
     """Produce ``events`` at ``rate``/s while the worker runs; event→policy latencies."""
     from stream.events import EventCodec, Impression
-    from stream.producers import make_producer
+    from stream.kafka.producers import make_producer
 
     codec = EventCodec(settings.events.max_bytes, settings.events.max_slate)
     producer = make_producer(settings)
@@ -221,7 +221,7 @@ def run_pipeline_bench(settings=None, events: int = DEFAULT_EVENTS,
     """Benchmark one worker against the raw consume rate and VW (see module docstring).
 
     ``events`` MovieLens ratings are replayed (an impression each, plus a click
-    for ratings ≥ 4). Starts its own :class:`~stream.broker.EmbeddedBroker`
+    for ratings ≥ 4). Starts its own :class:`~stream.kafka.broker.EmbeddedBroker`
     unless ``bootstrap`` names a running broker. ``live_events`` ratings
     (default ``min(events // 4, 2000)``) feed the latency phase at
     ``live_rate`` events/s (default half the measured learn rate). With
@@ -230,10 +230,10 @@ def run_pipeline_bench(settings=None, events: int = DEFAULT_EVENTS,
     ``results.json`` to ``out_dir`` (and to ``json_path`` when given).
     """
     from stream import data
-    from stream.broker import EmbeddedBroker
-    from stream.producers import catalog_items, publish_catalog, publish_events, replay_events
+    from stream.kafka.broker import EmbeddedBroker
+    from stream.kafka.producers import catalog_items, publish_catalog, publish_events, replay_events
+    from stream.kafka.topics import ensure_topics
     from stream.settings import load_settings
-    from stream.topics import ensure_topics
 
     started = time.perf_counter()
 

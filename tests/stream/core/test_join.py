@@ -2,7 +2,7 @@ import itertools
 
 import numpy as np
 
-from stream.join import Pending, RewardJoiner, SeenIds
+from stream.core.join import Pending, RewardJoiner, SeenIds
 
 WEIGHTS = {"click": 1.0, "purchase": 3.0}
 

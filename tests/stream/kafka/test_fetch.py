@@ -10,10 +10,9 @@ import time
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from stream.demo import MALFORMED
 from stream.events import Click, EventCodec, Impression
 from stream.exceptions import FetchError
-from stream.fetch import (
+from stream.kafka.fetch import (
     Ack,
     Assigned,
     Commit,
@@ -24,8 +23,9 @@ from stream.fetch import (
     Seek,
     Shown,
 )
-from stream.producers import make_producer, publish_events, replay_events
-from stream.topics import ensure_topics
+from stream.kafka.producers import make_producer, publish_events, replay_events
+from stream.kafka.topics import ensure_topics
+from stream.sim.demo import MALFORMED
 
 pytestmark = pytest.mark.broker
 

@@ -21,14 +21,14 @@ import numpy as np
 from kafka import KafkaProducer
 
 from stream import data
-from stream.broker import EmbeddedBroker
 from stream.events import Event, EventCodec
-from stream.producers import catalog_items, make_producer, popularity_group, publish_catalog
+from stream.kafka.broker import EmbeddedBroker
+from stream.kafka.producers import catalog_items, make_producer, popularity_group, publish_catalog
+from stream.kafka.topics import ensure_topics
 from stream.serve import ServeRuntime
 from stream.settings import Settings
-from stream.simulate import MovieLensSimulator, SimulationResult, throttle
-from stream.topics import ensure_topics
-from stream.worker import Worker
+from stream.sim.simulator import MovieLensSimulator, SimulationResult, throttle
+from stream.worker.loop import Worker
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import time
 import pytest
 from kafka import KafkaAdminClient
 
-from stream.broker import free_port, wait_for_kafka
-from stream.topics import ensure_topics
+from stream.kafka.broker import free_port, wait_for_kafka
+from stream.kafka.topics import ensure_topics
 
 pytestmark = pytest.mark.broker
 

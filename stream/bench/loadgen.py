@@ -1,4 +1,4 @@
-"""Load generator for :func:`stream.serve.bench.run_serve_bench`, run as a second process.
+"""Load generator for :func:`stream.bench.serve.run_serve_bench`, run as a second process.
 
 asyncio streams (on uvloop when installed), HTTP/1.1 keep-alive and
 pre-encoded requests, so the client costs little CPU next to the server it
@@ -10,7 +10,7 @@ measures. Two phases:
   ``t0 + i/rate``; latency counts from when it was due, so a slow server is
   not hidden by a client that waited for it — no coordinated omission).
 
-``python -m stream.serve.loadgen SPEC.json`` prints one JSON object.
+``python -m stream.bench.loadgen SPEC.json`` prints one JSON object.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-from stream.hoststats import CpuWindow
+from stream.bench.hoststats import CpuWindow
 
 
 def _request(host: str, path: str, body: bytes) -> bytes:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from stream.serve import run_serve_bench
+from stream.bench.serve import run_serve_bench
 
 pytestmark = [pytest.mark.broker, pytest.mark.model]
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from stream.evaluate.pipeline import run_pipeline_bench
+from stream.bench.pipeline import run_pipeline_bench
 
 pytestmark = [pytest.mark.broker, pytest.mark.model]
 

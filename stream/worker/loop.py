@@ -9,7 +9,7 @@ On (re)start it resumes from its checkpoint's offsets, so a crash loses no
 event and counts none twice. SIGTERM drains, checkpoints and exits 0.
 
 The group membership, the fetches, kafka-python's record parsing and event
-validation run in a child process (:mod:`stream.fetch`), on the other core:
+validation run in a child process (:mod:`stream.kafka.fetch`), on the other core:
 the worker learns from one poll while the child parses the next.
 """
 
@@ -31,11 +31,14 @@ from threadpoolctl import threadpool_limits
 
 from learners import Encoder, FineTuneError, FineTuner
 from learners.features import AGE_BUCKETS, GENDERS
-from stream.bundle import dump_bundle
-from stream.checkpoint import CheckpointError, read_checkpoint, write_atomic, write_checkpoint
+from stream.core.bundle import dump_bundle
+from stream.core.catalog import Catalog
+from stream.core.checkpoint import CheckpointError, read_checkpoint, write_atomic, write_checkpoint
+from stream.core.join import Pending
+from stream.core.state import Learned, LearningState
 from stream.events import check_catalog
 from stream.exceptions import InvalidEvent
-from stream.fetch import (
+from stream.kafka.fetch import (
     Ack,
     Assigned,
     Chunk,
@@ -46,11 +49,9 @@ from stream.fetch import (
     Seek,
     Shown,
 )
-from stream.join import Pending
+from stream.kafka.topics import ensure_topics
 from stream.metrics import Metrics
 from stream.settings import Settings
-from stream.state import Catalog, Learned, LearningState
-from stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 

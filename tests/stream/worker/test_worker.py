@@ -17,20 +17,21 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.partitioner.default import murmur2
 
-from stream.bundle import load_bundle
-from stream.checkpoint import read_checkpoint
-from stream.demo import MALFORMED
+from stream.core.bundle import load_bundle
+from stream.core.catalog import Catalog
+from stream.core.checkpoint import read_checkpoint
+from stream.core.state import LearningState
 from stream.events import Click
-from stream.producers import (
+from stream.kafka.producers import (
     catalog_items,
     make_producer,
     publish_catalog,
     publish_events,
     replay_events,
 )
-from stream.state import Catalog, LearningState
-from stream.topics import ensure_topics
-from stream.worker import Worker
+from stream.kafka.topics import ensure_topics
+from stream.sim.demo import MALFORMED
+from stream.worker.loop import Worker
 
 pytestmark = [pytest.mark.broker, pytest.mark.model]
 
@@ -273,7 +274,7 @@ def test_a_second_worker_splits_the_partitions_after_the_first_checkpoints(
 def test_a_worker_process_runs_numpy_blas_on_one_thread():
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from stream.worker import single_threaded_blas
+    from stream.worker.loop import single_threaded_blas
 
     with threadpool_limits(limits=None, user_api="blas"):  # restores the counts on exit
         single_threaded_blas()

@@ -10,10 +10,10 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from learners import refit_statistics
-from stream.bundle import load_bundle
-from stream.producers import catalog_items, publish_catalog, publish_events, replay_events
-from stream.topics import ensure_topics
-from stream.worker import Worker
+from stream.core.bundle import load_bundle
+from stream.kafka.producers import catalog_items, publish_catalog, publish_events, replay_events
+from stream.kafka.topics import ensure_topics
+from stream.worker.loop import Worker
 
 pytestmark = [pytest.mark.broker, pytest.mark.model]
 

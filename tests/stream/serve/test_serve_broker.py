@@ -13,13 +13,13 @@ import httpx
 import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
+from tests.stream.serve.conftest import make_bundle, open_bundle
 
 from stream.events import Click, EventCodec, Impression
-from stream.producers import make_producer, publish_catalog
+from stream.kafka.producers import make_producer, publish_catalog
+from stream.kafka.topics import ensure_topics
 from stream.serve import ServerThread, ServeRuntime, request_rng
 from stream.settings import ServeSettings
-from stream.topics import ensure_topics
-from tests.serve.conftest import make_bundle, open_bundle
 
 pytestmark = [pytest.mark.broker, pytest.mark.model]
 
@@ -128,7 +128,7 @@ def test_hot_swap_rejection_and_impressions_on_the_broker(server, ml_catalog):
 
 def test_run_server_exits_0_on_sigterm(make_settings, tmp_path):
     settings = make_settings()
-    from stream.broker import free_port
+    from stream.kafka.broker import free_port
 
     port = free_port()
     env = {**os.environ,

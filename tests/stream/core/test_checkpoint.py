@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from stream.checkpoint import Checkpoint, CheckpointError, read_checkpoint, write_checkpoint
+from stream.core.checkpoint import Checkpoint, CheckpointError, read_checkpoint, write_checkpoint
 
 
 def test_round_trip_is_exact(tmp_path):

@@ -1,0 +1,14 @@
+"""Benchmarks and load generators, kept apart from what they measure.
+
+- :func:`run_learners_bench` — embedding, fine-tune and consumer-stall figures.
+- :func:`run_serve_bench` — ``/recommend`` throughput and latency from a second process
+  (:mod:`stream.bench.loadgen`).
+- :func:`run_pipeline_bench` — events/s one worker learns end to end vs the raw consume
+  rate of a bare consumer (:mod:`stream.bench.rawconsume`).
+"""
+
+from stream.bench.learners import run_learners_bench
+from stream.bench.pipeline import run_pipeline_bench
+from stream.bench.serve import run_serve_bench
+
+__all__ = ["run_learners_bench", "run_pipeline_bench", "run_serve_bench"]
