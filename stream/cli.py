@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -71,25 +69,9 @@ def cmd_produce_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from stream.worker.loop import Worker
+    from stream.worker import run_worker
 
-    settings = _settings(args)
-    worker = Worker(settings, own_process=True)
-    stop = threading.Event()
-
-    def _drain(signum: int, _frame: object) -> None:
-        logging.getLogger("fairstream").info("signal %d: draining", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _drain)
-    signal.signal(signal.SIGINT, _drain)
-    port = worker.serve_metrics()
-    logging.getLogger("fairstream").info("metrics on :%d/metrics", port)
-    report = worker.run(stop, idle_exit_s=args.exit_when_idle)
-    print(json.dumps({"events": report.events, "rejected": report.rejected,
-                      "duplicates": report.duplicates, "rows_learned": report.rows_learned,
-                      "by_type": report.by_type}), flush=True)
-    return 0
+    return run_worker(_settings(args), exit_when_idle=args.exit_when_idle)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ live phase, after the backlog is drained: further replay events are produced
 at a steady rate (half the measured learn rate by default) while the worker
 runs. An event's produce time is the wall clock at ``send`` (what Kafka
 stamps as the record's CreateTime); it is included in the policy when the
-``Worker._learn`` call that learns its impression returns (instrumented in a
+``Worker.learn`` call that learns its impression returns (instrumented in a
 subclass, :class:`TimedWorker`). Both impressions and clicks count; the
 last impression of each partition stays open (nothing later closes its
 window) and is left out. With a backlog the same number would only measure
@@ -53,7 +53,6 @@ import pstats
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -62,7 +61,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from stream.bench.hoststats import CpuWindow, cpu_times
-from stream.worker.loop import Worker
+from stream.worker import Worker, WorkerThread
 
 __all__ = ["TimedWorker", "run_pipeline_bench"]
 
@@ -72,7 +71,7 @@ ATTRIBUTION_WINDOW_S = 2.0
 class TimedWorker(Worker):
     """A Worker that records when each batch of impressions enters its policy.
 
-    ``learned_at`` holds ``(wall time when _learn returned, request_ids)``;
+    ``learned_at`` holds ``(wall time when learn returned, request_ids)``;
     ``first_records_at`` / ``target_reached_at`` (perf_counter) bracket the
     handling of the first ``target`` records, and ``host`` the machine's CPU
     times over the same span.
@@ -101,8 +100,8 @@ class TimedWorker(Worker):
             self.target_reached_at = now  # last: the bench thread waits on this one
         return n
 
-    def _learn(self, closed):
-        learned = super()._learn(closed)
+    def learn(self, closed):
+        learned = super().learn(closed)
         self.learned_at.append((time.time(), [p.request_id for p in closed]))
         return learned
 
@@ -281,31 +280,17 @@ def run_pipeline_bench(settings=None, events: int = DEFAULT_EVENTS,
 
         # As `fairstream worker` runs it: the worker owns the process (its GC tuning).
         worker = TimedWorker(settings, encoder=encoder, target=len(backlog), own_process=True)
-        stop = threading.Event()
-        failure: list[BaseException] = []
         profiler = cProfile.Profile() if profile else None
-
-        def _work() -> None:
-            try:
-                if profiler is not None:
-                    profiler.runcall(worker.run, stop)
-                else:
-                    worker.run(stop)
-            except BaseException as exc:  # surfaced to the main thread below
-                failure.append(exc)
-
-        thread = threading.Thread(target=_work, name="bench-worker", daemon=True)
-        thread.start()
+        running = WorkerThread(worker, wrap=profiler.runcall if profiler else None).start()
         say("worker started (model load, catalog, group join are not timed)")
         deadline = time.monotonic() + 600
-        while worker.target_reached_at is None and not failure and thread.is_alive():
+        while worker.target_reached_at is None and running.is_alive():
             if time.monotonic() > deadline:
-                stop.set()
+                running.stop_event.set()
                 raise TimeoutError(f"worker handled {worker.report.events}/{len(backlog)} "
                                    "records in 600 s")
             time.sleep(0.05)
-        if failure:
-            raise failure[0]
+        running.check()
         learn_s = worker.target_reached_at - worker.first_records_at
         learn_rate = len(backlog) / learn_s if learn_s > 0 else 0.0
         say(f"worker: {len(backlog)} records, {worker.rows_at_target} rows learned in "
@@ -316,10 +301,7 @@ def run_pipeline_bench(settings=None, events: int = DEFAULT_EVENTS,
         if live_res:
             say(f"live phase: {live_res['events']} events at {rate:,.0f}/s; latency p50 "
                 f"{live_res['p50_s'] * 1e3:.1f} ms, p99 {live_res['p99_s'] * 1e3:.1f} ms")
-        stop.set()
-        thread.join(timeout=120)
-        if failure:
-            raise failure[0]
+        running.stop(timeout_s=120)
         raw_after = _raw_consume(settings, len(backlog))
         say(f"raw consume again: {raw_after['rate']:,.0f}/s")
         vw = _vw_rate(worker, backlog)

@@ -12,8 +12,8 @@ Both the worker and the server hold one, filled from ``fairstream.items`` by
 >>> catalog.add([CatalogItem(item_id="i1", text="Heat (1995)", groups={"popularity": "head"})],
 ...             Ones())
 [0]
->>> len(catalog), "i1" in catalog, catalog.group_of("i1")
-(1, True, 'head')
+>>> len(catalog), catalog.index["i1"], catalog.popularity
+(1, 0, ['head'])
 """
 
 from __future__ import annotations
@@ -46,9 +46,6 @@ class Catalog:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-    def __contains__(self, item_id: object) -> bool:
-        return item_id in self.index
 
     @property
     def embeddings(self) -> np.ndarray:
@@ -90,6 +87,3 @@ class Catalog:
                     log.warning("skipping catalog record at offset %d: %s", record.offset, exc)
         self.add(items, encoder)
         return len(items)
-
-    def group_of(self, item_id: str, kind: str = "popularity") -> str:
-        return self.groups[self.index[item_id]].get(kind, "unknown")

@@ -1,10 +1,11 @@
 """The worker's learning state, and how events move it.
 
-:class:`Catalog` holds the frozen embeddings of every known item;
-:class:`LearningState` composes the reward join, user profiles, feature map and
-bandit policy, and is what a checkpoint captures. Nothing here touches Kafka:
-the worker feeds it decoded events with their partition, and the simulator and
-server ask it for slates.
+:class:`LearningState` composes the reward join, dedup, user profiles, feature map
+and bandit policy over a :class:`~stream.core.catalog.Catalog`, and is what a
+checkpoint captures. It keeps its own invariants: the events it has seen (dedup),
+the offset up to which each partition has been observed, and the number of the last
+published policy move only through its methods. Nothing here touches Kafka: the
+worker hands it each partition's compact records as the fetch process sent them.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -38,12 +40,7 @@ from learners.features import AGE_BUCKETS, GENDERS, UNKNOWN, attr_codes
 from stream.core.catalog import Catalog
 from stream.core.checkpoint import Checkpoint
 from stream.core.join import Pending, RewardJoiner, SeenIds
-from stream.events import (
-    Click,
-    Event,
-    Impression,
-    Purchase,
-)
+from stream.events import Click, Event, Feedback, Impression, Purchase, Shown
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,8 +55,43 @@ class Learned:
     exposure_by_item_group: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class Observed:
+    """What one partition's records did to the state: impressions whose window closed
+    (in closing order), valid events by type, and the events left out — by index into
+    the records, those naming an item the catalog does not hold; by count, duplicates."""
+
+    closed: list[Pending] = field(default_factory=list)
+    kinds: dict[str, int] = field(
+        default_factory=lambda: {"impression": 0, "click": 0, "purchase": 0})
+    unknown: list[int] = field(default_factory=list)
+    duplicates: int = 0
+
+
 class LearningState:
-    """Catalog + join + profiles + φ + policy: everything a checkpoint captures."""
+    """Catalog + join + profiles + φ + policy: everything a checkpoint captures.
+
+    >>> import numpy as np
+    >>> from stream.core.catalog import Catalog
+    >>> from stream.events import CatalogItem, Click, Impression
+    >>> from stream.settings import Settings
+    >>> class Random:  # an encoder stand-in
+    ...     dim = 384
+    ...     def embed(self, texts):
+    ...         return np.random.default_rng(len(texts)).normal(size=(len(texts), 384))
+    >>> catalog = Catalog()
+    >>> _ = catalog.add([CatalogItem(item_id=str(i), text=f"film {i}") for i in range(40)],
+    ...                 Random())
+    >>> state = LearningState.fresh(Settings(), catalog)
+    >>> closed = state.observe(Impression(event_id="e1", request_id="r1", ts=0.0, user_id="u",
+    ...                                   items=["3"], propensities=[1.0],
+    ...                                   policy_version="p"), partition=0)
+    >>> closed += state.observe(Click(event_id="e2", request_id="r1", ts=1.0, user_id="u",
+    ...                               item_id="3"), partition=0)
+    >>> closed += state.close_open()
+    >>> [p.rewards for p in closed], state.learn(closed).rows, state.policy.n_updates
+    ([[1.0]], 1, 1)
+    """
 
     def __init__(self, settings: Settings, catalog: Catalog, fmap: FeatureMap, policy: Policy,
                  profiles: ProfileStore | None = None) -> None:
@@ -82,8 +114,9 @@ class LearningState:
                                     emb_dim=catalog.embeddings.shape[1])
                        if ft.enabled else None)
         self.drift = DriftMonitor(delta=ft.drift_delta)
-        self.offsets: dict[int, int] = {}
-        self.version = 0  # of the last published policy
+        self._offsets: dict[int, int] = {}  # partition -> next offset to observe
+        self._offsets_view = MappingProxyType(self._offsets)
+        self._version = 0  # of the last published policy
         self._adapted = np.zeros((0, fmap.k_item))
 
     # -- construction -------------------------------------------------------------------------
@@ -116,29 +149,82 @@ class LearningState:
         return self.fmap.transform(None, profile, user, adapted_items=self.adapted_items(rows))
 
     def observe(self, event: Event, partition: int) -> list[Pending]:
-        """Feed one valid, non-duplicate event; returns impressions whose window closed."""
+        """Feed one valid, non-duplicate event (a full record, not checked against the
+        catalog, not deduplicated); returns impressions whose window closed."""
         if isinstance(event, Impression):
-            return self.observe_impression(partition, event.request_id, event.user_id,
-                                           event.ts, event.items, event.propensities,
-                                           event.user)
+            return self.joiner.add_impression(partition, Pending(
+                event.request_id, event.user_id, event.ts, tuple(event.items),
+                tuple(event.propensities), event.user, [0.0] * len(event.items)))
         kind = "click" if isinstance(event, Click) else "purchase"
         assert isinstance(event, Click | Purchase)
-        return self.observe_feedback(partition, event.request_id, event.item_id, kind,
-                                     event.ts)
+        return self.joiner.add_feedback(partition, event.request_id, event.item_id, kind,
+                                        event.ts)
 
-    def observe_impression(self, partition: int, request_id: str, user_id: str, ts: float,
-                           items: Sequence[str], propensities: Sequence[float],
-                           user: dict[str, Any]) -> list[Pending]:
-        """:meth:`observe` of an impression, from its fields (the worker's wire records).
-        ``user`` is kept, not copied: nothing writes to it."""
-        pending = Pending(request_id, user_id, ts, tuple(items), tuple(propensities), user,
-                          [0.0] * len(items))
-        return self.joiner.add_impression(partition, pending)
+    def observe_records(self, partition: int, events: Sequence[Shown | Feedback],
+                        next_offset: int) -> Observed:
+        """One partition's valid records of one poll, in offset order: catalog check,
+        dedup, join; then the partition's offset moves to ``next_offset``.
 
-    def observe_feedback(self, partition: int, request_id: str, item_id: str, kind: str,
-                         ts: float) -> list[Pending]:
-        """:meth:`observe` of a click or purchase (``kind``), from its fields."""
-        return self.joiner.add_feedback(partition, request_id, item_id, kind, ts)
+        The loop runs once per event, so what it calls per event is bound to locals
+        first. An event naming an unknown item is left out (and not marked seen: it is
+        the caller's to dead-letter, by its index in ``events``)."""
+        out = Observed()
+        closed, kinds, unknown = out.closed, out.kinds, out.unknown
+        known = self.catalog.index
+        seen = self.seen.check_and_add
+        add_impression, add_feedback = self.joiner.add_impression, self.joiner.add_feedback
+        for i, event in enumerate(events):
+            if type(event) is Shown:
+                items = event.items  # one item, a replay's slate, skips the generator
+                if not (items[0] in known if len(items) == 1
+                        else all(item in known for item in items)):
+                    unknown.append(i)
+                elif seen(event.event_id):
+                    out.duplicates += 1
+                else:
+                    kinds["impression"] += 1
+                    # ``user`` is kept, not copied: nothing writes to it.
+                    closed += add_impression(partition, Pending(
+                        event.request_id, event.user_id, event.ts, tuple(items),
+                        tuple(event.propensities), event.user, [0.0] * len(items)))
+            elif event.item_id not in known:
+                unknown.append(i)
+            elif seen(event.event_id):
+                out.duplicates += 1
+            else:
+                kinds[event.kind] += 1
+                closed += add_feedback(partition, event.request_id, event.item_id, event.kind,
+                                       event.ts)
+        self._offsets[partition] = next_offset
+        return out
+
+    def close_open(self) -> list[Pending]:
+        """Close every impression still inside its window (a bounded run's end)."""
+        return self.joiner.flush()
+
+    @property
+    def offsets(self) -> Mapping[int, int]:
+        """Per partition, the next offset to observe (read-only)."""
+        return self._offsets_view
+
+    @property
+    def version(self) -> int:
+        """The number of the last published policy."""
+        return self._version
+
+    def next_version(self) -> int:
+        """Number the policy about to be published: one more than the last."""
+        self._version += 1
+        return self._version
+
+    def skip_versions_to(self, version: int) -> None:
+        """Never number a policy at or below ``version`` (one published after the
+        checkpoint this state was restored from: servers only swap to a newer number)."""
+        self._version = max(self._version, version)
+
+    def drift_detected(self) -> bool:
+        """Whether the reward drift detectors fired since the last call (latched)."""
+        return self.drift.consume()
 
     def learn(self, closed: Iterable[Pending]) -> Learned:
         """One batched policy update from closed impressions (in closing order).
@@ -214,37 +300,24 @@ class LearningState:
         self._adapted = np.zeros((0, result.fmap.k_item))
         return True
 
-    # -- deciding -----------------------------------------------------------------------------
-
-    def recommend(self, user_id: str, user: dict[str, Any], candidates: Sequence[str], k: int,
-                  rng: np.random.Generator, now: float) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """A slate of ``k`` of ``candidates``: (item ids, propensities, scores)."""
-        X = self.features(user_id, user, candidates, now)
-        slate = self.policy.select(X, k=k, rng=rng, item_ids=list(candidates))
-        return [candidates[i] for i in slate.indices], slate.propensities, slate.scores
-
-    @property
-    def policy_version(self) -> str:
-        return f"{self.fmap.feature_space}/{self.policy.n_updates}"
-
     # -- checkpoints --------------------------------------------------------------------------
 
     def to_checkpoint(self) -> Checkpoint:
         key = self.settings.policy.signing_key.encode()
         profiles = self.profiles.state()
         arrays = {
-            "policy": np.frombuffer(dump_snapshot(self.policy, key=key, version=self.version),
+            "policy": np.frombuffer(dump_snapshot(self.policy, key=key, version=self._version),
                                     dtype=np.uint8),
             "adapter": np.frombuffer(self.fmap.adapter.to_bytes(), dtype=np.uint8),
         }
-        header: dict[str, Any] = {"version": self.version, "joiner": self.joiner.state(),
+        header: dict[str, Any] = {"version": self._version, "joiner": self.joiner.state(),
                                   "seen": self.seen.state(), "profiles": {}}
         for name, value in profiles.items():
             if isinstance(value, np.ndarray):
                 arrays[f"profiles.{name}"] = value
             else:
                 header["profiles"][name] = value
-        return Checkpoint(offsets=dict(self.offsets), header=header, arrays=arrays)
+        return Checkpoint(offsets=dict(self._offsets), header=header, arrays=arrays)
 
     @classmethod
     def from_checkpoint(cls, settings: Settings, catalog: Catalog,
@@ -260,8 +333,8 @@ class LearningState:
         state = cls(settings, catalog, fmap, policy, ProfileStore.from_state(profile_state))
         state.joiner.load_state(ck.header["joiner"])
         state.seen.load_state(ck.header["seen"])
-        state.offsets = dict(ck.offsets)
-        state.version = int(ck.header["version"])
+        state._offsets.update(ck.offsets)
+        state._version = int(ck.header["version"])
         return state
 
 

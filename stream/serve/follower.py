@@ -10,9 +10,10 @@ server never joins or rebalances the workers' group and starts in seconds:
   stays. A verified bundle newer than the served one is swapped in. Only
   bundles keyed by this server's ``kafka.group_id`` count: versions of
   different worker groups are not comparable.
-* :class:`CatalogFollower` — ``fairstream.items`` partition 0 from the
-  beginning, embedding new items with the frozen encoder (disk cache) into a
-  :class:`stream.core.state.Catalog`, then swapping the catalog snapshot in.
+* :class:`CatalogFollower` — ``fairstream.items`` through the worker's own
+  :class:`~stream.kafka.catalog_feed.CatalogFeed` (embedding new items with the
+  frozen encoder into a :class:`~stream.core.catalog.Catalog`), then swapping the
+  catalog snapshot in.
 * :class:`FeedbackFollower` — every partition of ``fairstream.events`` from
   the end at start-up; clicks and purchases move user profiles (raw feedback,
   see :mod:`stream.serve.recommender`). Impressions are skipped.
@@ -33,6 +34,7 @@ from stream.core.bundle import BundleError, PolicyBundle, load_bundle
 from stream.core.catalog import Catalog
 from stream.events import Click, EventCodec, Purchase
 from stream.exceptions import InvalidEvent
+from stream.kafka.catalog_feed import CatalogFeed
 from stream.metrics import ServeMetrics
 from stream.serve.recommender import Recommender
 from stream.settings import Settings
@@ -209,7 +211,8 @@ class PolicyFollower(_Follower):
 
 
 class CatalogFollower(_Follower):
-    """Materialises fairstream.items into a :class:`Catalog` and hands snapshots over."""
+    """Runs a :class:`~stream.kafka.catalog_feed.CatalogFeed` (the worker's too) and hands
+    catalog snapshots over to the recommender."""
 
     name = "catalog"
 
@@ -218,19 +221,17 @@ class CatalogFollower(_Follower):
         super().__init__(settings, recommender, metrics)
         self.encoder = encoder
         self.catalog = Catalog(encoder.dim)
-        self._tp = TopicPartition(settings.topics.items, 0)
+        self.feed = CatalogFeed(settings, self.catalog, encoder, client="serve-catalog")
 
     def _open(self) -> KafkaConsumer:
-        return self._from_start("catalog", self._tp)
+        return self.feed.open().consumer
 
     def _step(self) -> None:
-        batch = self.consumer.poll(timeout_ms=_POLL_MS, max_records=5000)
-        if self.catalog.add_records(batch, self.encoder):
-            self.recommender.set_catalog(
-                self.catalog.ids, self.catalog.embeddings,
-                [g.get("popularity", "unknown") for g in self.catalog.groups])
+        if self.feed.poll(timeout_ms=_POLL_MS):
+            self.recommender.set_catalog(self.catalog.ids, self.catalog.embeddings,
+                                         list(self.catalog.popularity))
             self.metrics.catalog_items.set(len(self.catalog))
-        if not self.caught_up.is_set() and len(self.catalog) and self._at_end([self._tp]):
+        if not self.caught_up.is_set() and len(self.catalog) and self.feed.at_end():
             log.info("catalog: %d items", len(self.catalog))
             self.caught_up.set()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from stream.kafka.topics import ensure_topics
 from stream.serve import ServeRuntime
 from stream.settings import Settings
 from stream.sim.simulator import MovieLensSimulator, SimulationResult, throttle
-from stream.worker.loop import Worker
+from stream.worker import Worker, WorkerThread
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +76,7 @@ def run_demo(settings: Settings, events: int | None = None, out_dir: str | Path 
         port = worker.serve_metrics()
         print(f"fairstream: broker {broker.bootstrap}; worker metrics at "
               f"http://{settings.worker.metrics_host}:{port}/metrics", flush=True)
-        stop = threading.Event()
-        failure: list[BaseException] = []
-
-        def _work() -> None:
-            try:
-                worker.run(stop, flush_on_exit=True)
-            except BaseException as exc:  # surfaced to the main thread below
-                failure.append(exc)
-                worker.ready.set()
-
-        thread = threading.Thread(target=_work, name="worker", daemon=True)
-        thread.start()
-        worker.ready.wait()
-        if failure:
-            raise failure[0]
+        running = WorkerThread(worker, flush_on_exit=True).start()
         # The serving side, in-process: it follows fairstream.policies (verifying every
         # bundle), the catalog and the feedback, exactly as `fairstream serve` does.
         server = ServeRuntime(settings, encoder=worker.encoder).start()
@@ -117,8 +102,7 @@ def run_demo(settings: Settings, events: int | None = None, out_dir: str | Path 
             return rec.items, np.asarray(rec.propensities), rec.policy_version
 
         def consumed_impressions() -> int:
-            if failure:
-                raise RuntimeError("worker failed") from failure[0]
+            running.check()
             return worker.report.by_type.get("impression", 0)
 
         sim = MovieLensSimulator(ml, popularity_group(ml), n_candidates=n_candidates,
@@ -144,15 +128,13 @@ def run_demo(settings: Settings, events: int | None = None, out_dir: str | Path 
             producer.close()
             total = published + malformed
             deadline = time.monotonic() + 120
-            while worker.report.events < total and time.monotonic() < deadline and not failure:
+            while (worker.report.events < total and time.monotonic() < deadline
+                   and running.is_alive()):
                 time.sleep(0.05)
             elapsed = time.monotonic() - started
         finally:
             server.close()
-            stop.set()
-            thread.join()
-        if failure:
-            raise failure[0]
+            running.stop(timeout_s=None)
 
     summary = _summary(result, worker, published, elapsed)
     summary["policy_versions"] = {"first": versions[0][1], "last": versions[-1][1],

@@ -5,7 +5,6 @@ series must carry the right values."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
@@ -23,7 +22,7 @@ from stream.kafka.producers import (
 from stream.kafka.topics import ensure_topics
 from stream.serve import ServerThread, ServeRuntime
 from stream.sim.demo import MALFORMED
-from stream.worker.loop import Worker
+from stream.worker import Worker, WorkerThread
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.broker, pytest.mark.model]
 
@@ -66,8 +65,7 @@ def test_dashboard_panels_and_group_series_on_a_scraped_worker(make_settings, mo
 
     worker = Worker(settings, encoder=encoder)
     port = worker.serve_metrics()
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    running = WorkerThread(worker)
     total = len(events) + 1 + len(MALFORMED)
     registry = worker.metrics.registry
     runtime = ServeRuntime(settings, encoder=encoder)
@@ -80,8 +78,7 @@ def test_dashboard_panels_and_group_series_on_a_scraped_worker(make_settings, mo
                                   rule_files=RULE_FILES, scrape_interval="1s") as prom:
         prom.wait_for("fairstream_bandit_update_duration_seconds_count",
                       lambda s: len(s) == 1 and s[0].value == 0, timeout=30)
-        thread.start()
-        assert worker.ready.wait(120)
+        running.start(timeout_s=120)
         runtime.start()
         try:
             runtime.wait_ready(60)
@@ -92,7 +89,7 @@ def test_dashboard_panels_and_group_series_on_a_scraped_worker(make_settings, mo
             while worker.report.events < total or (
                     finetunes.labels(outcome="swapped")._value.get()
                     + finetunes.labels(outcome="rejected")._value.get()) < 1:
-                assert time.monotonic() < deadline and thread.is_alive(), worker.report
+                assert time.monotonic() < deadline and running.is_alive(), worker.report
                 time.sleep(0.1)
             # The worker is caught up, so its counters are final: wait for a scrape of them.
             n_imp = sum(1 for e in events if not isinstance(e, Click)) + served
@@ -132,5 +129,4 @@ def test_dashboard_panels_and_group_series_on_a_scraped_worker(make_settings, mo
             assert sum(s.value for s in share) == pytest.approx(1.0)
         finally:
             runtime.close()
-            stop.set()
-            thread.join(timeout=60)
+            running.stop(timeout_s=60)

@@ -10,21 +10,12 @@ import time
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from stream.events import Click, EventCodec, Impression
+from stream.events import Click, EventCodec, Feedback, Impression, Shown
 from stream.exceptions import FetchError
-from stream.kafka.fetch import (
-    Ack,
-    Assigned,
-    Commit,
-    Feedback,
-    FetchProcess,
-    Records,
-    Revoked,
-    Seek,
-    Shown,
-)
+from stream.kafka.fetch import FetchProcess
 from stream.kafka.producers import make_producer, publish_events, replay_events
 from stream.kafka.topics import ensure_topics
+from stream.kafka.wire import Ack, Assigned, Commit, Records, Revoked, Seek
 from stream.sim.demo import MALFORMED
 
 pytestmark = pytest.mark.broker

@@ -13,13 +13,13 @@ import httpx
 import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
-from tests.stream.serve.conftest import make_bundle, open_bundle
 
 from stream.events import Click, EventCodec, Impression
 from stream.kafka.producers import make_producer, publish_catalog
 from stream.kafka.topics import ensure_topics
 from stream.serve import ServerThread, ServeRuntime, request_rng
 from stream.settings import ServeSettings
+from tests.stream.serve.conftest import make_bundle, open_bundle
 
 pytestmark = [pytest.mark.broker, pytest.mark.model]
 

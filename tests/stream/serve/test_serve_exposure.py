@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.stream.serve.conftest import make_bundle, open_bundle
 
 from bandits import ExposureController
 from stream.serve import Recommender
 from stream.settings import Settings
+from tests.stream.serve.conftest import make_bundle, open_bundle
 
 pytestmark = pytest.mark.model
 

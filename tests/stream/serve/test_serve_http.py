@@ -6,7 +6,6 @@ import json
 
 import pytest
 from starlette.testclient import TestClient
-from tests.stream.serve.conftest import make_bundle, open_bundle
 
 from stream.metrics import ServeMetrics
 from stream.serve import (
@@ -16,6 +15,7 @@ from stream.serve import (
     create_app,
 )
 from stream.settings import ServeSettings, Settings
+from tests.stream.serve.conftest import make_bundle, open_bundle
 
 pytestmark = pytest.mark.model
 

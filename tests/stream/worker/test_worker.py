@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
@@ -31,7 +30,7 @@ from stream.kafka.producers import (
 )
 from stream.kafka.topics import ensure_topics
 from stream.sim.demo import MALFORMED
-from stream.worker.loop import Worker
+from stream.worker import Worker, WorkerThread
 
 pytestmark = [pytest.mark.broker, pytest.mark.model]
 
@@ -112,19 +111,15 @@ def test_worker_learns_exactly_what_the_stream_holds(loaded, movielens, encoder)
     settings, events = loaded
     worker = Worker(settings, encoder=encoder)
     port = worker.serve_metrics()
-    stop, result = threading.Event(), {}
-    thread = threading.Thread(target=lambda: result.setdefault("report", worker.run(stop)))
-    thread.start()
+    running = WorkerThread(worker).start()
     total = len(events) + 1 + BAD
     deadline = time.monotonic() + 120
     while worker.report.events < total:
-        assert time.monotonic() < deadline and thread.is_alive(), worker.report
+        assert time.monotonic() < deadline and running.is_alive(), worker.report
         time.sleep(0.1)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()  # scraped over HTTP while the worker runs
-    stop.set()
-    thread.join(timeout=60)
-    report = result["report"]
+    report = running.stop(timeout_s=60)
     n_valid = len(events)
     assert report.events == n_valid + 1 + BAD
     assert report.duplicates == 1
@@ -229,17 +224,15 @@ def test_a_second_worker_splits_the_partitions_after_the_first_checkpoints(
     first = Worker(settings, encoder=encoder)
     second = Worker(settings.replace(worker={"checkpoint_path": str(tmp_path / "b.npz")}),
                     encoder=encoder)
-    stop = threading.Event()
-    threads = [threading.Thread(target=w.run, args=(stop,)) for w in (first, second)]
-    threads[0].start()
+    runners = [WorkerThread(first).start(), WorkerThread(second)]
     try:
         deadline = time.monotonic() + 120
         while first.report.events < total:
-            assert time.monotonic() < deadline and threads[0].is_alive(), first.report
+            assert time.monotonic() < deadline and runners[0].is_alive(), first.report
             time.sleep(0.1)
         time.sleep(2.5)  # idle: a timed checkpoint commits the offsets it covers
         checkpoints = first.metrics.checkpoints._value.get()
-        threads[1].start()
+        runners[1].start()
         deadline = time.monotonic() + 120
         while not (len(first._assigned) == len(second._assigned) == 1):
             assert time.monotonic() < deadline, (first._assigned, second._assigned)
@@ -265,16 +258,16 @@ def test_a_second_worker_splits_the_partitions_after_the_first_checkpoints(
             assert w.state.offsets[p] == w._highwater[p]
         assert set(second.state.offsets) == second._assigned  # never read the other one
     finally:
-        stop.set()
-        for t in threads:
-            if t.is_alive() or t.ident is not None:
-                t.join(timeout=60)
+        for r in runners:
+            r.stop_event.set()
+        for r in runners:
+            r.stop(timeout_s=60)
 
 
 def test_a_worker_process_runs_numpy_blas_on_one_thread():
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from stream.worker.loop import single_threaded_blas
+    from stream.worker import single_threaded_blas
 
     with threadpool_limits(limits=None, user_api="blas"):  # restores the counts on exit
         single_threaded_blas()

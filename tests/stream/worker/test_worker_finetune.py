@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
@@ -13,7 +12,7 @@ from learners import refit_statistics
 from stream.core.bundle import load_bundle
 from stream.kafka.producers import catalog_items, publish_catalog, publish_events, replay_events
 from stream.kafka.topics import ensure_topics
-from stream.worker.loop import Worker
+from stream.worker import Worker, WorkerThread
 
 pytestmark = [pytest.mark.broker, pytest.mark.model]
 
@@ -47,22 +46,18 @@ def test_fine_tune_swaps_feature_space_and_rebuilds_the_bandit_from_the_buffer(
     publish_events(settings, iter(events), progress=False)
 
     worker = Worker(settings, encoder=encoder)
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
-    assert worker.ready.wait(60)
+    running = WorkerThread(worker).start(timeout_s=60)
     initial_space = worker.state.fmap.feature_space  # the PCA projection's
     finetunes = worker.metrics.finetunes
     deadline = time.monotonic() + 150
     while (finetunes.labels(outcome="swapped")._value.get()
            + finetunes.labels(outcome="rejected")._value.get()) < 1:
-        assert time.monotonic() < deadline and thread.is_alive()
+        assert time.monotonic() < deadline and running.is_alive()
         time.sleep(0.2)
     # Let the worker go idle, so nothing is learned after the swap we inspect.
     while worker.report.events < len(events):
         time.sleep(0.1)
-    stop.set()
-    thread.join(timeout=60)
+    running.stop(timeout_s=60)
 
     assert finetunes.labels(outcome="swapped")._value.get() == 1
     state = worker.state

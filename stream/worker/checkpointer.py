@@ -1,0 +1,120 @@
+"""The checkpointer: one unit that makes a checkpoint and everything it depends on durable.
+
+A checkpoint covers offsets, so before it is written every message sent on behalf of
+the records it covers must be acknowledged: the dead letters of rejected records, and
+the policy bundles and fairness reports whose version the state carries. In order:
+
+1. flush what must be acked (``acked``: the dead-letter sender and the publisher);
+2. write state + offsets, atomically (:func:`stream.core.checkpoint.write_checkpoint`);
+3. commit those offsets to the group (best effort: the checkpoint is the source of
+   truth; commits feed lag tooling).
+
+It also owns the published-version record, a file beside the checkpoint holding the
+number of the last published policy (written before the bundle is sent), and the
+restore that reads both back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from stream.core.catalog import Catalog
+from stream.core.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    read_checkpoint,
+    write_atomic,
+    write_checkpoint,
+)
+from stream.core.state import LearningState
+from stream.metrics import Metrics
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Acked(Protocol):
+    def flush(self) -> None:
+        """Return once everything sent so far is acknowledged."""
+
+
+class Checkpointer:
+    """Flush, write, commit (see module doc); due after ``worker.checkpoint_every_events``
+    records or ``worker.checkpoint_every_s`` seconds."""
+
+    def __init__(self, settings: Settings, metrics: Metrics,
+                 acked: Sequence[Acked] = ()) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.acked = list(acked)
+        self.path = Path(settings.worker.checkpoint_path)
+        self.version_path = self.path.with_name(self.path.name + ".published")
+        self._last = time.monotonic()
+        self._since = 0  # records covered since the last checkpoint
+
+    # -- restore and the published-version record ---------------------------------------
+
+    def restore(self, catalog: Catalog) -> LearningState:
+        """The state of the last checkpoint (a fresh one without), whose version counter
+        is past every version published since."""
+        ck = read_checkpoint(self.path)
+        if ck is None:
+            state = LearningState.fresh(self.settings, catalog)
+            log.info("no checkpoint: fresh %r", state.policy)
+        else:
+            state = LearningState.from_checkpoint(self.settings, catalog, ck)
+            log.info("resumed from checkpoint at offsets %s", ck.offsets)
+        # Versions published after the last checkpoint must not be reused: servers only
+        # swap to a newer number, so a reused one would be ignored.
+        state.skip_versions_to(self.published_version())
+        self.metrics.policy_version.set(state.version)
+        return state
+
+    def published_version(self) -> int:
+        """The number of the last policy published (0 if none)."""
+        try:
+            return int(self.version_path.read_text())
+        except FileNotFoundError:
+            return 0
+        except ValueError as exc:
+            raise CheckpointError(f"{self.version_path} does not hold a version") from exc
+
+    def record_published(self, version: int) -> None:
+        """Record ``version`` durably before its bundle is sent."""
+        write_atomic(self.version_path, str(version).encode())
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def covered(self, records: int) -> None:
+        self._since += records
+
+    def due(self, now: float) -> bool:
+        w = self.settings.worker
+        return (self._since >= w.checkpoint_every_events
+                or now - self._last >= w.checkpoint_every_s)
+
+    def age(self, now: float) -> float:
+        return now - self._last
+
+    def checkpoint(self, state: LearningState, lock: threading.Lock,
+                   commit: Callable[[dict[int, int]], None] | None = None) -> Checkpoint:
+        """Flush what must be acked, write state + offsets atomically, then ``commit``
+        the offsets written (when given)."""
+        t0 = time.perf_counter()
+        for sink in self.acked:
+            sink.flush()
+        with lock:
+            ck = state.to_checkpoint()
+            write_checkpoint(self.path, ck)
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
+        self.metrics.checkpoints.inc()
+        self._last = time.monotonic()
+        self._since = 0
+        if commit is not None:
+            commit(ck.offsets)
+        return ck
