@@ -33,6 +33,7 @@ from learners import Encoder, FineTuneError, FineTuner
 from learners.features import AGE_BUCKETS, GENDERS
 from stream.bundle import dump_bundle
 from stream.checkpoint import CheckpointError, read_checkpoint, write_atomic, write_checkpoint
+from stream.deadletter import DeadLetters
 from stream.events import check_catalog
 from stream.exceptions import InvalidEvent
 from stream.fetch import (
@@ -94,6 +95,7 @@ class Worker:
         self._highwater: dict[int, int] = {}
         self._items: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
+        self._dlq: DeadLetters | None = None
         self._metrics_server = None
         self._last_checkpoint = time.monotonic()
         self._since_checkpoint = 0
@@ -202,8 +204,12 @@ class Worker:
                                     client_id=f"{k.client_id}-catalog")
         self._items.assign([TopicPartition(self.settings.topics.items, 0)])
         self._items.seek_to_beginning()
+        w = self.settings.worker
         self._producer = KafkaProducer(bootstrap_servers=k.bootstrap, acks="all", linger_ms=20,
-                                  client_id=f"{k.client_id}-dlq")
+                                       max_request_size=w.dlq_max_request_bytes,
+                                       client_id=f"{k.client_id}-dlq")
+        self._dlq = DeadLetters(self._producer, self.settings.topics.dlq,
+                                max_value_bytes=w.dlq_max_value_bytes, retries=w.dlq_retries)
 
     def _restore(self) -> None:
         ck = read_checkpoint(self.settings.worker.checkpoint_path)
@@ -364,11 +370,9 @@ class Worker:
                      exc: InvalidEvent) -> None:
         self.metrics.events_rejected.labels(reason=exc.reason).inc()
         self.report.rejected += 1
-        source = f"{self.settings.topics.events}/{partition}/{offset}"
-        headers = [("reason", exc.reason.encode()), ("detail", exc.detail[:1000].encode()),
-                   ("source", source.encode())]
-        self._producer.send(self.settings.topics.dlq, key=key, value=value, headers=headers)
-        log.debug("dead-lettered %s: %s", source, exc)
+        self._dlq.send(partition, offset, key, value, exc.reason, exc.detail,
+                       source_topic=self.settings.topics.events)
+        log.debug("dead-lettered %s/%d: %s", self.settings.topics.events, partition, exc)
 
     def _learn(self, closed: list[Pending]) -> Learned:
         t0 = time.perf_counter()
@@ -464,8 +468,12 @@ class Worker:
     # -- checkpoints ----------------------------------------------------------------------------
 
     def checkpoint(self, commit: bool = True) -> None:
-        """Write state + offsets atomically, then (optionally) commit those offsets."""
+        """Settle what must be acknowledged first (dead letters, published policies and
+        fairness reports), then write state + offsets atomically, then (optionally)
+        commit those offsets: a checkpoint never covers a record whose dead letter a
+        crash could still lose."""
         t0 = time.perf_counter()
+        self._dlq.settle()  # flushes the producer the publisher shares
         with self.lock:
             ck = self.state.to_checkpoint()
             write_checkpoint(self.settings.worker.checkpoint_path, ck)
