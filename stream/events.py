@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Container, Iterable
+import time
+from collections.abc import Callable, Container, Iterable
 from typing import Annotated
 
 import msgspec
@@ -39,6 +40,7 @@ REASONS = (
     "invalid_field",
     "non_finite",
     "unknown_item",
+    "clock_skew",
 )
 
 _MAX_ID_LEN = 256
@@ -99,9 +101,17 @@ class EventCodec:
     ``known_items`` (anything supporting ``in``) enables the unknown-item check.
     """
 
-    def __init__(self, max_bytes: int = 64 * 1024, max_slate: int = 100) -> None:
+    def __init__(self, max_bytes: int = 64 * 1024, max_slate: int = 100,
+                 max_clock_skew_s: float | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        """``max_clock_skew_s``: an event stamped further than this ahead of ``clock()``
+        is rejected as ``clock_skew`` (``None``: no bound). One such event would
+        otherwise move its partition's watermark into the future and close every
+        later impression there before its feedback could arrive."""
         self.max_bytes = max_bytes
         self.max_slate = max_slate
+        self.max_clock_skew_s = max_clock_skew_s
+        self._clock = clock
         self._decoder = msgspec.json.Decoder(Event)
         self._encoder = msgspec.json.Encoder()
 
@@ -117,6 +127,8 @@ class EventCodec:
             event = self._decoder.decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise self._classify(raw, exc) from None
+        except UnicodeDecodeError as exc:  # msgspec raises it for bad bytes inside a string
+            raise InvalidEvent("undecodable", f"not UTF-8: {exc}") from None
         if event.v not in SUPPORTED_VERSIONS:
             raise _unknown_version(event.v)
         self._validate(event)
@@ -148,6 +160,9 @@ class EventCodec:
         """What the decoder's constraints leave: finiteness, and the slate's shape."""
         if not math.isfinite(event.ts):
             raise InvalidEvent("non_finite", f"ts is {event.ts}")
+        if self.max_clock_skew_s is not None and event.ts > self._clock() + self.max_clock_skew_s:
+            raise InvalidEvent("clock_skew", f"ts {event.ts} is more than "
+                               f"{self.max_clock_skew_s} s ahead of the receiver's clock")
         if type(event) is Impression:
             n = len(event.items)
             if n == 0 or n > self.max_slate:
@@ -194,7 +209,7 @@ def decode_catalog_item(raw: bytes) -> CatalogItem:
     """Decode a ``fairstream.items`` value; raises :class:`InvalidEvent` when malformed."""
     try:
         item = _catalog_decoder.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise InvalidEvent("invalid_field", f"catalog item: {exc}") from None
     if not item.text:
         raise InvalidEvent("invalid_field", f"catalog item {item.item_id!r} has empty text")

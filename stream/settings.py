@@ -83,6 +83,9 @@ class EventSettings(_Section):
     click_weight: float = 1.0
     purchase_weight: float = 1.0
     dedup_capacity: int = 500_000
+    # Events stamped further ahead of the receiver's clock are rejected as clock_skew
+    # (at the server and in the worker): event time drives the reward join's watermark.
+    max_clock_skew_s: float = 300.0
 
 
 class DataSettings(_Section):
@@ -124,6 +127,11 @@ class WorkerSettings(_Section):
     # How long a fetch may wait at the broker for data: the floor of event-to-policy
     # latency on a quiet stream (Tansu holds a fetch this long even with data ready).
     fetch_max_wait_ms: int = 50
+    # A rejected value larger than this goes to the DLQ as a marker (size, SHA-256, first
+    # bytes); below the producer's request limit, so a dead letter can always be sent.
+    dlq_max_value_bytes: int = 512 * 1024
+    dlq_max_request_bytes: int = 1_048_576
+    dlq_retries: int = 3
 
 
 class PolicySettings(_Section):
@@ -225,6 +233,7 @@ def _check_ranges(s: Settings) -> None:
         "kafka.events_partitions": s.kafka.events_partitions,
         "events.max_bytes": s.events.max_bytes,
         "events.max_slate": s.events.max_slate,
+        "events.max_clock_skew_s": s.events.max_clock_skew_s,
         "features.dim": s.features.dim,
         "features.profile_capacity": s.features.profile_capacity,
         "bandit.lam": s.bandit.lam,
@@ -232,6 +241,7 @@ def _check_ranges(s: Settings) -> None:
         "worker.checkpoint_every_events": s.worker.checkpoint_every_events,
         "worker.poll_max_records": s.worker.poll_max_records,
         "worker.fetch_max_wait_ms": s.worker.fetch_max_wait_ms,
+        "worker.dlq_max_value_bytes": s.worker.dlq_max_value_bytes,
         "policy.publish_every_updates": s.policy.publish_every_updates,
         "fairness.window": s.fairness.window,
         "finetune.steps": s.finetune.steps,
@@ -263,6 +273,12 @@ def _check_ranges(s: Settings) -> None:
         raise ConfigError(f"serve.max_k must be in 1..{MAX_K}, got {s.serve.max_k}")
     if not 0 <= s.serve.port <= 65535:
         raise ConfigError(f"serve.port must be in 0..65535, got {s.serve.port}")
+    if not s.worker.dlq_max_value_bytes + 64 * 1024 <= s.worker.dlq_max_request_bytes:
+        raise ConfigError("worker.dlq_max_value_bytes must leave 64 KiB of "
+                          f"worker.dlq_max_request_bytes ({s.worker.dlq_max_request_bytes}) "
+                          f"for key and headers, got {s.worker.dlq_max_value_bytes}")
+    if s.worker.dlq_retries < 0:
+        raise ConfigError(f"worker.dlq_retries must be >= 0, got {s.worker.dlq_retries}")
     if s.events.attribution_window_s < 0:
         raise ConfigError("events.attribution_window_s must be >= 0")
 

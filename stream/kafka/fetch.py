@@ -149,7 +149,8 @@ class _Fetcher:
         self.channel = channel
         self.settings = settings
         k, w = settings.kafka, settings.worker
-        self.codec = EventCodec(settings.events.max_bytes, settings.events.max_slate)
+        self.codec = EventCodec(settings.events.max_bytes, settings.events.max_slate,
+                                settings.events.max_clock_skew_s)
         self.consumer = KafkaConsumer(
             bootstrap_servers=k.bootstrap, group_id=k.group_id, client_id=k.client_id,
             enable_auto_commit=False, auto_offset_reset="earliest",

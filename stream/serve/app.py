@@ -53,7 +53,7 @@ from stream.metrics import ServeMetrics
 from stream.serve.exceptions import BadRequest, ServeError, Unauthorized
 from stream.serve.impressions import EventLog
 from stream.serve.recommender import Recommender
-from stream.settings import ServeSettings
+from stream.settings import EventSettings, ServeSettings
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,8 @@ class ServeContext:
     settings: ServeSettings = field(default_factory=ServeSettings)
     metrics: ServeMetrics = field(default_factory=ServeMetrics)
     event_log: EventLog | None = None
-    codec: EventCodec = field(default_factory=EventCodec)
+    codec: EventCodec = field(default_factory=lambda: EventCodec(
+        max_clock_skew_s=EventSettings().max_clock_skew_s))
     default_k: int = 5
     ready: Callable[[], dict[str, Any]] | None = None
     reload: Callable[[], None] | None = None
@@ -114,12 +115,16 @@ def _error(exc: ServeError) -> Response:
     return _json({"error": exc.reason, "detail": exc.detail}, exc.status)
 
 
+#: Event rejections the API reports under their own reason (the rest are invalid_field).
+_OWN_REASONS = frozenset({"unknown_item", "clock_skew"})
+
+
 def _decode(decoder: msgspec.json.Decoder, body: bytes) -> Any:
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise BadRequest("invalid_field", str(exc)) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad bytes inside a string
         raise BadRequest("malformed_json", str(exc)) from None
 
 
@@ -267,7 +272,7 @@ def create_app(ctx: ServeContext) -> RecommendFastPath:
         try:  # the worker's own validation (finite, ranges, known item), so it never DLQs
             ctx.codec.decode(ctx.codec.encode(event), known_items=rec._view.index)
         except InvalidEvent as exc:
-            reason = exc.reason if exc.reason == "unknown_item" else "invalid_field"
+            reason = exc.reason if exc.reason in _OWN_REASONS else "invalid_field"
             raise BadRequest(reason, exc.detail) from None
         if ctx.event_log is None or not ctx.event_log.submit(event):
             raise BadRequest("queue_full", "event log is full or absent; retry later", 503)

@@ -245,7 +245,8 @@ class FeedbackFollower(_Follower):
     def __init__(self, settings: Settings, recommender: Recommender,
                  metrics: ServeMetrics) -> None:
         super().__init__(settings, recommender, metrics)
-        self.codec = EventCodec(settings.events.max_bytes, settings.events.max_slate)
+        self.codec = EventCodec(settings.events.max_bytes, settings.events.max_slate,
+                                settings.events.max_clock_skew_s)
         self.observed = 0
 
     def _open(self) -> KafkaConsumer:

@@ -53,7 +53,7 @@ class ServeRuntime:
                                           device=settings.model.device,
                                           batch_size=settings.model.batch_size)
         ev, feat = settings.events, settings.features
-        self.codec = EventCodec(ev.max_bytes, ev.max_slate)
+        self.codec = EventCodec(ev.max_bytes, ev.max_slate, ev.max_clock_skew_s)
         self.producer: KafkaProducer | None = None
         self.event_log: EventLog | None = None
         self.recommender = Recommender(

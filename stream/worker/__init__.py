@@ -9,7 +9,7 @@ process, :func:`tune_process`. :func:`run_worker` is ``fairstream worker``;
 """
 
 from stream.worker.checkpointer import Checkpointer
-from stream.worker.deadletter import DeadLetters
+from stream.worker.deadletter import DeadLetterError, DeadLetters
 from stream.worker.finetune import FineTuneControl
 from stream.worker.loop import Worker, WorkerReport
 from stream.worker.process import single_threaded_blas, tune_gc, tune_process
@@ -18,6 +18,7 @@ from stream.worker.runner import WorkerThread, run_worker
 
 __all__ = [
     "Checkpointer",
+    "DeadLetterError",
     "DeadLetters",
     "FineTuneControl",
     "Publisher",

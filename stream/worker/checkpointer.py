@@ -4,7 +4,8 @@ A checkpoint covers offsets, so before it is written every message sent on behal
 the records it covers must be acknowledged: the dead letters of rejected records, and
 the policy bundles and fairness reports whose version the state carries. In order:
 
-1. flush what must be acked (``acked``: the dead-letter sender and the publisher);
+1. settle what must be acked (``acked``: the dead-letter sender, which retries and
+   raises rather than let a checkpoint cover a lost dead letter, and the publisher);
 2. write state + offsets, atomically (:func:`stream.core.checkpoint.write_checkpoint`);
 3. commit those offsets to the group (best effort: the checkpoint is the source of
    truth; commits feed lag tooling).
@@ -39,8 +40,8 @@ log = logging.getLogger(__name__)
 
 
 class Acked(Protocol):
-    def flush(self) -> None:
-        """Return once everything sent so far is acknowledged."""
+    def settle(self) -> None:
+        """Return once everything sent so far is acknowledged (or raise)."""
 
 
 class Checkpointer:
@@ -103,11 +104,11 @@ class Checkpointer:
 
     def checkpoint(self, state: LearningState, lock: threading.Lock,
                    commit: Callable[[dict[int, int]], None] | None = None) -> Checkpoint:
-        """Flush what must be acked, write state + offsets atomically, then ``commit``
+        """Settle what must be acked, write state + offsets atomically, then ``commit``
         the offsets written (when given)."""
         t0 = time.perf_counter()
         for sink in self.acked:
-            sink.flush()
+            sink.settle()
         with lock:
             ck = state.to_checkpoint()
             write_checkpoint(self.path, ck)

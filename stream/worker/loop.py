@@ -35,6 +35,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from kafka import KafkaProducer
 from prometheus_client import start_http_server
 
 from learners import Encoder
@@ -187,7 +188,12 @@ class Worker:
     def _open_clients(self) -> None:
         s = self.settings
         self.catalog_feed = CatalogFeed(s, self.catalog, self.encoder).open()
-        self.dead_letters = DeadLetters(s, self.metrics)
+        k, w = s.kafka, s.worker
+        self.dead_letters = DeadLetters(
+            KafkaProducer(bootstrap_servers=k.bootstrap, acks="all", linger_ms=20,
+                          max_request_size=w.dlq_max_request_bytes,
+                          client_id=f"{k.client_id}-dlq"),
+            s.topics.dlq, max_value_bytes=w.dlq_max_value_bytes, retries=w.dlq_retries)
         self.publisher = Publisher(s, self.metrics, self.checkpointer.record_published)
         # What a checkpoint covers must be acknowledged before it is written.
         self.checkpointer.acked = [self.dead_letters, self.publisher]
@@ -280,8 +286,12 @@ class Worker:
 
     def _dead_letter(self, partition: int, offset: int, key: bytes | None, value: bytes | None,
                      exc: InvalidEvent) -> None:
-        self.dead_letters.send(partition, offset, key, value, exc)
+        self.metrics.events_rejected.labels(reason=exc.reason).inc()
         self.report.rejected += 1
+        self.dead_letters.send(partition, offset, key, value, exc.reason, exc.detail,
+                               source_topic=self.settings.topics.events)
+        log.debug("dead-lettered %s/%d/%d: %s", self.settings.topics.events, partition,
+                  offset, exc)
 
     def learn(self, closed: list[Pending]) -> Learned:
         """Update the policy from closed impressions, and count what they taught."""

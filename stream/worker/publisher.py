@@ -89,7 +89,7 @@ class Publisher:
                  state.policy.n_updates)
         return version
 
-    def flush(self) -> None:
+    def settle(self) -> None:
         """Wait until every bundle and fairness report sent so far is acknowledged."""
         self.producer.flush()
 

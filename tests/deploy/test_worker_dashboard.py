@@ -117,7 +117,7 @@ def test_dashboard_panels_and_group_series_on_a_scraped_worker(make_settings, mo
             assert min(exposure.values()) > 0
             rejected = {s.labels["reason"]: s.value
                         for s in prom.query("fairstream_events_rejected_total")}
-            assert rejected == {**dict.fromkeys(MALFORMED, 1.0), "oversize": 0.0}
+            assert rejected == {**dict.fromkeys(MALFORMED, 1.0), "oversize": 0.0, "clock_skew": 0.0}
 
             # Every panel has data, and not only NaN (an empty rate window): a scrape or two
             # may still be due.

@@ -73,6 +73,9 @@ def test_round_trip_each_type():
     (raw({"event_id": "e", "request_id": "r", "ts": 1.0, "user_id": "u", "item_id": "zz"},
          "click"), "unknown_item"),
     (b" " * 2049, "oversize"),
+    (b'{"v":1,"type":"click","event_id":"e\xff","request_id":"r","ts":1,"user_id":"u",'
+     b'"item_id":"i1"}', "undecodable"),
+    (b'{"v":1,"type":"cl\xffick"}', "undecodable"),
 ])
 def test_each_rejection_reason(data, reason):
     assert reason_of(data) == reason
@@ -142,3 +145,36 @@ def test_catalog_item_round_trip_and_validation():
         decode_catalog_item(b'{"item_id": "1", "text": ""}')
     with pytest.raises(InvalidEvent):
         decode_catalog_item(b"nope")
+    with pytest.raises(InvalidEvent):
+        decode_catalog_item(b'{"item_id": "1", "text": "caf\xe9"}')  # Latin-1, not UTF-8
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=1, max_size=8), st.sampled_from(["event_id", "user_id", "item_id"]))
+def test_any_bytes_inside_a_string_decode_or_reject_with_a_known_reason(junk, field):
+    """Bytes that are not UTF-8 inside a JSON string once escaped the codec as a
+    UnicodeDecodeError (and took the fetch process down with them)."""
+    fields = {"event_id": b"e", "request_id": b"r", "user_id": b"u", "item_id": b"i1"}
+    fields[field] = b"x" + junk.replace(b'"', b"").replace(b"\\", b"")
+    data = (b'{"v":1,"type":"click","ts":1,'
+            + b",".join(b'"%s":"%s"' % (k.encode(), v) for k, v in fields.items()) + b"}")
+    try:
+        codec.decode(data)
+    except InvalidEvent as exc:
+        assert exc.reason in REASONS
+
+
+def test_events_stamped_beyond_the_clock_skew_are_rejected_and_the_past_is_not():
+    codec = EventCodec(max_bytes=4096, max_slate=10, max_clock_skew_s=300.0,
+                       clock=lambda: 1_000_000.0)
+
+    def click(ts: float) -> bytes:
+        return raw({"event_id": "e", "request_id": "r", "ts": ts, "user_id": "u",
+                    "item_id": "i1"}, "click")
+
+    assert codec.decode(click(1_000_300.0)).ts == 1_000_300.0  # the bound is inclusive
+    assert codec.decode(click(1.0)).ts == 1.0  # a replay of old events is fine
+    with pytest.raises(InvalidEvent) as info:
+        codec.decode(click(1_000_300.5))
+    assert info.value.reason == "clock_skew"
+    assert EventCodec(max_bytes=4096).decode(click(1e12)).ts == 1e12  # no bound: accepted

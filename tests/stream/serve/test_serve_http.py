@@ -71,6 +71,7 @@ def test_recommend_returns_a_ranked_slate_with_propensities(served):
     (json.dumps({"user_id": "u", "candidates": [str(i) for i in range(1, 60)]}).encode(),
      400, "too_many_candidates"),
     (b'{"user_id": "u1", "pad": "' + b"x" * 9000 + b'"}', 413, "body_too_large"),
+    (b'{"user_id": "u\xff1"}', 400, "malformed_json"),  # not UTF-8: was a 500
 ])
 def test_invalid_recommend_requests_get_4xx_with_a_reason(served, raw, status, reason):
     client, _, metrics, *_ = served
@@ -92,6 +93,11 @@ def test_feedback_is_validated_before_it_is_queued(served):
     assert r.status_code == 400 and r.json()["error"] == "invalid_field"
     r = post(client, "/feedback", {**ok, "ts": -1.0})
     assert r.status_code == 400 and r.json()["error"] == "invalid_field"
+    # Far ahead of the server's clock: it would hold its partition's watermark hostage.
+    r = post(client, "/feedback", {**ok, "ts": 1e12})
+    assert r.status_code == 400 and r.json()["error"] == "clock_skew"
+    r = post(client, "/feedback", raw=b'{"type": "click", "user_id": "u\xff1"}')
+    assert r.status_code == 400 and r.json()["error"] == "malformed_json"  # was a plain 500
     # Valid, but this context has no event log: refused with 503, never a 500.
     r = post(client, "/feedback", ok)
     assert r.status_code == 503 and r.json()["error"] == "queue_full"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +16,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.partitioner.default import murmur2
 
 from stream.core.bundle import load_bundle
@@ -85,7 +88,24 @@ def assert_same_learning(state, ref):
 UNKNOWN_IN_SLATE = (b'{"v": 1, "type": "impression", "event_id": "bad-5", "request_id": "r5", '
                     b'"ts": 1.0, "user_id": "1", "items": ["1", "no-such-item"], '
                     b'"propensities": [0.5, 0.5], "policy_version": "p"}')
-BAD = len(MALFORMED) + 2  # with the oversize message and UNKNOWN_IN_SLATE
+
+
+def far_future_clicks(n_partitions: int) -> list[tuple[bytes, bytes]]:
+    """One click per partition stamped in the year 33658 (key, value): without the clock
+    bound each would move its partition's watermark there, and every later impression
+    would close at once with reward 0."""
+    out, users = {}, (str(u) for u in itertools.count(1))
+    while len(out) < n_partitions:
+        user = next(users)
+        p = (murmur2(user.encode()) & 0x7FFFFFFF) % n_partitions
+        out.setdefault(p, (user.encode(), (
+            f'{{"v": 1, "type": "click", "event_id": "future-{p}", "request_id": "r", '
+            f'"ts": 1e12, "user_id": "{user}", "item_id": "1"}}').encode()))
+    return [out[p] for p in sorted(out)]
+
+
+FUTURE = far_future_clicks(2)
+BAD = len(MALFORMED) + 2 + len(FUTURE)  # with oversize, UNKNOWN_IN_SLATE and FUTURE
 
 
 @pytest.fixture
@@ -96,8 +116,11 @@ def loaded(make_settings, movielens):
     publish_catalog(settings, catalog_items(movielens))
     events = list(replay_events(movielens, limit=N_RATINGS))
     duplicate = next(e for e in events if isinstance(e, Click))
-    publish_events(settings, iter([*events[:100], duplicate, *events[100:]]), progress=False)
     producer = make_producer(settings)
+    for key, value in FUTURE:  # first: they must not poison what follows
+        producer.send(settings.topics.events, key=key, value=value)
+    producer.flush()
+    publish_events(settings, iter([*events[:100], duplicate, *events[100:]]), progress=False)
     for _reason, value in MALFORMED.items():
         producer.send(settings.topics.events, key=b"bad", value=value, headers=[])
     producer.send(settings.topics.events, key=b"bad", value=b"x" * (settings.events.max_bytes + 1))
@@ -143,7 +166,7 @@ def test_worker_learns_exactly_what_the_stream_holds(loaded, movielens, encoder)
             dead += [(dict(rec.headers)["reason"].decode(), rec.value) for rec in records]
     dlq.close()
     assert len(dead) == BAD
-    assert {reason for reason, _ in dead} == {*MALFORMED, "oversize"}
+    assert {reason for reason, _ in dead} == {*MALFORMED, "oversize", "clock_skew"}
     for reason, value in MALFORMED.items():
         assert (reason, value) in dead
     assert ("unknown_item", UNKNOWN_IN_SLATE) in dead
@@ -159,7 +182,7 @@ def test_worker_learns_exactly_what_the_stream_holds(loaded, movielens, encoder)
     assert "fairstream_checkpoint_age_seconds" in text
 
 
-def _worker_proc(settings, log):
+def _worker_proc(settings, log, exit_when_idle=None, **worker):
     env = {**os.environ,
            "FAIRSTREAM_KAFKA__BOOTSTRAP": settings.kafka.bootstrap,
            "FAIRSTREAM_KAFKA__GROUP_ID": settings.kafka.group_id,
@@ -170,41 +193,106 @@ def _worker_proc(settings, log):
            "FAIRSTREAM_MODEL__DEVICE": "cpu",
            "FAIRSTREAM_MODEL__EMBEDDING_CACHE": settings.model.embedding_cache,
            "FAIRSTREAM_WORKER__CHECKPOINT_PATH": settings.worker.checkpoint_path,
-           "FAIRSTREAM_WORKER__CHECKPOINT_EVERY_EVENTS": "300",
            "FAIRSTREAM_WORKER__POLL_MAX_RECORDS": "100",
-           "FAIRSTREAM_WORKER__METRICS_PORT": "0"}
-    return subprocess.Popen([sys.executable, "-m", "stream.cli", "worker", "--exit-when-idle", "3"],
+           "FAIRSTREAM_WORKER__METRICS_PORT": "0",
+           **{f"FAIRSTREAM_WORKER__{k.upper()}": str(v) for k, v in worker.items()}}
+    idle = ["--exit-when-idle", str(exit_when_idle)] if exit_when_idle is not None else []
+    return subprocess.Popen([sys.executable, "-m", "stream.cli", "worker", *idle],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def test_sigkill_mid_stream_then_restart_equals_one_uninterrupted_run(loaded, movielens,
-                                                                       encoder, tmp_path):
-    settings, events = loaded
-    log = open(tmp_path / "worker.log", "w")  # noqa: SIM115
-    first = _worker_proc(settings, log)
-    path = settings.worker.checkpoint_path
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        ck = os.path.exists(path) and read_checkpoint(path)
-        if ck and 0 < sum(ck.offsets.values()) < len(events) // 2:
-            break
-        assert first.poll() is None, (tmp_path / "worker.log").read_text()
-        time.sleep(0.05)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    killed_at = sum(read_checkpoint(path).offsets.values())
-    assert 0 < killed_at < len(events)
+def _wait_for(what, condition, proc, log_path, timeout=120.0):
+    """Wait for a condition that, once true, stays true (a phase boundary), failing fast
+    if the worker process dies first."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert proc.poll() is None, f"worker exited waiting for {what}:\n{log_path.read_text()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return value
 
-    second = _worker_proc(settings, log)
-    assert second.wait(timeout=180) == 0, (tmp_path / "worker.log").read_text()
-    log.close()
-    summary = json.loads((tmp_path / "worker.log").read_text().strip().splitlines()[-1])
-    assert summary["events"] < len(events) + 1 + BAD  # resumed, did not restart
+
+def _checkpointed(path) -> int:
+    """The number of records the checkpoint at ``path`` covers (0 when there is none)."""
+    return sum(read_checkpoint(path).offsets.values()) if os.path.exists(path) else 0
+
+
+def _handled(port: int) -> float:
+    """Records the worker has handled: consumed, rejected and duplicate, from /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(("fairstream_events_consumed_total{",
+                                   "fairstream_events_rejected_total{",
+                                   "fairstream_events_duplicate_total ")))
+
+
+def test_sigkill_after_learning_past_a_checkpoint_then_restart_equals_one_run(
+        make_settings, movielens, encoder, tmp_path):
+    """Phases, not timing, choose where the kill lands.
+
+    Phase 1 (the bad records included) is exactly one checkpoint interval long, so the
+    worker checkpoints once it has handled all of it, and not before. Phase 2 is shorter
+    than an interval: the worker learns it without checkpointing, and the test kills it
+    once /metrics shows every phase-2 record handled. The restart must learn phase 2
+    again from the checkpoint, then phase 3, and end as one uninterrupted run."""
+    settings = make_settings()
+    ensure_topics(settings)
+    publish_catalog(settings, catalog_items(movielens))
+    events = list(replay_events(movielens, limit=N_RATINGS))
+    duplicate = next(e for e in events if isinstance(e, Click))
+    cut1, cut2 = len(events) // 2, 3 * len(events) // 4
+    producer = make_producer(settings)
+    for key, value in FUTURE:
+        producer.send(settings.topics.events, key=key, value=value)
+    producer.flush()
+    publish_events(settings, iter([*events[:100], duplicate, *events[100:cut1]]), progress=False)
+    for value in [*MALFORMED.values(), b"x" * (settings.events.max_bytes + 1), UNKNOWN_IN_SLATE]:
+        producer.send(settings.topics.events, key=b"bad", value=value)
+    producer.flush()
+    producer.close()
+    phase1 = cut1 + 1 + BAD
+    assert cut2 - cut1 < phase1  # phase 2 never fills an interval
+
+    log_path = tmp_path / "worker.log"
+    log = open(log_path, "w")  # noqa: SIM115
+    path = settings.worker.checkpoint_path
+    knobs = {"checkpoint_every_events": phase1, "checkpoint_every_s": 3600}
+    procs = []
+    try:
+        first = _worker_proc(settings, log, **knobs)
+        procs.append(first)
+        port = int(_wait_for("the metrics port", lambda: re.search(
+            r"metrics on :(\d+)/metrics", log_path.read_text()), first, log_path).group(1))
+        _wait_for("the phase-1 checkpoint", lambda: _checkpointed(path) == phase1, first, log_path)
+
+        publish_events(settings, iter(events[cut1:cut2]), progress=False)
+        _wait_for("phase 2 handled", lambda: _handled(port) == phase1 + cut2 - cut1,
+                  first, log_path)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        assert _checkpointed(path) == phase1  # phase 2 was learnt, never checkpointed
+
+        publish_events(settings, iter(events[cut2:]), progress=False)
+        second = _worker_proc(settings, log, exit_when_idle=3, **knobs)
+        procs.append(second)
+        assert second.wait(timeout=180) == 0, log_path.read_text()
+        log.close()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    summary = json.loads(log_path.read_text().strip().splitlines()[-1])
+    assert summary["events"] == len(events) - cut1  # resumed at the checkpoint, not before
 
     ref = reference_state(settings, movielens, encoder, events)
     ck = read_checkpoint(path)
     assert sum(ck.offsets.values()) == len(events) + 1 + BAD
     assert_same_learning(LearningState.from_checkpoint(settings, ref.catalog, ck), ref)
+
+    # Every bad record reached the DLQ before the checkpoint that covers it was written.
+    assert len(read_topic(settings, settings.topics.dlq, partitions=2)) == BAD
 
     # Policy versions only go up across the crash: servers swap only to a newer number.
     versions = [load_bundle(v, key=settings.policy.signing_key.encode(),
@@ -273,3 +361,41 @@ def test_a_worker_process_runs_numpy_blas_on_one_thread():
         single_threaded_blas()
         blas = [lib for lib in threadpool_info() if lib["user_api"] == "blas"]
         assert blas and all(lib["num_threads"] == 1 for lib in blas)
+
+
+def test_records_of_1_2_and_8_mib_reach_the_dlq_as_markers_and_learning_goes_on(
+        make_settings, movielens, encoder):
+    """A value the DLQ could not hold used to stop the worker for good (every restart
+    read it again); it now goes to the DLQ as a marker, and later events are learnt."""
+    settings = make_settings()
+    ensure_topics(settings)
+    publish_catalog(settings, catalog_items(movielens))
+    events = list(replay_events(movielens, limit=200))
+    big = {n: bytes([65 + n]) * (n << 20) for n in (1, 2, 8)}
+    publish_events(settings, iter(events[:100]), progress=False)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap,
+                             max_request_size=16 << 20)
+    for value in big.values():
+        producer.send(settings.topics.events, key=b"big", value=value)
+    producer.flush()
+    producer.close()
+    publish_events(settings, iter(events[100:]), progress=False)
+    total = len(events) + len(big)
+
+    worker = Worker(settings, encoder=encoder)
+    with WorkerThread(worker) as running:
+        deadline = time.monotonic() + 120
+        while worker.report.events < total:
+            assert time.monotonic() < deadline and running.is_alive(), worker.report
+            time.sleep(0.1)
+    assert worker.report.rejected == len(big)
+    assert worker.state.policy.n_updates == reference_state(
+        settings, movielens, encoder, events).policy.n_updates
+    markers = [json.loads(v) for v in read_topic(settings, settings.topics.dlq, partitions=2)]
+    assert sorted(m["size"] for m in markers) == sorted(len(v) for v in big.values())
+    for m in markers:
+        value = big[m["size"] >> 20]
+        assert m["marker"] == "too_large" and m["reason"] == "oversize"
+        assert m["sha256"] == hashlib.sha256(value).hexdigest()
+        assert base64.b64decode(m["head"]) == value[:256]
+        assert m["source"].startswith(f"{settings.topics.events}/")
