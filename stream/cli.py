@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bandits.exceptions import BanditsError
 from stream.exceptions import FairstreamError
 from stream.settings import Settings, load_settings
 
@@ -261,9 +262,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("kafka").setLevel(logging.WARNING)
     try:
         return args.func(args)
-    except FairstreamError as exc:
+    except Exception as exc:
+        if not _on_purpose(exc):
+            raise
         print(f"fairstream: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _on_purpose(exc: Exception) -> bool:
+    """Whether ``exc`` was raised on purpose, saying what happened (one line, no traceback):
+    a :class:`FairstreamError`, ``BanditsError`` or ``LearnersError``. ``learners`` is
+    looked up only if a command loaded it (importing it here would load torch for every
+    command; a command that never loaded it cannot have raised its errors)."""
+    bases: list[type[Exception]] = [FairstreamError, BanditsError]
+    learners_errors = sys.modules.get("learners.exceptions")
+    if learners_errors is not None:
+        bases.append(learners_errors.LearnersError)
+    return isinstance(exc, tuple(bases))
 
 
 if __name__ == "__main__":

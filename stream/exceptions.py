@@ -1,4 +1,14 @@
-"""Errors raised by the stream layer; each says what happened."""
+"""Errors raised by the stream layer; each says what happened.
+
+Every error ``stream`` raises on purpose derives from :class:`FairstreamError`
+(the serving layer's request errors too, :mod:`stream.serve.exceptions`).
+``learners`` and ``bandits`` keep bases of their own (``LearnersError``, e.g. a
+device that is not there; ``BanditsError``, e.g. a snapshot that fails its
+signature); the CLI prints any of the three as one line, without a traceback.
+
+>>> issubclass(CheckpointError, FairstreamError), BundleError("bad_signature", "x").reason
+(True, 'bad_signature')
+"""
 
 from __future__ import annotations
 
@@ -35,3 +45,15 @@ class BrokerError(FairstreamError):
 
 class DataUnavailable(FairstreamError):
     """A data set is missing and could not be fetched."""
+
+
+class CheckpointError(FairstreamError):
+    """A checkpoint (or the published-version record beside it) exists but cannot be read."""
+
+
+class BundleError(FairstreamError):
+    """A published bundle failed verification or is malformed; ``reason`` says which."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason

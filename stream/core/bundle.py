@@ -35,18 +35,11 @@ from dataclasses import dataclass
 
 from bandits import Policy, SnapshotError, dump_snapshot, load_snapshot
 from learners import Adapter, FeatureMap
+from stream.exceptions import BundleError
 
 MAGIC = b"FSBNDL1\n"
 _U64 = struct.Struct("<Q")
 _DIGEST = 32
-
-
-class BundleError(Exception):
-    """A published bundle failed verification or is malformed; ``reason`` says which."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from stream.exceptions import CheckpointError
+
 FORMAT_VERSION = 1
-
-
-class CheckpointError(Exception):
-    """A checkpoint file exists but cannot be read as one."""
 
 
 @dataclass

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from stream.core.catalog import Catalog
 from stream.core.state import LearningState
@@ -35,3 +36,51 @@ def test_one_batch_learns_what_one_impression_at_a_time_does(movielens, encoder,
     assert ({s: drift.width(s) for s in drift.detections}
             == {s: ref.width(s) for s in ref.detections})
     assert batched.buffer.seen == single.buffer.seen == len(closed)
+
+
+def _compact_replay(movielens, limit):
+    from stream.events import compact
+
+    return [compact(e) for e in replay_events(movielens, limit=limit)]
+
+
+def test_observe_records_checks_the_catalog_dedups_and_moves_the_offset(movielens, encoder,
+                                                                        data_cache):
+    from stream.events import Feedback, Shown
+
+    settings = load_settings().replace(data={"cache_dir": data_cache})
+    catalog = Catalog(encoder.dim)
+    catalog.add(catalog_items(movielens), encoder)
+    state = LearningState.fresh(settings, catalog)
+    events = _compact_replay(movielens, 40)
+    unknown = Shown("u-1", "r-u", "1", 0.0, ["1", "no-such-item"], [0.5, 0.5], {})
+    stray = Feedback("u-2", "r-u", "1", 0.0, "no-such-item", "click")
+    batch = [*events[:5], unknown, events[2], stray, *events[5:]]
+    out = state.observe_records(3, batch, next_offset=117)
+    assert out.unknown == [5, 7]
+    assert out.duplicates == 1
+    assert sum(out.kinds.values()) == len(events)
+    assert state.offsets == {3: 117}
+    # An event left out for its item is not marked seen (seen again, it is unknown again,
+    # not a duplicate); the valid ones are.
+    again = state.observe_records(3, [stray], next_offset=118)
+    assert (again.unknown, again.duplicates) == ([0], 0)
+    assert state.observe_records(3, events[:3], next_offset=121).duplicates == 3
+    with pytest.raises(TypeError):
+        state.offsets[3] = 0  # read-only from outside
+    assert state.offsets[3] == 121
+
+
+def test_versions_only_go_up_and_survive_a_checkpoint(movielens, encoder, data_cache):
+    settings = load_settings().replace(data={"cache_dir": data_cache})
+    catalog = Catalog(encoder.dim)
+    catalog.add(catalog_items(movielens), encoder)
+    state = LearningState.fresh(settings, catalog)
+    assert (state.version, state.next_version(), state.next_version()) == (0, 1, 2)
+    state.skip_versions_to(1)
+    assert state.version == 2
+    state.skip_versions_to(7)
+    assert state.next_version() == 8
+    state.observe_records(0, _compact_replay(movielens, 10), next_offset=10)
+    back = LearningState.from_checkpoint(settings, catalog, state.to_checkpoint())
+    assert (back.version, dict(back.offsets)) == (8, {0: 10})
