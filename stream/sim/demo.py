@@ -76,7 +76,7 @@ def run_demo(settings: Settings, events: int | None = None, out_dir: str | Path 
         port = worker.serve_metrics()
         print(f"fairstream: broker {broker.bootstrap}; worker metrics at "
               f"http://{settings.worker.metrics_host}:{port}/metrics", flush=True)
-        running = WorkerThread(worker, flush_on_exit=True).start()
+        running = WorkerThread(worker, flush_on_exit=True).start(timeout_s=None)
         # The serving side, in-process: it follows fairstream.policies (verifying every
         # bundle), the catalog and the feedback, exactly as `fairstream serve` does.
         server = ServeRuntime(settings, encoder=worker.encoder).start()

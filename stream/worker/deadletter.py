@@ -114,8 +114,9 @@ class DeadLetters:
                 self.producer.flush()
 
     def close(self) -> None:
-        """Settle what is still unsent, then close the producer."""
-        self.settle()
+        """Flush and close the producer (the final checkpoint has settled what it covers;
+        a failure here must not hide the one that stopped the worker)."""
+        self.producer.flush()
         self.producer.close()
 
     def _to_marker(self, letter: _Letter) -> None:
