@@ -136,6 +136,13 @@ def test_ts_mean_is_the_ridge_solution_and_draws_have_the_joint_covariance():
     # entrywise standard error of a sample covariance is ≈ σ_iσ_j·sqrt((1+ρ²)/N) ≤ σ_iσ_j·0.0071
     assert np.all(np.abs(emp - target) <= 5 * 0.0071 * np.outer(sd, sd))
     np.testing.assert_allclose(p.score(X[:4], ids[:4]), p.predict(X[:4], ids[:4]), rtol=1e-15)
+    # the score draws the slates rank: mean = posterior mean, variance = v²·s² (held and unseen)
+    Q, cand = X[:3], ["i0", "i2", "never"]
+    rng = np.random.default_rng(8)
+    S = np.array([p.sample_scores(Q, cand, rng=rng) for _ in range(4000)])
+    var = 0.25 * p.widths(Q, cand) ** 2
+    assert np.all(np.abs(S.mean(axis=0) - p.predict(Q, cand)) <= 4.5 * np.sqrt(var / 4000))
+    assert np.all(np.abs(S.var(axis=0) / var - 1) <= 5 * np.sqrt(2 / 4000))
     assert rel_err(p.beta, sol[:D]) < 1e-8 and cov.shape == P.shape
 
 
