@@ -22,6 +22,8 @@ from bandits.fairness import (
     popularity_groups,
     position_weights,
 )
+from bandits.hybrid import HybridLinUCB, HybridTS
+from bandits.hybrid_stats import HybridStats
 from bandits.linucb import LinUCB
 from bandits.registry import policy_from_config, policy_from_state
 from bandits.slates import Slate
@@ -37,6 +39,9 @@ __all__ = [
     "FairnessReport",
     "FairnessTracker",
     "FeatureSpaceMismatch",
+    "HybridLinUCB",
+    "HybridStats",
+    "HybridTS",
     "InvalidInput",
     "LinUCB",
     "LinearTS",

@@ -1,14 +1,16 @@
 """Algorithm names → policy classes, and the factory the settings layer calls.
 
-=========  ======================================
-name       class
-=========  ======================================
-linucb     :class:`~bandits.linucb.LinUCB`
-ts         :class:`~bandits.thompson.LinearTS`
-egreedy    :class:`~bandits.baselines.EpsilonGreedy`
-random     :class:`~bandits.baselines.UniformRandom`
-popular    :class:`~bandits.baselines.MostPopular`
-=========  ======================================
+=============  ==========================================
+name           class
+=============  ==========================================
+linucb         :class:`~bandits.linucb.LinUCB`
+ts             :class:`~bandits.thompson.LinearTS`
+egreedy        :class:`~bandits.baselines.EpsilonGreedy`
+random         :class:`~bandits.baselines.UniformRandom`
+popular        :class:`~bandits.baselines.MostPopular`
+hybrid_linucb  :class:`~bandits.hybrid.HybridLinUCB`
+hybrid_ts      :class:`~bandits.hybrid.HybridTS`
+=============  ==========================================
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from typing import Any
 from bandits.base import Policy, PolicyState
 from bandits.baselines import EpsilonGreedy, MostPopular, UniformRandom
 from bandits.exceptions import InvalidInput
+from bandits.hybrid import HybridLinUCB, HybridTS
 from bandits.linucb import LinUCB
 from bandits.thompson import LinearTS
 
 __all__ = ["POLICIES", "policy_from_config", "policy_from_state"]
 
 POLICIES: dict[str, type[Policy]] = {
-    cls.algorithm: cls for cls in (LinUCB, LinearTS, EpsilonGreedy, UniformRandom, MostPopular)
+    cls.algorithm: cls for cls in (LinUCB, LinearTS, EpsilonGreedy, UniformRandom, MostPopular,
+                                   HybridLinUCB, HybridTS)
 }
 
 
