@@ -1,5 +1,7 @@
 """Benchmarks and load generators, kept apart from what they measure.
 
+- :func:`run_bandits_bench` — single and batched updates and 100-candidate scoring per
+  dimension, beside a naive numpy baseline; the hybrid policy's memory and scoring.
 - :func:`run_learners_bench` — embedding, fine-tune and consumer-stall figures.
 - :func:`run_serve_bench` — ``/recommend`` throughput and latency from a second process
   (:mod:`stream.bench.loadgen`).
@@ -7,8 +9,9 @@
   rate of a bare consumer (:mod:`stream.bench.rawconsume`).
 """
 
+from stream.bench.bandits import run_bandits_bench
 from stream.bench.learners import run_learners_bench
 from stream.bench.pipeline import run_pipeline_bench
 from stream.bench.serve import run_serve_bench
 
-__all__ = ["run_learners_bench", "run_pipeline_bench", "run_serve_bench"]
+__all__ = ["run_bandits_bench", "run_learners_bench", "run_pipeline_bench", "run_serve_bench"]
