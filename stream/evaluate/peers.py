@@ -97,6 +97,22 @@ class VWAgent:
 
     ``features``: ``"sparse"`` (ids, attributes, history, genres, title) or
     ``"dense_phi"`` (the φ blocks).
+
+    >>> import numpy as np
+    >>> from stream.evaluate.simulation import build_world, draw_stream, run_seed
+    >>> emb = np.random.default_rng(0).normal(size=(24, 384))
+    >>> au, ai = np.repeat([0, 1], 12), np.r_[np.arange(12), np.arange(12, 24)]
+    >>> world = build_world([f"m{i}" for i in range(24)], emb, np.zeros(24, bool),
+    ...                     ["u0", "u1"], [{"gender": "F", "age": 30}, {}], au, ai,
+    ...                     (ai % 2).astype(float), dim=16,
+    ...                     item_meta=[{"title": "Heat", "year": 1995, "genres": ("Crime",)}] * 24)
+    >>> agent = VWAgent("vw_squarecb", world, "--squarecb -q ui -q hi")
+    >>> out = run_seed(world, draw_stream(world, 0, 4), [agent], k=1, progress=False)
+    >>> arr = Arrival(5, 0, np.array([3]), ["m3"], np.zeros((1, 16)), world.profiles[5],
+    ...               world.user_attrs[0], (1, 2), ["head"], world.history(5))
+    >>> agent.example(arr)
+    ['shared |u u0 |a gf a2 |h m1 m3', '|i m3 |g crime y1995 d199 |t heat']
+    >>> agent.finish()
     """
 
     def __init__(self, name: str, world: EvalWorld, args: str, seed: int = 0,
