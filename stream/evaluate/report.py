@@ -119,8 +119,13 @@ def render_report(results: dict[str, Any]) -> str:
             f"- For the record: the best peer overall is {tg['best_overall']} "
             f"({pol[tg['best_overall']]['mean_reward']:.4f}); the best river policy is "
             f"{rv} ({pol[rv]['mean_reward']:.4f}).")
-    if any("cold_start" in p for p in pol.values()):
+    cold_any = next((p["cold_start"] for p in pol.values() if "cold_start" in p), None)
+    if cold_any:
+        cands = "/".join(str(c) for c in cold_any["new_candidates_per_seed"])
         lines += ["", "## Cold start (items held back until mid-stream)", "",
+                  f"{cold_any['new_items_per_seed'][0]} new items; {cands} of them (per seed) "
+                  "were a candidate at least once after the midpoint, so the rest count as "
+                  "unshown for every policy.", "",
                   format_table(results), "",
                   "Reward over first 20 impressions: pooled over the new items' first 20 "
                   "impressions in this policy's slates. Impressions to first click: mean over "
