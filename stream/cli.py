@@ -141,10 +141,12 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_sim(args: argparse.Namespace) -> int:
+    from stream.evaluate.report import format_table
     from stream.evaluate.sim import run_eval_sim
 
-    run_eval_sim(_settings(args), events=args.events, seeds=args.seeds, out_dir=args.out,
-                 json_path=args.json, progress=True)
+    results = run_eval_sim(_settings(args), events=args.events, seeds=args.seeds,
+                           out_dir=args.out, json_path=args.json, progress=True)
+    print(format_table(results))
     print(f"written: {Path(args.out) / 'report.md'}")
     return 0
 

@@ -6,11 +6,37 @@ from typing import Any
 
 from stream.evaluate.suite import is_peer
 
-__all__ = ["render_report"]
+__all__ = ["cold_start_cell", "format_table", "render_report"]
 
 
 def _pm(p: dict[str, Any], key: str, fmt: str = ".4f") -> str:
     return f"{p[key]:{fmt}} ± {p.get(key + '_std', 0.0):{fmt}}"
+
+
+def cold_start_cell(p: dict[str, Any]) -> tuple[str, str, str]:
+    """(first-20 reward, impressions to first click, clicked/censored/unshown) as text."""
+    c = p.get("cold_start")
+    if not c:
+        return "–", "–", "–"
+    counts = "; ".join(f"{a}/{b}/{u}" for a, b, u in zip(
+        c["clicked_per_seed"], c["censored_per_seed"], c["unshown_per_seed"], strict=True))
+    return _pm(c, "first_n_reward", ".3f"), _pm(c, "first_click_mean", ".2f"), counts
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The headline table (markdown, sorted by mean reward), with the cold-start figures."""
+    pol = results["policies"]
+    lines = ["| policy | kind | mean reward | regret | tail exposure share | new items: reward "
+             "over first 20 impressions | new items: impressions to first click | new items "
+             "clicked/censored/unshown per seed |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in sorted(pol, key=lambda n: -pol[n]["mean_reward"]):
+        p = pol[name]
+        c20, first, counts = cold_start_cell(p)
+        lines.append(f"| {name} | {'peer' if is_peer(name) else 'fairstream'} "
+                     f"| {_pm(p, 'mean_reward')} | {p['regret']:.0f} "
+                     f"| {p['tail_exposure_share']:.3f} | {c20} | {first} | {counts} |")
+    return "\n".join(lines)
 
 
 def render_report(results: dict[str, Any]) -> str:
@@ -53,6 +79,21 @@ def render_report(results: dict[str, Any]) -> str:
         "## Targets",
         "",
     ]
+    bp = tg.get("fairstream_vs_best_peer")
+    if bp:
+        lines.append(
+            f"- fairstream's best policy ≥ 1.05 × the best peer (random excluded): "
+            f"**{'met' if bp['met'] else 'missed'}** — {bp['fairstream_best']} "
+            f"{bp['fairstream_reward']:.4f} vs {bp['peer_best']} {bp['peer_reward']:.4f} "
+            f"(ratio {bp['ratio']:.3f}).")
+    cs = tg.get("cold_start")
+    if cs:
+        lines.append(
+            f"- Cold start: reward over new items' first 20 impressions of fairstream's best "
+            f"policy ≥ every peer's: **{'met' if cs['met'] else 'missed'}** — "
+            f"{cs['fairstream_best']} {cs['fairstream_best_cold']:.3f} vs {cs['peer_best_cold']} "
+            f"{cs['peer_cold']:.3f} (best fairstream policy on this figure: "
+            f"{cs['fairstream_best_cold_policy']} {cs['fairstream_cold_max']:.3f}).")
     vw = tg["fairstream_vs_vw"]
     lines.append(
         f"- fairstream's best policy ≥ best Vowpal Wabbit configuration (mean reward): "
@@ -78,6 +119,30 @@ def render_report(results: dict[str, Any]) -> str:
             f"- For the record: the best peer overall is {tg['best_overall']} "
             f"({pol[tg['best_overall']]['mean_reward']:.4f}); the best river policy is "
             f"{rv} ({pol[rv]['mean_reward']:.4f}).")
+    cold_any = next((p["cold_start"] for p in pol.values() if "cold_start" in p), None)
+    if cold_any:
+        cands = "/".join(str(c) for c in cold_any["new_candidates_per_seed"])
+        lines += ["", "## Cold start (items held back until mid-stream)", "",
+                  f"{cold_any['new_items_per_seed'][0]} new items; {cands} of them (per seed) "
+                  "were a candidate at least once after the midpoint, so the rest count as "
+                  "unshown for every policy.", "",
+                  format_table(results), "",
+                  "Reward over first 20 impressions: pooled over the new items' first 20 "
+                  "impressions in this policy's slates. Impressions to first click: mean over "
+                  "the new items this policy got a click on; the clicked/censored/unshown "
+                  "counts say how many new items that mean leaves out (censored = shown, never "
+                  "clicked; unshown = never shown by this policy)."]
+    tuning = results.get("tuning") or {}
+    fams = [f for f in tuning if isinstance(tuning[f], dict)]
+    if fams:
+        lines += ["", "## Tuning (equal budget, tuning stream only)", "",
+                  "| family | configurations (mean reward on the tuning stream) | chosen |",
+                  "|---|---|---|"]
+        for f in fams:
+            t = tuning[f]
+            tried = "; ".join(f"`{c}` {m:.4f}" for c, m in zip(t["configs"], t["mean_reward"],
+                                                                strict=True))
+            lines.append(f"| {f} | {tried} | `{t['best']}` |")
     lines += ["", "## Trade-off (exposure controller strength λ)", "",
               "| λ | mean reward | tail exposure disparity | tail exposure share |",
               "|---|---|---|---|"]

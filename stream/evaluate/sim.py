@@ -23,6 +23,7 @@ from stream.evaluate.suite import (
     DEFAULT_PEERS,
     FAIRSTREAM,
     HYPER,
+    TUNING_GRIDS,
     VW_CONFIGS,
     VW_SLATE_CONFIGS,
     is_peer,
@@ -43,18 +44,28 @@ _SCALARS = ("mean_reward", "regret", "second_half_mean_reward", "tail_exposure_s
             "exposure_disparity")
 
 
-def describe(name: str, hyper: dict[str, Any] = HYPER) -> str:
+def describe(name: str, hyper: dict[str, Any] = HYPER,
+             vw_configs: dict[str, str] | None = None) -> str:
     """One line on how a roster entry is configured (for the report)."""
+    vw_configs = VW_CONFIGS if vw_configs is None else vw_configs
     if name == "random":
         return "bandits.UniformRandom: a uniformly random slate."
     if name == "popular":
         return ("bandits.MostPopular: top-k by running click count per item id, learnt online "
                 "from its own slates.")
-    if name in VW_CONFIGS:
-        return (f"vowpalwabbit.Workspace `--cb_explore_adf -q UA {VW_CONFIGS[name]}`; shared "
+    if name in vw_configs and name.startswith("vw_dense_phi"):
+        return (f"vowpalwabbit.Workspace `--cb_explore_adf {vw_configs[name]}` on fairstream's "
+                "dense φ blocks (not how VW users set it up; kept for comparison): shared "
                 "namespace U = adapted profile + gender/age indicators, action namespace "
                 "A = adapted item embedding; slate = k draws without replacement from VW's PMF "
-                "(renormalised), each shown item learnt as `0:-r:p` with p its PMF share.")
+                "(renormalised), each shown item learnt with label `0:-r:p` on its line.")
+    if name in vw_configs:
+        return (f"vowpalwabbit.Workspace `--cb_explore_adf {vw_configs[name]}` with sparse "
+                "namespaces: shared u = user id, a = gender/age bucket/occupation, h = ids of "
+                "the user's last 30 logged likes before the arrival; action i = item id, "
+                "g = genres + release year + decade, t = title tokens; slate = k draws without "
+                "replacement from VW's PMF (renormalised), each shown item learnt with label "
+                "`0:-r:p` on its line.")
     if name in VW_SLATE_CONFIGS:
         return (f"vowpalwabbit `--ccb_explore_adf -q UA {VW_SLATE_CONFIGS[name]}` (VW's own "
                 "slate reduction, one slot per position); same namespaces.")
@@ -83,7 +94,8 @@ def describe(name: str, hyper: dict[str, Any] = HYPER) -> str:
 
 
 def load_world(settings_or_cache_dir: Any, events: int, *, encoder: Any = None,
-               dim: int = 64, seed: int = 0) -> EvalWorld:
+               dim: int = 64, seed: int = 0, holdout: float = 0.0, holdout_seed: int = 0,
+               n_candidates: int = 20) -> EvalWorld:
     """MovieLens world from a :class:`Settings` or a data cache dir (embeddings cached)."""
     from learners import Encoder
     from stream import data
@@ -102,7 +114,9 @@ def load_world(settings_or_cache_dir: Any, events: int, *, encoder: Any = None,
     ml = data.load_movielens(cache_dir)
     enc = encoder if encoder is not None else Encoder(cache_dir=emb_dir, device=device)
     emb = enc.embed([ml.items.text(i) for i in range(len(ml.items))])
-    return world_from_movielens(ml, emb, popularity_group(ml), events, dim=dim, seed=seed)
+    return world_from_movielens(ml, emb, popularity_group(ml), events, dim=dim, seed=seed,
+                                holdout=holdout, holdout_seed=holdout_seed,
+                                min_pool=n_candidates)
 
 
 _WORLD: EvalWorld | None = None
@@ -141,13 +155,29 @@ def run_worlds(world: EvalWorld, names: Sequence[str], seeds: Sequence[int], *, 
     return [_seed_job(j) for j in jobs]
 
 
+def _aggregate_cold(cold: list[dict[str, Any]]) -> dict[str, Any]:
+    """Seed means ± std of the cold-start figures, with the per-seed censoring counts."""
+    out: dict[str, Any] = {"first_n": cold[0]["first_n"]}
+    for key in ("first_n_reward", "first_click_mean"):
+        vals = np.array([c[key] for c in cold], dtype=np.float64)
+        ok = vals[~np.isnan(vals)]
+        out[key] = float(ok.mean()) if ok.size else float("nan")
+        out[key + "_std"] = float(ok.std(ddof=1)) if ok.size > 1 else 0.0
+        out[key + "_per_seed"] = vals.tolist()
+    for key in ("new_items", "new_candidates", "clicked", "censored", "unshown",
+                "first_n_impressions", "impressions", "censored_impressions_mean"):
+        out[key + "_per_seed"] = [c[key] for c in cold]
+    return out
+
+
 def _aggregate(per_seed: list[dict[str, Any]], names: Sequence[str],
-               hyper: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+               hyper: dict[str, Any],
+               vw_configs: dict[str, str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     policies, curves = {}, {}
     for name in names:
         rows = [s["summaries"][name] for s in per_seed]
         p: dict[str, Any] = {"kind": "peer" if is_peer(name) else "fairstream",
-                             "description": describe(name, hyper)}
+                             "description": describe(name, hyper, vw_configs)}
         for key in _SCALARS:
             vals = np.array([r[key] for r in rows], dtype=np.float64)
             p[key] = float(vals.mean())
@@ -162,6 +192,9 @@ def _aggregate(per_seed: list[dict[str, Any]], names: Sequence[str],
         if any(fts):
             p["finetunes_per_seed"] = len(fts[0] or [])
             p["finetune_loss"] = [[f["loss_before"], f["loss_after"]] for f in (fts[0] or [])]
+        cold = [r["cold_start"] for r in rows if r.get("cold_start")]
+        if cold:
+            p["cold_start"] = _aggregate_cold(cold)
         policies[name] = p
         curves[name] = {c: np.mean([r["curves"][c] for r in rows], axis=0)
                         for c in ("cum_reward", "cum_regret", "tail_share")}
@@ -174,15 +207,21 @@ def run_eval_sim(settings_or_cache_dir: Any, events: int = 20_000, seeds: int = 
                  fairstream: Sequence[str] | None = None, tradeoff_policy: str = "linucb",
                  lambdas: Sequence[float] = DEFAULT_LAMBDAS, k: int = 5,
                  n_candidates: int = 20, workers: int | None = None, encoder: Any = None,
-                 hyper: dict[str, Any] | None = None) -> dict[str, Any]:
+                 hyper: dict[str, Any] | None = None, grids: dict[str, list[Any]] | None = None,
+                 tune_events: int | None = None, holdout: float = 0.2,
+                 holdout_seed: int = 0) -> dict[str, Any]:
     """Run the side-by-side simulation and write results.json, report.md and PNGs.
 
     ``settings_or_cache_dir``: a :class:`stream.settings.Settings` or a data cache
-    directory. Returns the results dict (also written to ``out_dir/results.json``
-    and, when given, ``json_path``).
+    directory. ``grids`` (default :data:`~stream.evaluate.suite.TUNING_GRIDS`; ``{}``
+    for none) are searched first with :func:`stream.evaluate.tuning.tune`;
+    ``holdout`` is the share of items held back until the midpoint (cold start).
+    Returns the results dict (also written to ``out_dir/results.json`` and, when
+    given, ``json_path``).
     """
     from stream.evaluate.plots import write_plots
     from stream.evaluate.report import render_report
+    from stream.evaluate.tuning import tune
 
     t_start = time.perf_counter()
     hyper = hyper or HYPER
@@ -193,15 +232,27 @@ def run_eval_sim(settings_or_cache_dir: Any, events: int = 20_000, seeds: int = 
     seed_list = list(range(seeds))
     if workers is None:
         workers = min(len(seed_list), max(1, (os.cpu_count() or 1)))
-    world = load_world(settings_or_cache_dir, events, encoder=encoder)
+    world = load_world(settings_or_cache_dir, events, encoder=encoder, holdout=holdout,
+                       holdout_seed=holdout_seed, n_candidates=n_candidates)
+    grids = TUNING_GRIDS if grids is None else grids
+    grids = {f: g for f, g in grids.items()
+             if any(n == f or n.startswith(f + "_") for n in names)}
+    vw_configs = dict(VW_CONFIGS)
+    tuning: dict[str, Any] = {}
+    if grids:
+        t0 = time.perf_counter()
+        hyper, vw_configs, tuning = tune(world, grids, hyper, vw_configs,
+                                         tune_events=tune_events, k=k,
+                                         n_candidates=n_candidates, workers=workers)
+        tuning["seconds"] = time.perf_counter() - t0
     per_seed = run_worlds(world, names, seed_list, k=k, n_candidates=n_candidates, hyper=hyper,
-                          workers=workers, progress=progress)
-    policies, curves = _aggregate(per_seed, names, hyper)
+                          vw_configs=vw_configs, workers=workers, progress=progress)
+    policies, curves = _aggregate(per_seed, names, hyper, vw_configs)
     sweep_pts = tradeoff_points(tradeoff_policy, lambdas, policies) if sweep else []
 
     fs_names = [n for n in names if not is_peer(n) and n in fs]
     fs_best = max(fs_names, key=lambda n: policies[n]["mean_reward"]) if fs_names else None
-    vw_names = [n for n in names if n.startswith("vw")]
+    vw_names = [n for n in names if n.startswith("vw") and not n.startswith("vw_dense_phi")]
     vw_best = max(vw_names, key=lambda n: policies[n]["mean_reward"]) if vw_names else None
     targets: dict[str, Any] = {}
     if fs_best and vw_best:
@@ -214,6 +265,25 @@ def run_eval_sim(settings_or_cache_dir: Any, events: int = 20_000, seeds: int = 
         op = best_operating_point(sweep_pts, 0.02)
         targets["exposure_controller"] = {"policy": tradeoff_policy, **op,
                                           "met": bool(op["disparity_cut"] >= 0.5)}
+    peer_names = [n for n in names if is_peer(n) and n != "random"]
+    if fs_best and peer_names:
+        pb = max(peer_names, key=lambda n: policies[n]["mean_reward"])
+        a, b = policies[fs_best]["mean_reward"], policies[pb]["mean_reward"]
+        targets["fairstream_vs_best_peer"] = {
+            "fairstream_best": fs_best, "fairstream_reward": a, "peer_best": pb,
+            "peer_reward": b, "ratio": a / b if b else float("nan"),
+            "met": bool(a >= 1.05 * b)}
+        cold = {n: policies[n]["cold_start"]["first_n_reward"] for n in names
+                if "cold_start" in policies[n]}
+        if fs_best in cold:
+            fs_cold = max((n for n in fs_names if n in cold), key=lambda n: cold[n])
+            peer_cold = {n: v for n, v in cold.items() if is_peer(n)}
+            pc = max(peer_cold, key=lambda n: peer_cold[n]) if peer_cold else None
+            targets["cold_start"] = {
+                "fairstream_best": fs_best, "fairstream_best_cold": cold[fs_best],
+                "fairstream_best_cold_policy": fs_cold, "fairstream_cold_max": cold[fs_cold],
+                "peer_best_cold": pc, "peer_cold": peer_cold.get(pc, float("nan")),
+                "met": bool(pc is None or cold[fs_best] >= peer_cold[pc])}
     river = [n for n in names if n.startswith("river")]
     if river:
         targets["river_best"] = max(river, key=lambda n: policies[n]["mean_reward"])
@@ -232,11 +302,21 @@ def run_eval_sim(settings_or_cache_dir: Any, events: int = 20_000, seeds: int = 
         "Profiles = decayed mean of embeddings of items the user logged a rating ≥ 4 for "
         "before the arrival (policy-independent, so φ is identical for every policy).",
         f"Sweep policy: {tradeoff_policy}; best fairstream policy in this run: {fs_best}.",
-        "VW settings tried on 4000 arrivals (seed 0) before fixing the roster: default "
-        "explore (ε-greedy 0.05 over the PMF) 0.579, --squarecb 0.630 (also with "
-        "--gamma_scale 100: 0.627, with -l 0.1: 0.630), --epsilon 0.2: 0.576. fairstream: "
-        "LinUCB α ∈ {0.05, 0.1, 0.3, 1}: 0.693/0.698/0.690/0.694; LinearTS v ∈ "
-        "{0.03, 0.1, 0.3}: 0.701/0.683/0.684.",
+        (f"Tuning (same protocol and budget for fairstream and VW): every tuned family "
+         f"searched {tuning.get('configs_per_family', 0)} configurations on one tuning stream "
+         f"(candidate seed {tuning.get('seed')}, not a reported seed; the first "
+         f"{tuning.get('events')} arrivals); best mean reward wins. neural_linear takes "
+         "linucb's tuned (α, λ); river, most-popular and vw_dense_phi_squarecb run as "
+         "configured. Grids and scores: results.json `tuning`." if tuning else
+         "No tuning in this run: every policy runs with the given settings."),
+        (f"Cold start: {world.new_items.sum()} of {world.new_items.shape[0]} items "
+         f"(holdout {holdout:g}, seed {holdout_seed}) are held back until arrival "
+         f"{world.release_t} and count in no history before it; {world.skipped} early "
+         "arrivals were skipped (their user had fewer than n_candidates other rated items). "
+         "Per policy: pooled mean reward over each new item's first 20 impressions; mean "
+         "impressions until the first click over the new items clicked at all (items shown "
+         "but never clicked are censored and counted beside it)." if world.new_items.any()
+         else "No cold-start hold-back in this run."),
         "LinearTS propensities use mc_samples Monte-Carlo draws (kept small: not needed "
         "for on-policy reward).",
     ]
@@ -244,8 +324,13 @@ def run_eval_sim(settings_or_cache_dir: Any, events: int = 20_000, seeds: int = 
         "config": {"events": world.n_arrivals, "seeds": seed_list, "k": k,
                    "n_candidates": n_candidates, "dim": world.dim, "lambdas": list(lambdas),
                    "tradeoff_policy": tradeoff_policy, "hyper": hyper,
-                   "vw_configs": dict(VW_CONFIGS), "workers": workers,
-                   "feature_space": world.fmap.feature_space},
+                   "vw_configs": {n: f"--cb_explore_adf {a}" for n, a in vw_configs.items()
+                                  if n in names},
+                   "workers": workers, "feature_space": world.fmap.feature_space,
+                   "holdout": holdout, "holdout_seed": holdout_seed,
+                   "new_items": int(world.new_items.sum()), "release_t": world.release_t,
+                   "skipped_arrivals": world.skipped},
+        "tuning": tuning,
         "policies": policies,
         "tradeoff": sweep_pts,
         "targets": targets,
@@ -272,13 +357,7 @@ def run_eval_sim(settings_or_cache_dir: Any, events: int = 20_000, seeds: int = 
 
 def _short_report(results: dict[str, Any]) -> str:
     """A headline-only report for partial rosters (no VW, no sweep, ...)."""
-    pol = results["policies"]
-    lines = ["# fairstream eval sim", "", "## Headline (sorted by mean reward)", "",
-             "| policy | mean reward | regret | tail exposure share | exposure/merit disparity |",
-             "|---|---|---|---|---|"]
-    for n in sorted(pol, key=lambda n: -pol[n]["mean_reward"]):
-        p = pol[n]
-        lines.append(f"| {n} | {p['mean_reward']:.4f} ± {p['mean_reward_std']:.4f} "
-                     f"| {p['regret']:.0f} | {p['tail_exposure_share']:.3f} "
-                     f"| {p['exposure_disparity']:.3f} |")
-    return "\n".join(lines) + "\n"
+    from stream.evaluate.report import format_table
+
+    return "\n".join(["# fairstream eval sim", "", "## Headline (sorted by mean reward)", "",
+                      format_table(results)]) + "\n"

@@ -3,7 +3,10 @@
 Names starting with ``vw``, ``random``, ``popular`` or ``river`` are peers;
 the rest are fairstream (``linucb``, ``ts``, ``neural_linear``, each with a
 ``_fair`` variant that adds the exposure controller, and ``<base>_lam<λ>``
-for the trade-off sweep).
+for the trade-off sweep). ``vw_dense_phi*`` is VW on fairstream's dense φ
+blocks; every other ``vw*`` gets sparse ids and ``-q`` crosses (see
+:mod:`stream.evaluate.peers`). :data:`TUNING_GRIDS` holds the equal-size grids
+that :mod:`stream.evaluate.tuning` searches before the run.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from stream.evaluate.neural import NeuralLinearAgent
 from stream.evaluate.peers import RiverAgent, VWAgent, VWSlateAgent, river_policy
 from stream.evaluate.simulation import Agent, EvalWorld
 
-__all__ = ["DEFAULT_PEERS", "FAIRSTREAM", "HYPER", "PEER_PREFIXES", "VW_CONFIGS", "is_peer",
-           "make_agent", "make_agents"]
+__all__ = ["DEFAULT_PEERS", "FAIRSTREAM", "HYPER", "PEER_PREFIXES", "TUNING_GRIDS", "VW_CONFIGS",
+           "VW_INTERACTIONS", "is_peer", "make_agent", "make_agents"]
 
 PEER_PREFIXES = ("vw", "random", "popular", "river")
 
@@ -32,15 +35,30 @@ HYPER: dict[str, dict[str, Any]] = {
     "fair_lam": 4e-05,
 }
 
-#: VW options per peer name (appended to ``--cb_explore_adf -q UA``).
+#: The ``-q`` crosses of the id-based VW peers: user×item, history×item, attributes×genres.
+VW_INTERACTIONS = "-q ui -q hi -q ag"
+
+#: VW options per peer name (after ``--cb_explore_adf``); tuned knobs are appended.
 VW_CONFIGS: dict[str, str] = {
-    "vw_squarecb": "--squarecb",
-    "vw_epsilon": "--epsilon 0.05",
+    "vw_squarecb": f"--squarecb --cb_type mtr {VW_INTERACTIONS}",
+    "vw_epsilon": f"--epsilon 0.05 {VW_INTERACTIONS}",
+    "vw_dense_phi_squarecb": "--squarecb -q UA",
 }
 VW_SLATE_CONFIGS: dict[str, str] = {"vw_ccb_epsilon": "--epsilon 0.05"}
 
-DEFAULT_PEERS = ("random", "popular", "vw_squarecb", "vw_epsilon", "river_eps", "river_ucb",
-                 "river_ts")
+#: Every tuned family gets the same number of configurations (checked by the tuner),
+#: searched on one seed that no reported run uses. ``neural_linear`` takes the
+#: tuned ``linucb`` (α, λ) (its fine-tune makes a search of its own too costly);
+#: river, most-popular and ``vw_dense_phi_squarecb`` run as configured.
+TUNING_GRIDS: dict[str, list[Any]] = {
+    "linucb": [{"alpha": a, "lam": lam} for a in (0.03, 0.1, 0.3) for lam in (1.0, 10.0)],
+    "ts": [{"v": v, "lam": lam} for v in (0.01, 0.03, 0.1) for lam in (1.0, 10.0)],
+    "vw_squarecb": [f"-l {lr:g} --gamma_scale {g}" for lr in (0.1, 0.5, 2.0) for g in (10, 100)],
+    "vw_epsilon": [f"-l {lr:g} --cb_type {c}" for lr in (0.1, 0.5, 2.0) for c in ("mtr", "dr")],
+}
+
+DEFAULT_PEERS = ("random", "popular", "vw_squarecb", "vw_epsilon", "vw_dense_phi_squarecb",
+                 "river_eps", "river_ucb", "river_ts")
 FAIRSTREAM = ("linucb", "ts", "neural_linear", "linucb_fair", "ts_fair", "neural_linear_fair")
 
 
@@ -69,7 +87,8 @@ def make_agent(name: str, world: EvalWorld, seed: int,
     if name == "popular":
         return PolicyAgent(name, MostPopular(dim, feature_space=fs, seed=seed), needs_ids=True)
     if name in vw_configs:
-        return VWAgent(name, world, vw_configs[name], seed=seed)
+        features = "dense_phi" if name.startswith("vw_dense_phi") else "sparse"
+        return VWAgent(name, world, vw_configs[name], seed=seed, features=features)
     if name in VW_SLATE_CONFIGS:
         return VWSlateAgent(name, world, VW_SLATE_CONFIGS[name], seed=seed)
     if name.startswith("river_"):

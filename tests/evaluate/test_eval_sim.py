@@ -122,7 +122,8 @@ def test_vw_learns_clearly_best_item():
         cands[t] = rng.permutation(np.r_[others, 7])
     R = (cands == 7).astype(float)
     big = type(world)(**{**world.__dict__, "arrival_user": users.astype(np.intp),
-                         "profiles": np.zeros((T, 384), dtype=np.float32)})
+                         "profiles": np.zeros((T, 384), dtype=np.float32),
+                         "hist_len": np.zeros(T, dtype=np.intp)})
     agents = make_agents(["vw_squarecb", "random"], big, 0)
     out = run_seed(big, SeedStream(0, cands, R), agents, k=1, progress=False)
     late = slice(T // 2, T)
