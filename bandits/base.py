@@ -100,6 +100,9 @@ class Policy(abc.ABC):
     """
 
     algorithm: ClassVar[str] = ""
+    #: Whether ``update`` needs ``item_ids`` (and ``score``/``select`` use them): a caller
+    #: that has ids passes them only then, so shared-model policies pay nothing for them.
+    uses_item_ids: ClassVar[bool] = False
 
     def __init__(self, dim: int, feature_space: str = "default",
                  seed: int | np.random.Generator | None = None) -> None:

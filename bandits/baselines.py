@@ -100,6 +100,7 @@ class MostPopular(TopKSelect, Policy):
     """
 
     algorithm = "popular"
+    uses_item_ids = True
 
     def __init__(self, dim: int, epsilon: float = 0.0, *, feature_space: str = "default",
                  seed: int | np.random.Generator | None = None) -> None:

@@ -57,6 +57,8 @@ __all__ = ["HybridLinUCB", "HybridPolicy", "HybridTS"]
 class HybridPolicy(Policy):
     """A policy whose knowledge is one :class:`HybridModel` (abstract; see subclasses)."""
 
+    uses_item_ids = True
+
     def __init__(self, dim: int, z: str | Sequence[int] = "bias", lam: float = 1.0,
                  max_items: int = 100_000, gamma: float = 1.0, *,
                  feature_space: str = "default",

@@ -115,6 +115,19 @@ def block_widths(dim: int) -> tuple[int, int, int]:
     return free - 2 * k, k, k
 
 
+def context_columns(dim: int) -> list[int]:
+    """Columns of φ that describe the user alone: the attribute one-hots and the bias.
+
+    A hybrid bandit's per-item terms act on these (``z`` in Li et al. 2010): each
+    item learns its own offset per user group, beside the shared model.
+
+    >>> context_columns(64)
+    [54, 55, 56, 57, 58, 59, 60, 61, 62, 63]
+    """
+    block_widths(dim)  # validates dim
+    return list(range(dim - N_ATTR - 1, dim))
+
+
 class FeatureMap:
     """φ(user, item) with exactly ``dim`` columns, over a frozen snapshot of an adapter.
 

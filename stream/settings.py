@@ -106,7 +106,7 @@ class FeatureSettings(_Section):
 
 
 class BanditSettings(_Section):
-    algorithm: Literal["linucb", "ts", "egreedy"] = "linucb"
+    algorithm: Literal["hybrid_linucb", "hybrid_ts", "linucb", "ts", "egreedy"] = "linucb"
     alpha: float = 0.5
     lam: float = 1.0
     gamma: float = 1.0
@@ -114,6 +114,11 @@ class BanditSettings(_Section):
     v: float = 0.3
     slate_size: int = 5
     seed: int = 0
+    # Hybrid policies: per-item terms over the user's attributes and a bias ("attributes")
+    # or a bias alone ("bias"), for at most max_items items (least recently updated
+    # evicted; an evicted or new item is scored by the shared model from its embedding).
+    item_context: Literal["attributes", "bias"] = "attributes"
+    max_items: int = 100_000
 
 
 class WorkerSettings(_Section):
@@ -238,6 +243,7 @@ def _check_ranges(s: Settings) -> None:
         "features.profile_capacity": s.features.profile_capacity,
         "bandit.lam": s.bandit.lam,
         "bandit.slate_size": s.bandit.slate_size,
+        "bandit.max_items": s.bandit.max_items,
         "worker.checkpoint_every_events": s.worker.checkpoint_every_events,
         "worker.poll_max_records": s.worker.poll_max_records,
         "worker.fetch_max_wait_ms": s.worker.fetch_max_wait_ms,

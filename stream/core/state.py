@@ -36,7 +36,7 @@ from learners import (
     ReplayBuffer,
     refit_statistics,
 )
-from learners.features import AGE_BUCKETS, GENDERS, UNKNOWN, attr_codes
+from learners.features import AGE_BUCKETS, GENDERS, UNKNOWN, attr_codes, context_columns
 from stream.core.catalog import Catalog
 from stream.core.checkpoint import Checkpoint
 from stream.core.join import Pending, RewardJoiner, SeenIds
@@ -273,7 +273,8 @@ class LearningState:
             learned.reward_by_user_group[label] = [total, sums.shown[label]]
         X = self.fmap.assemble(self.adapted_items(rows), self.fmap.adapt(profiles)[owner],
                                codes[:, 0], codes[:, 1])
-        self.policy.update(X, rewards)
+        self.policy.update(X, rewards, item_ids=[catalog.ids[r] for r in rows_l]
+                           if self.policy.uses_item_ids else None)
         if self.buffer is not None:
             self.buffer.add_batch(emb, profiles, codes[:, 0], codes[:, 1], rewards,
                                   item_rows=rows, profile_rows=owner)
@@ -341,12 +342,15 @@ class LearningState:
 def _new_policy(settings: Settings, fmap: FeatureMap) -> Policy:
     b = settings.bandit
     hyper: dict[str, Any] = {"lam": b.lam, "gamma": b.gamma}
-    if b.algorithm == "linucb":
+    if b.algorithm in ("linucb", "hybrid_linucb"):
         hyper |= {"alpha": b.alpha, "epsilon": b.epsilon}
-    elif b.algorithm == "ts":
+    elif b.algorithm in ("ts", "hybrid_ts"):
         hyper |= {"v": b.v}
     else:
         hyper |= {"epsilon": b.epsilon}
+    if b.algorithm.startswith("hybrid_"):
+        hyper |= {"max_items": b.max_items,
+                  "z": context_columns(fmap.dim) if b.item_context == "attributes" else "bias"}
     return policy_from_config(algorithm=b.algorithm, dim=fmap.dim,
                               feature_space=fmap.feature_space, seed=b.seed, **hyper)
 

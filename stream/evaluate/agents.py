@@ -48,7 +48,9 @@ class PolicyAgent:
         bonus = c.bonus(arr.groups) if c is not None and c.lam > 0 else None
         slate = self.policy.select(X, k, rng=rng, bonus=bonus, item_ids=ids)
         if c is not None and c.lam > 0:
-            merit = np.maximum(self.policy.predict(X), 0.0)  # θᵀφ
+            mean = (self.policy.predict(X, item_ids=ids) if ids is not None
+                    else self.policy.predict(X))  # θᵀφ (plus a hybrid's per-item terms)
+            merit = np.maximum(mean, 0.0)
             c.observe(arr.groups, slate.indices, merit)
         return slate.indices
 

@@ -1,9 +1,11 @@
 """The roster of `fairstream eval sim`: fairstream's policies and the peers, by name.
 
 Names starting with ``vw``, ``random``, ``popular`` or ``river`` are peers;
-the rest are fairstream (``linucb``, ``ts``, ``neural_linear``, each with a
-``_fair`` variant that adds the exposure controller, and ``<base>_lam<λ>``
-for the trade-off sweep). ``vw_dense_phi*`` is VW on fairstream's dense φ
+the rest are fairstream: ``deployed`` (the worker's own :class:`LearningState`
+with the hybrid LinUCB, see :mod:`stream.evaluate.deployed`), the policies alone
+on the world's fixed φ (``hybrid_linucb``, ``hybrid_ts``, ``linucb``, ``ts``,
+``neural_linear``), each with a ``_fair`` variant that adds the exposure
+controller, and ``<base>_lam<λ>`` for the trade-off sweep. ``vw_dense_phi*`` is VW on fairstream's dense φ
 blocks; every other ``vw*`` gets sparse ids and ``-q`` crosses (see
 :mod:`stream.evaluate.peers`). :data:`TUNING_GRIDS` holds the equal-size grids
 that :mod:`stream.evaluate.tuning` searches before the run.
@@ -14,9 +16,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bandits import ExposureController, LinearTS, LinUCB, MostPopular, UniformRandom
+from bandits import (
+    ExposureController,
+    HybridLinUCB,
+    HybridTS,
+    LinearTS,
+    LinUCB,
+    MostPopular,
+    UniformRandom,
+)
 from learners import FeatureMap
+from learners.features import context_columns
 from stream.evaluate.agents import PolicyAgent
+from stream.evaluate.deployed import DeployedAgent
 from stream.evaluate.neural import NeuralLinearAgent
 from stream.evaluate.peers import RiverAgent, VWAgent, VWSlateAgent, river_policy
 from stream.evaluate.simulation import Agent, EvalWorld
@@ -32,6 +44,8 @@ HYPER: dict[str, dict[str, Any]] = {
     "ts": {"v": 0.03, "lam": 1.0, "mc_samples": 16},
     "neural_linear": {"alpha": 0.1, "lam": 1.0, "every": 2000, "steps": 300,
                       "batch_size": 256, "lr": 3e-3},
+    "hybrid_linucb": {"alpha": 0.3, "lam": 1.0},
+    "hybrid_ts": {"v": 0.05, "lam": 1.0, "mc_samples": 16},
     "fair_lam": 4e-05,
 }
 
@@ -53,13 +67,16 @@ VW_SLATE_CONFIGS: dict[str, str] = {"vw_ccb_epsilon": "--epsilon 0.05"}
 TUNING_GRIDS: dict[str, list[Any]] = {
     "linucb": [{"alpha": a, "lam": lam} for a in (0.03, 0.1, 0.3) for lam in (1.0, 10.0)],
     "ts": [{"v": v, "lam": lam} for v in (0.01, 0.03, 0.1) for lam in (1.0, 10.0)],
+    "hybrid_linucb": [{"alpha": a, "lam": lam} for a in (0.1, 0.3, 1.0) for lam in (1.0, 10.0)],
+    "hybrid_ts": [{"v": v, "lam": lam} for v in (0.03, 0.1, 0.3) for lam in (1.0, 10.0)],
     "vw_squarecb": [f"-l {lr:g} --gamma_scale {g}" for lr in (0.1, 0.5, 2.0) for g in (10, 100)],
     "vw_epsilon": [f"-l {lr:g} --cb_type {c}" for lr in (0.1, 0.5, 2.0) for c in ("mtr", "dr")],
 }
 
 DEFAULT_PEERS = ("random", "popular", "vw_squarecb", "vw_epsilon", "vw_dense_phi_squarecb",
                  "river_eps", "river_ucb", "river_ts")
-FAIRSTREAM = ("linucb", "ts", "neural_linear", "linucb_fair", "ts_fair", "neural_linear_fair")
+FAIRSTREAM = ("deployed", "hybrid_linucb", "hybrid_ts", "linucb", "ts", "neural_linear",
+              "deployed_fair", "hybrid_linucb_fair", "linucb_fair", "neural_linear_fair")
 
 
 def is_peer(name: str) -> bool:
@@ -104,6 +121,21 @@ def make_agent(name: str, world: EvalWorld, seed: int,
         return PolicyAgent(name, LinearTS(dim, v=h["v"], lam=h["lam"],
                                           mc_samples=h["mc_samples"], feature_space=fs,
                                           seed=seed), controller)
+    if base == "hybrid_linucb":
+        h = hyper["hybrid_linucb"]
+        return PolicyAgent(name, HybridLinUCB(dim, alpha=h["alpha"], lam=h["lam"],
+                                              z=context_columns(dim), feature_space=fs,
+                                              seed=seed), controller, needs_ids=True)
+    if base == "hybrid_ts":
+        h = hyper["hybrid_ts"]
+        return PolicyAgent(name, HybridTS(dim, v=h["v"], lam=h["lam"], mc_samples=h["mc_samples"],
+                                          z=context_columns(dim), feature_space=fs, seed=seed),
+                           controller, needs_ids=True)
+    if base == "deployed":
+        h = hyper["hybrid_linucb"]
+        return DeployedAgent(name, world, {"algorithm": "hybrid_linucb", "alpha": h["alpha"],
+                                           "lam": h["lam"], "item_context": "attributes"},
+                             seed=seed, controller=controller)
     if base == "neural_linear":
         h = dict(hyper["neural_linear"])
         alpha, lam_r = h.pop("alpha"), h.pop("lam")

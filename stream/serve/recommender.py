@@ -55,7 +55,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from bandits import ExposureController
+from bandits import ExposureController, Policy
 from learners import ProfileStore, user_groups
 from stream.core.bundle import PolicyBundle
 from stream.serve.exceptions import BadRequest, NotReady
@@ -63,8 +63,6 @@ from stream.settings import MAX_K
 
 log = logging.getLogger(__name__)
 
-#: Algorithms whose select() reads item_ids (the rest score from X alone).
-_BY_ID = frozenset({"popular"})
 _UNUSED_RNG = np.random.default_rng(0)  # handed to policies that draw nothing
 
 
@@ -289,14 +287,23 @@ class Recommender:
             all_rows = range(len(ids)) if candidates is None else rows
             groups = [self._groups[r] for r in all_rows]
             bonus = self.exposure.bonus(groups)
+        by_id = ids if policy.uses_item_ids else None
         slate = policy.select(X, int(k), rng=rng, bonus=bonus if control else None,
-                              item_ids=ids if policy.algorithm in _BY_ID else None)
+                              item_ids=by_id)
         if control:
             # Merit = the model's estimated relevance of every candidate (FairCo).
-            merit = policy.predict(X) if hasattr(policy, "predict") else policy.score(X)
+            merit = _merit(policy, X, by_id)
             self.exposure.observe(groups, slate.indices, merit)
         rec = Recommendation([ids[i] for i in slate.indices.tolist()], slate.scores.tolist(),
                              slate.propensities.tolist(), v.version, request_id)
         if self.impressions is not None:
             self.impressions(rec, user_id, user or {}, time.time() if now is None else now)
         return rec
+
+
+def _merit(policy: Policy, X: np.ndarray, item_ids: list[str] | None) -> np.ndarray:
+    """The policy's estimated relevance of each candidate: its mean prediction where it
+    has one (a hybrid's includes each item's own terms), else its score."""
+    if not hasattr(policy, "predict"):
+        return policy.score(X, item_ids=item_ids)
+    return policy.predict(X) if item_ids is None else policy.predict(X, item_ids=item_ids)
