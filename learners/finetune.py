@@ -232,7 +232,7 @@ class FineTuner:
         caller has consumed is answered once the buffer is large enough."""
         self._drift_pending = self._drift_pending or drift
         if (self.running or self._job is not None or self._result is not None
-                or len(buffer) < self.min_rows):
+                or self._error is not None or len(buffer) < self.min_rows):
             return False
         now = time.monotonic() if now is None else float(now)
         trigger = self.due(events_seen, now, self._drift_pending)
@@ -250,6 +250,7 @@ class FineTuner:
             raise FineTuneError("a fine-tune is already running")
         if self._job is not None:  # finished, never polled: superseded
             self._end_job()
+            self.runs_cancelled += 1
         rows, seen = buffer.snapshot(), buffer.seen
         self._cancel.clear()
         self._error = None
@@ -318,11 +319,15 @@ class FineTuner:
         return time.perf_counter() - t0
 
     def cancel(self) -> None:
-        """Stop the run in flight and drop it: a child is killed and reaped at once, a
-        thread stops after its current step (``wait`` joins it). ``poll`` then has nothing."""
+        """Stop the run in flight and drop it, or drop a finished run's unpolled result: a
+        child is killed and reaped at once, a thread stops after its current step (``wait``
+        joins it). ``poll`` then has nothing."""
         self._cancel.set()
         if self._job is not None:
             self._end_job(kill=True)
+            self.runs_cancelled += 1
+        elif self._result is not None and not self.running:
+            self._result = None
             self.runs_cancelled += 1
 
     def poll(self) -> FineTuneResult | None:

@@ -178,6 +178,21 @@ def test_max_seconds_stops_the_run_and_counts_it(background):
         assert _gone(pid) and not job_dir.exists()
 
 
+def test_a_timeout_is_reported_before_the_next_run_starts():
+    buf, fmap = _synthetic(64)
+    tuner = FineTuner(steps=10**9, batch_size=8, device="cpu", min_rows=1, max_seconds=1.0,
+                      every_events=1)
+    assert tuner.maybe_start(buf, fmap, events_seen=1)
+    time.sleep(1.5)  # past the deadline for certain; nobody has polled
+    assert not tuner.maybe_start(buf, fmap, events_seen=2)  # stops it, keeps the error
+    assert tuner.runs_timed_out == 1 and not tuner.running
+    with pytest.raises(FineTuneTimeout):
+        tuner.poll()
+    assert tuner.maybe_start(buf, fmap, events_seen=3)
+    tuner.cancel()
+    assert (tuner.runs_started, tuner.runs_timed_out, tuner.runs_cancelled) == (2, 1, 1)
+
+
 def test_run_past_max_seconds_raises_and_counts():
     buf, fmap = _synthetic(64)
     tuner = FineTuner(steps=10**9, batch_size=8, device="cpu", min_rows=1, max_seconds=0.5)
