@@ -4,10 +4,11 @@ from learners.adapter import Adapter
 from learners.device import resolve_device
 from learners.drift import DriftMonitor
 from learners.encoder import Encoder
-from learners.exceptions import DeviceUnavailable, FineTuneError, LearnersError
+from learners.exceptions import DeviceUnavailable, FineTuneError, FineTuneTimeout, LearnersError
 from learners.features import FeatureMap, user_groups
-from learners.finetune import FineTuner, FineTuneResult, refit_statistics, ridge_statistics
+from learners.finetune import FineTuner, FineTuneResult
 from learners.profiles import ProfileStore
+from learners.refit import refit_statistics, ridge_statistics
 from learners.replay import ReplayBuffer, ReplayRows
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "FeatureMap",
     "FineTuneError",
     "FineTuneResult",
+    "FineTuneTimeout",
     "FineTuner",
     "LearnersError",
     "ProfileStore",

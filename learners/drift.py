@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
+from typing import TYPE_CHECKING
 
-from river.drift import ADWIN
+if TYPE_CHECKING:
+    from river.drift import ADWIN
 
 
 class DriftMonitor:
@@ -54,6 +56,10 @@ class DriftMonitor:
         if det is None:
             if len(self._detectors) >= self.max_segments and segment != "other":
                 return self._detector("other")
+            # Imported here: river costs ~1 s of CPU to import, and a fine-tune child
+            # process (which imports this package) never needs it.
+            from river.drift import ADWIN
+
             det = ADWIN(delta=self.delta, clock=self.clock, grace_period=self.grace_period)
             self._detectors[segment] = det
             self.detections.setdefault(segment, 0)

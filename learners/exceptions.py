@@ -13,3 +13,7 @@ class DeviceUnavailable(LearnersError, RuntimeError):
 
 class FineTuneError(LearnersError, RuntimeError):
     """A background fine-tune failed; the cause is chained (``__cause__``)."""
+
+
+class FineTuneTimeout(FineTuneError):
+    """A fine-tune ran past its ``max_seconds`` and was stopped; it has no result."""
