@@ -23,6 +23,7 @@ from bandits.fairness import (
     position_weights,
 )
 from bandits.hybrid import HybridLinUCB, HybridTS
+from bandits.hybrid_serving import HybridServing
 from bandits.hybrid_stats import HybridStats
 from bandits.linucb import LinUCB
 from bandits.registry import policy_from_config, policy_from_state
@@ -40,6 +41,7 @@ __all__ = [
     "FairnessTracker",
     "FeatureSpaceMismatch",
     "HybridLinUCB",
+    "HybridServing",
     "HybridStats",
     "HybridTS",
     "InvalidInput",

@@ -47,6 +47,7 @@ import numpy as np
 from bandits.base import Policy
 from bandits.exceptions import InvalidInput
 from bandits.hybrid_model import HybridModel
+from bandits.hybrid_serving import HybridServing, serving_arrays
 from bandits.hybrid_stats import HybridStats
 from bandits.slates import Slate, TopKSelect, sampled_slate
 from bandits.stats import SufficientStats
@@ -149,6 +150,21 @@ class HybridPolicy(Policy):
         """Rebuild Ã, b̃ from the raw statistics (normally not needed)."""
         self._model.recompute()
 
+    def serving_view(self) -> HybridServing:
+        """What a server needs to score as this policy does (exact means, a conservative
+        width): ~8·(k + k(k+1)/2) bytes an item instead of ~8·k·d (see
+        :mod:`bandits.hybrid_serving`)."""
+        ids, arrays = serving_arrays(self._model)
+        z = self._model.z
+        view = HybridServing(self.dim, **self._serving_hyper(), z=z if z == "bias" else list(z),
+                             lam=self.lam, source=self.algorithm,
+                             feature_space=self.feature_space, seed=self.seed)
+        view.n_updates = self.n_updates
+        return view.load(ids, arrays)
+
+    def _serving_hyper(self) -> dict[str, Any]:
+        raise NotImplementedError
+
     # -- hooks ----------------------------------------------------------------
     def _hybrid_hyper(self) -> dict[str, Any]:
         z = self._model.z
@@ -209,6 +225,9 @@ alpha=0.0, epsilon=0.0, z='bias', lam=1.0, max_items=10, items=2/10)
     def hyper_parameters(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "epsilon": self.epsilon, **self._hybrid_hyper()}
 
+    def _serving_hyper(self) -> dict[str, Any]:
+        return {"exploration": "ucb", "alpha": self.alpha, "epsilon": self.epsilon}
+
     def _score(self, X: np.ndarray, item_ids: list[str] | None) -> np.ndarray:
         G, off, zvar, _, _ = self._model.parts(X, item_ids)
         mean = G @ self._model.beta + off
@@ -246,6 +265,9 @@ class HybridTS(HybridPolicy):
 
     def hyper_parameters(self) -> dict[str, Any]:
         return {"v": self.v, "mc_samples": self.mc_samples, **self._hybrid_hyper()}
+
+    def _serving_hyper(self) -> dict[str, Any]:
+        return {"exploration": "ts", "v": self.v, "mc_samples": self.mc_samples}
 
     def _score(self, X: np.ndarray, item_ids: list[str] | None) -> np.ndarray:
         G, off, _, _, _ = self._model.parts(X, item_ids)

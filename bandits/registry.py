@@ -10,6 +10,7 @@ random         :class:`~bandits.baselines.UniformRandom`
 popular        :class:`~bandits.baselines.MostPopular`
 hybrid_linucb  :class:`~bandits.hybrid.HybridLinUCB`
 hybrid_ts      :class:`~bandits.hybrid.HybridTS`
+hybrid_serving :class:`~bandits.hybrid_serving.HybridServing` (what servers load)
 =============  ==========================================
 """
 
@@ -22,6 +23,7 @@ from bandits.base import Policy, PolicyState
 from bandits.baselines import EpsilonGreedy, MostPopular, UniformRandom
 from bandits.exceptions import InvalidInput
 from bandits.hybrid import HybridLinUCB, HybridTS
+from bandits.hybrid_serving import HybridServing
 from bandits.linucb import LinUCB
 from bandits.thompson import LinearTS
 
@@ -29,7 +31,7 @@ __all__ = ["POLICIES", "policy_from_config", "policy_from_state"]
 
 POLICIES: dict[str, type[Policy]] = {
     cls.algorithm: cls for cls in (LinUCB, LinearTS, EpsilonGreedy, UniformRandom, MostPopular,
-                                   HybridLinUCB, HybridTS)
+                                   HybridLinUCB, HybridTS, HybridServing)
 }
 
 

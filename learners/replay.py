@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,13 @@ class ReplayRows:
     age: np.ndarray  # (n,) int8 code, -1 unknown
     rewards: np.ndarray  # (n,) float64
     seq: np.ndarray  # (n,) int64
+    #: (n,) int64 catalog row of each row's item, -1 when the caller gave none: what a
+    #: bandit with per-item terms is rebuilt from after a fine-tune.
+    item_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def __post_init__(self) -> None:
+        if len(self.item_rows) != len(self.rewards):
+            object.__setattr__(self, "item_rows", np.full(len(self.rewards), -1, np.int64))
 
     def __len__(self) -> int:
         return int(self.rewards.shape[0])
@@ -69,6 +76,7 @@ class ReplayBuffer:
         self._age = np.full(size, -1, dtype=np.int8)
         self._rewards = np.zeros(size, dtype=np.float64)
         self._seq = np.zeros(size, dtype=np.int64)
+        self._item_rows = np.full(size, -1, dtype=np.int64)
         if prefault:  # write every page now (np.zeros' calloc maps them lazily)
             self._items.fill(0.0)
             self._profiles.fill(0.0)
@@ -109,6 +117,7 @@ class ReplayBuffer:
             self._profiles[slot] = profile
             self._gender[slot], self._age[slot] = g, a
             self._rewards[slot], self._seq[slot] = reward, t
+            self._item_rows[slot] = -1
 
     def add_batch(
         self,
@@ -173,6 +182,7 @@ class ReplayBuffer:
             self._age[slots] = age[src]
             self._rewards[slots] = rewards[src]
             self._seq[slots] = t[src]
+            self._item_rows[slots] = -1 if item_rows is None else item_rows[src]
 
     def snapshot(self) -> ReplayRows:
         """Copy of every row held now, oldest arrival first."""
@@ -182,6 +192,7 @@ class ReplayBuffer:
             return ReplayRows(
                 self._items[:n][order], self._profiles[:n][order], self._gender[:n][order],
                 self._age[:n][order], self._rewards[:n][order], self._seq[:n][order],
+                self._item_rows[:n][order],
             )
 
     def rows_since(self, seq: int) -> ReplayRows:

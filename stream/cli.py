@@ -94,6 +94,14 @@ def _emit(results: dict, json_path: Path | None) -> None:
         print(f"written: {json_path}")
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
+
+
 def cmd_bench_learners(args: argparse.Namespace) -> int:
     from bandits import LinUCB
     from stream.bench.learners import run_learners_bench
@@ -137,6 +145,21 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
                                  progress=True, bootstrap=args.bootstrap)
     print("fairstream bench pipeline")
     _emit({k: v for k, v in results.items() if not isinstance(v, dict | list)}, None)
+    return 0
+
+
+def cmd_bench_bandits(args: argparse.Namespace) -> int:
+    from learners.features import context_columns
+    from stream.bench.bandits import run_bandits_bench
+
+    settings = _settings(args)
+    dim = settings.features.dim
+    z = context_columns(dim) if args.z == "attributes" else "bias"
+    results = run_bandits_bench(dims=args.dims, hybrid_items=args.items, hybrid_z=z,
+                                hybrid_dim=dim, seed=args.seed)
+    results["hybrid"]["item_context"] = args.z
+    print("fairstream bench bandits")
+    _emit(results, args.json)
     return 0
 
 
@@ -227,6 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--out", default="runs/bench-pipeline")
     bp.add_argument("--json", type=Path)
     bp.set_defaults(func=cmd_bench_pipeline)
+    bb = bsub.add_parser("bandits", help="update and scoring cost beside a naive numpy baseline")
+    bb.add_argument("--dims", type=_int_list, default=[32, 64, 128],
+                    help="LinUCB feature dims (comma-separated)")
+    bb.add_argument("--items", type=_int_list, default=[10_000, 1_000_000],
+                    help="items the hybrid holds (comma-separated)")
+    bb.add_argument("--z", choices=["bias", "attributes"], default="bias",
+                    help="the hybrid's per-item context (bandit.item_context)")
+    bb.add_argument("--seed", type=int, default=0)
+    bb.add_argument("--json", type=Path)
+    bb.set_defaults(func=cmd_bench_bandits)
 
     srv = sub.add_parser("serve", help="HTTP API: /recommend on the latest verified policy")
     srv.add_argument("--bootstrap")

@@ -129,9 +129,15 @@ class Metrics:
             "Position-weighted exposure share per item group in the current window.",
             ["item_group"], registry=r,
         )
+        self.finetunes_started = Counter(
+            "fairstream_finetunes_started_total",
+            "Adapter fine-tunes started (in a child process, or a thread as a fallback).",
+            registry=r,
+        )
         self.finetunes = Counter(
             "fairstream_finetunes_total",
-            "Adapter fine-tunes that finished, by outcome (swapped in, or rejected).",
+            "Adapter fine-tunes that ended, by outcome: swapped (adopted), rejected (no "
+            "better), timed_out (stopped at finetune.max_seconds) or failed.",
             ["outcome"], registry=r,
         )
         self.finetune_failures = Counter(
@@ -149,6 +155,17 @@ class Metrics:
             "Replay-buffer log-loss of the reward model after the last fine-tune.",
             registry=r,
         )
+        self.finetune_loss_before = Gauge(
+            "fairstream_finetune_loss_before",
+            "Replay-buffer log-loss of the reward model before the last fine-tune.",
+            registry=r,
+        )
+        self.finetune_reward = Gauge(
+            "fairstream_finetune_reward",
+            "Mean reward per shown item over the rows learned just before (phase=before) and "
+            "just after (phase=after) the last adopted fine-tune.",
+            ["phase"], registry=r,
+        )
         self.drift_detected = Counter(
             "fairstream_drift_detected_total",
             "Reward-stream changes flagged by ADWIN, by segment (user group).",
@@ -162,7 +179,7 @@ class Metrics:
             self.events_consumed.labels(type=kind)
         for reason in REASONS:
             self.events_rejected.labels(reason=reason)
-        for outcome in ("swapped", "rejected"):
+        for outcome in ("swapped", "rejected", "timed_out", "failed"):
             self.finetunes.labels(outcome=outcome)
 
     def declare_groups(self, user_groups: Iterable[str], item_groups: Iterable[str]) -> None:

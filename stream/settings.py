@@ -118,7 +118,7 @@ class BanditSettings(_Section):
     # or a bias alone ("bias"), for at most max_items items (least recently updated
     # evicted; an evicted or new item is scored by the shared model from its embedding).
     item_context: Literal["attributes", "bias"] = "attributes"
-    max_items: int = 100_000
+    max_items: int = 20_000
 
 
 class WorkerSettings(_Section):
@@ -141,6 +141,9 @@ class WorkerSettings(_Section):
 
 class PolicySettings(_Section):
     signing_key: str = "fairstream-dev-key-change-me"
+    # Largest signed bundle the worker may publish (producer request size and the
+    # policies topic's max.message.bytes); checked against bandit.max_items at start.
+    max_bundle_bytes: int = 16 * 1024 * 1024
     publish_every_updates: int = 5_000
     publish_every_s: float = 10.0
 
@@ -153,8 +156,11 @@ class FineTuneSettings(_Section):
     batch_size: int = 256
     lr: float = 1e-3
     buffer_capacity: int = 50_000
-    min_rows: int = 1_000
-    duty_cycle: float = 0.0       # share of wall time the trainer may use; 0 = auto
+    # Below this many buffered rows a fine-tune (drift-triggered too) waits: the adapter
+    # has ~7,000 weights at dim 64, and 5,000 rows is what its log-loss is measured on.
+    min_rows: int = 5_000
+    max_seconds: float = 300.0    # a run still going after this is stopped and counted
+    duty_cycle: float = 0.0       # thread fallback only: share of wall time; 0 = auto
     drift_delta: float = 0.002    # ADWIN confidence; a detected shift triggers a fine-tune
 
 
@@ -254,6 +260,8 @@ def _check_ranges(s: Settings) -> None:
         "finetune.batch_size": s.finetune.batch_size,
         "finetune.lr": s.finetune.lr,
         "finetune.buffer_capacity": s.finetune.buffer_capacity,
+        "finetune.min_rows": s.finetune.min_rows,
+        "finetune.max_seconds": s.finetune.max_seconds,
         "serve.max_candidates": s.serve.max_candidates,
         "serve.max_body_bytes": s.serve.max_body_bytes,
         "serve.log_queue_size": s.serve.log_queue_size,
@@ -283,10 +291,25 @@ def _check_ranges(s: Settings) -> None:
         raise ConfigError("worker.dlq_max_value_bytes must leave 64 KiB of "
                           f"worker.dlq_max_request_bytes ({s.worker.dlq_max_request_bytes}) "
                           f"for key and headers, got {s.worker.dlq_max_value_bytes}")
+    if s.bandit.algorithm.startswith("hybrid_"):
+        need = _hybrid_bundle_bytes(s.bandit.max_items, s.bandit.item_context, s.features.dim)
+        if need > s.policy.max_bundle_bytes:
+            raise ConfigError(
+                f"bandit.max_items={s.bandit.max_items} needs bundles of up to {need:,} bytes, "
+                f"over policy.max_bundle_bytes={s.policy.max_bundle_bytes:,}")
     if s.worker.dlq_retries < 0:
         raise ConfigError(f"worker.dlq_retries must be >= 0, got {s.worker.dlq_retries}")
     if s.events.attribution_window_s < 0:
         raise ConfigError("events.attribution_window_s must be >= 0")
+
+
+def _hybrid_bundle_bytes(max_items: int, item_context: str, dim: int) -> int:
+    """Upper bound of a hybrid policy's published bundle: per item θ_a and the packed
+    factor of its covariance (float64) plus a quoted id of up to 64 bytes; the shared
+    β and L⁻¹; 256 KiB for the adapter and framing."""
+    k = 1 if item_context == "bias" else 10  # attribute one-hots and the bias
+    per_item = 8 * (k + k * (k + 1) // 2) + 70
+    return max_items * per_item + 8 * (dim * dim + dim) + 256 * 1024
 
 
 def load_settings(path: str | os.PathLike[str] | None = None,

@@ -290,13 +290,20 @@ class LearningState:
             return False
         if not result.loss_after < result.loss_before:
             return False
-        X_new, r_new = refit_statistics(self.buffer.rows_since(result.snapshot_seen),
-                                        result.fmap)
+        since = self.buffer.rows_since(result.snapshot_seen)
+        X_new, r_new = refit_statistics(since, result.fmap)
         policy = _new_policy(self.settings, result.fmap)
         X = np.vstack([result.X, X_new]) if result.X is not None else X_new
         r = np.concatenate([result.r, r_new]) if result.r is not None else r_new
         if len(X):
-            policy.update(X, r)
+            if policy.uses_item_ids:  # per-item terms are rebuilt from the same rows
+                rows = (np.concatenate([result.item_rows, since.item_rows])
+                        if result.X is not None else since.item_rows)
+                known = rows >= 0
+                ids = self.catalog.ids
+                policy.update(X[known], r[known], item_ids=[ids[i] for i in rows[known]])
+            else:
+                policy.update(X, r)
         self.fmap, self.policy = result.fmap, policy
         self._adapted = np.zeros((0, result.fmap.k_item))
         return True

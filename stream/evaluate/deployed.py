@@ -5,9 +5,14 @@ from :class:`~stream.settings.Settings` exactly as a worker builds one (PCA
 adapter of the catalog, the configured policy, the profile store), and drives
 it with the same calls the worker and the server make:
 
-* ``select``: what ``fairstream serve`` does with the state's policy and feature
-  map (:meth:`LearningState.features`: φ from the user's profile as the state has
-  learnt it from its own clicks; then the policy's slate);
+* ``select``: what ``fairstream serve`` does with a policy: φ from the user's
+  profile as the state has learnt it from its own clicks, then the policy's
+  slate. With ``publish_every=None`` that policy is the state's own, current one
+  (every agent in the simulation learns before the next arrival); with
+  ``publish_every=n`` it is what the worker would have published, refreshed every
+  ``n`` learned rows (a hybrid as its serving view,
+  :meth:`bandits.HybridLinUCB.serving_view`), which measures what publishing
+  staleness costs;
 * ``learn``: the slate becomes a closed :class:`~stream.core.join.Pending`
   impression with the rewards it got, and :meth:`LearningState.learn` takes it
   (profile walk, batched policy update, replay buffer, fairness sums).
@@ -25,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from bandits import ExposureController
+from bandits import ExposureController, Policy
 from stream.core.catalog import Catalog
 from stream.core.join import Pending
 from stream.core.state import LearningState
@@ -56,7 +61,7 @@ class DeployedAgent:
 
     def __init__(self, name: str, world: EvalWorld, bandit: dict[str, Any], seed: int = 0,
                  controller: ExposureController | None = None,
-                 settings: Settings | None = None) -> None:
+                 settings: Settings | None = None, publish_every: int | None = None) -> None:
         base = settings or Settings()
         self.name = name
         self.controller = controller
@@ -73,9 +78,17 @@ class DeployedAgent:
         self._add(catalog, [i for i, n in zip(world.item_ids, new.tolist(), strict=True)
                             if not n])
         self.state = LearningState.fresh(self.settings, catalog)
+        self.publish_every = publish_every
+        self._since_publish = 0
+        self._published = self._publish() if publish_every else None
 
     def __repr__(self) -> str:
         return f"DeployedAgent(name={self.name!r}, policy={self.state.policy!r})"
+
+    def _publish(self) -> Policy:
+        policy = self.state.policy
+        view = getattr(policy, "serving_view", None)
+        return view() if view is not None else policy.restore(policy.snapshot())
 
     def _add(self, catalog: Catalog, ids: Sequence[str]) -> None:
         tail = self._world.tail
@@ -94,14 +107,15 @@ class DeployedAgent:
         the policy's slate (with the exposure bonus when a controller is set)."""
         self._ensure(arr)
         state, c = self.state, self.controller
+        policy = self._published or state.policy
         user_id = self._world.user_ids[arr.user]
         X = state.features(user_id, arr.attrs, arr.item_ids, now=float(arr.t))
-        ids = list(arr.item_ids) if state.policy.uses_item_ids else None
+        ids = list(arr.item_ids) if policy.uses_item_ids else None
         bonus = c.bonus(arr.groups) if c is not None and c.lam > 0 else None
-        slate = state.policy.select(X, k, rng=rng, bonus=bonus, item_ids=ids)
+        slate = policy.select(X, k, rng=rng, bonus=bonus, item_ids=ids)
         if bonus is not None:
-            mean = (state.policy.predict(X, item_ids=ids) if ids is not None
-                    else state.policy.predict(X))
+            mean = (policy.predict(X, item_ids=ids) if ids is not None
+                    else policy.predict(X))
             c.observe(arr.groups, slate.indices, np.maximum(mean, 0.0))
         self._req += 1
         self._pending = Pending(f"r{self._req}", user_id, float(arr.t),
@@ -113,4 +127,6 @@ class DeployedAgent:
         pending, self._pending = self._pending, None
         assert pending is not None and [arr.item_ids[j] for j in shown] == list(pending.items)
         pending.rewards = [float(r) for r in rewards]
-        self.state.learn([pending])
+        self._since_publish += self.state.learn([pending]).rows
+        if self.publish_every and self._since_publish >= self.publish_every:
+            self._published, self._since_publish = self._publish(), 0

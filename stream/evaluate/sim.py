@@ -83,6 +83,19 @@ def describe(name: str, hyper: dict[str, Any] = HYPER,
     elif "_lam" in name:
         base, lam = name.rsplit("_lam", 1)
         fair = f" + ExposureController(λ={lam})"
+    if base == "deployed":
+        return (f"The worker's own LearningState (bandit.algorithm = hybrid_linucb, "
+                f"{hyper['hybrid_linucb']}, item_context = attributes): φ from profiles it "
+                f"learnt from its own clicks, LearningState.learn after every slate{fair}.")
+    if base == "deployed_published":
+        return (f"As `deployed`, but slates come from the serving view the worker would have "
+                f"published, refreshed every policy.publish_every_updates rows{fair}.")
+    if base == "hybrid_linucb":
+        return (f"bandits.HybridLinUCB({hyper['hybrid_linucb']}, z = attribute one-hots + bias) "
+                f"on the fixed PCA φ{fair}.")
+    if base == "hybrid_ts":
+        return (f"bandits.HybridTS({hyper['hybrid_ts']}, z = attribute one-hots + bias) "
+                f"on the fixed PCA φ{fair}.")
     if base == "linucb":
         return f"bandits.LinUCB({hyper['linucb']}) on the fixed PCA φ{fair}."
     if base == "ts":

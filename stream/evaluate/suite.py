@@ -2,11 +2,13 @@
 
 Names starting with ``vw``, ``random``, ``popular`` or ``river`` are peers;
 the rest are fairstream: ``deployed`` (the worker's own :class:`LearningState`
-with the hybrid LinUCB, see :mod:`stream.evaluate.deployed`), the policies alone
+with the hybrid LinUCB, see :mod:`stream.evaluate.deployed`; ``deployed_published``
+selects with what the worker would have published, every
+``policy.publish_every_updates`` rows, as a server does), the policies alone
 on the world's fixed φ (``hybrid_linucb``, ``hybrid_ts``, ``linucb``, ``ts``,
 ``neural_linear``), each with a ``_fair`` variant that adds the exposure
-controller, and ``<base>_lam<λ>`` for the trade-off sweep. ``vw_dense_phi*`` is VW on fairstream's dense φ
-blocks; every other ``vw*`` gets sparse ids and ``-q`` crosses (see
+controller, and ``<base>_lam<λ>`` for the trade-off sweep. ``vw_dense_phi*``
+is VW on fairstream's dense φ blocks; every other ``vw*`` gets sparse ids and ``-q`` crosses (see
 :mod:`stream.evaluate.peers`). :data:`TUNING_GRIDS` holds the equal-size grids
 that :mod:`stream.evaluate.tuning` searches before the run.
 """
@@ -32,6 +34,7 @@ from stream.evaluate.deployed import DeployedAgent
 from stream.evaluate.neural import NeuralLinearAgent
 from stream.evaluate.peers import RiverAgent, VWAgent, VWSlateAgent, river_policy
 from stream.evaluate.simulation import Agent, EvalWorld
+from stream.settings import Settings
 
 __all__ = ["DEFAULT_PEERS", "FAIRSTREAM", "HYPER", "PEER_PREFIXES", "TUNING_GRIDS", "VW_CONFIGS",
            "VW_INTERACTIONS", "is_peer", "make_agent", "make_agents"]
@@ -75,8 +78,9 @@ TUNING_GRIDS: dict[str, list[Any]] = {
 
 DEFAULT_PEERS = ("random", "popular", "vw_squarecb", "vw_epsilon", "vw_dense_phi_squarecb",
                  "river_eps", "river_ucb", "river_ts")
-FAIRSTREAM = ("deployed", "hybrid_linucb", "hybrid_ts", "linucb", "ts", "neural_linear",
-              "deployed_fair", "hybrid_linucb_fair", "linucb_fair", "neural_linear_fair")
+FAIRSTREAM = ("deployed", "deployed_published", "hybrid_linucb", "hybrid_ts", "linucb", "ts",
+              "neural_linear", "deployed_fair", "hybrid_linucb_fair", "linucb_fair",
+              "neural_linear_fair")
 
 
 def is_peer(name: str) -> bool:
@@ -131,11 +135,12 @@ def make_agent(name: str, world: EvalWorld, seed: int,
         return PolicyAgent(name, HybridTS(dim, v=h["v"], lam=h["lam"], mc_samples=h["mc_samples"],
                                           z=context_columns(dim), feature_space=fs, seed=seed),
                            controller, needs_ids=True)
-    if base == "deployed":
+    if base in ("deployed", "deployed_published"):
         h = hyper["hybrid_linucb"]
+        every = Settings().policy.publish_every_updates if base == "deployed_published" else None
         return DeployedAgent(name, world, {"algorithm": "hybrid_linucb", "alpha": h["alpha"],
                                            "lam": h["lam"], "item_context": "attributes"},
-                             seed=seed, controller=controller)
+                             seed=seed, controller=controller, publish_every=every)
     if base == "neural_linear":
         h = dict(hyper["neural_linear"])
         alpha, lam_r = h.pop("alpha"), h.pop("lam")

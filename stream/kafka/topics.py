@@ -27,7 +27,8 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         NewTopic(t.items, 1, 1, topic_configs=_COMPACTED),
         NewTopic(t.events, parts, 1),
         NewTopic(t.dlq, parts, 1),
-        NewTopic(t.policies, 1, 1, topic_configs=_COMPACTED),
+        NewTopic(t.policies, 1, 1, topic_configs={
+            **_COMPACTED, "max.message.bytes": str(settings.policy.max_bundle_bytes)}),
         NewTopic(t.fairness, 1, 1),
         NewTopic(t.stats, 1, 1),
     ]

@@ -141,7 +141,7 @@ def run_demo(settings: Settings, events: int | None = None, out_dir: str | Path 
                                   "changes": len(versions) - 1,
                                   "timeline": [{"arrival": a, "version": v} for a, v in versions]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _plot(result, out / "reward.png")
+    _plot(result, out / "reward.png", settings.bandit.algorithm)
     _print_summary(summary, out)
     return summary
 
@@ -161,11 +161,12 @@ def _summary(result: SimulationResult, worker: Worker, published: int,
                    "policy": repr(worker.state.policy),
                    "feature_space": worker.state.fmap.feature_space,
                    "checkpoint_version": worker.state.version},
+        "finetunes": worker.finetune.summary(),
         "elapsed_s": elapsed,
     }
 
 
-def _plot(result: SimulationResult, path: Path) -> None:
+def _plot(result: SimulationResult, path: Path, algorithm: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,7 +175,7 @@ def _plot(result: SimulationResult, path: Path) -> None:
     curve = np.array(result.curve)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     if len(curve):
-        ax.plot(curve[:, 0], curve[:, 1], label="fairstream (LinUCB, live policy)")
+        ax.plot(curve[:, 0], curve[:, 1], label=f"fairstream ({algorithm}, live policy)")
         ax.plot(curve[:, 0], curve[:, 2], label="uniform random (same candidates)", ls="--")
     ax.set_xlabel("arrivals (MovieLens-100K, timestamp order)")
     ax.set_ylabel("cumulative mean reward (rating ≥ 4)")
@@ -203,8 +204,20 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
         "picked up by the server)",
         "  reward by quarter     " + "  ".join(f"{v:.3f}" for v in summary["reward_by_quarter"])
         + "   (random: " + "  ".join(f"{v:.3f}" for v in summary["random_by_quarter"]) + ")",
+        _finetune_line(summary["finetunes"]),
+        *(f"    {r['trigger']:<7} {r['rows']:>6,} rows  log-loss {r['loss_before']:.4f} → "
+          f"{r['loss_after']:.4f}  {r['outcome']:<8}"
+          + (f"  reward {r['reward_before']:.3f} → {r['reward_after']:.3f}"
+             if r["reward_before"] is not None and r["reward_after"] is not None else "")
+          for r in summary["finetunes"]["runs"]),
         "  reward by user group:",
         *(f"    {g:<16} {v:.4f}" for g, v in summary["reward_by_user_group"].items()),
         f"  written: {out / 'summary.json'}, {out / 'reward.png'}",
     ]
     print("\n".join(lines), flush=True)
+
+
+def _finetune_line(ft: dict[str, Any]) -> str:
+    return (f"  fine-tunes            {ft['started']:>10,} started, {ft['completed']} completed, "
+            f"{ft['adopted']} adopted, {ft['rejected']} rejected, {ft['timed_out']} timed out, "
+            f"{ft['failed']} failed")

@@ -1,42 +1,141 @@
 """Fine-tune control: when to start a background fine-tune of the adapter, and adopting
 the result (NeuralLinear swap: the bandit is rebuilt in the new feature space).
 
-The fine-tune itself runs in :class:`learners.FineTuner`'s thread; this room decides
-from the worker's loop (rows learned, reward drift), counts detections and outcomes,
-and hands a finished run to :meth:`stream.core.state.LearningState.swap`.
+The fine-tune itself runs in :class:`learners.FineTuner`'s child process; this room
+decides from the worker's loop (rows learned, reward drift), counts starts and
+outcomes, hands a finished run to :meth:`stream.core.state.LearningState.swap`, and
+keeps one :class:`FineTuneRecord` per finished run: its log-loss before and after,
+and, for an adopted run, the mean reward over the ``reward_window`` rows learned
+just before the swap and just after it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any
 
-from learners import FineTuneError, FineTuner
-from stream.core.state import LearningState
+from learners import FineTuneError, FineTuner, FineTuneTimeout
+from stream.core.state import Learned, LearningState
 from stream.metrics import Metrics
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: Rows learned before and after a swap that its reward figures average over.
+REWARD_WINDOW = 5_000
+
+
+@dataclass
+class FineTuneRecord:
+    """One finished fine-tune, as the demo summary and the logs report it."""
+
+    trigger: str
+    rows: int
+    steps: int
+    wall_seconds: float
+    loss_before: float
+    loss_after: float
+    outcome: str  # "swapped" (adopted) or "rejected"
+    feature_space: str
+    at_rows_learned: int
+    reward_before: float | None = None  # mean reward per shown item, last window before
+    reward_after: float | None = None  # ... and first window after (swapped runs only)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _RewardWindow:
+    """Mean reward per shown item over (about) the last ``size`` rows learned."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._parts: deque[tuple[float, int]] = deque()
+        self._sum, self._n = 0.0, 0
+
+    def add(self, total: float, n: int) -> None:
+        self._parts.append((total, n))
+        self._sum += total
+        self._n += n
+        while self._parts and self._n - self._parts[0][1] >= self.size:
+            t, k = self._parts.popleft()
+            self._sum -= t
+            self._n -= k
+
+    @property
+    def n(self) -> int:
+        return self._n
+
+    def mean(self) -> float | None:
+        return self._sum / self._n if self._n else None
 
 
 class FineTuneControl:
     """Starts fine-tunes when due and adopts finished ones; inert when
     ``finetune.enabled`` is false (``tuner`` is None)."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics,
+                 reward_window: int = REWARD_WINDOW) -> None:
         self.metrics = metrics
         ft = settings.finetune
         self.tuner = FineTuner(
             steps=ft.steps, batch_size=ft.batch_size, lr=ft.lr, device=settings.model.device,
             every_events=ft.every_updates or None, every_seconds=ft.every_s or None,
             min_rows=ft.min_rows, seed=settings.features.seed,
-            duty_cycle=ft.duty_cycle or None,
+            duty_cycle=ft.duty_cycle or None, max_seconds=ft.max_seconds,
         ) if ft.enabled else None
+        self.records: list[FineTuneRecord] = []
         self._drift_seen: dict[str, int] = {}
+        self._started_seen = 0
+        self._reward_window = reward_window
+        self._recent = _RewardWindow(reward_window)
+        self._after: tuple[FineTuneRecord, _RewardWindow] | None = None
+
+    @property
+    def started(self) -> int:
+        return 0 if self.tuner is None else self.tuner.runs_started
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and every finished run, for reports (the demo summary)."""
+        t = self.tuner
+        return {
+            "started": self.started,
+            "completed": 0 if t is None else t.runs_completed,
+            "adopted": sum(r.outcome == "swapped" for r in self.records),
+            "rejected": sum(r.outcome == "rejected" for r in self.records),
+            "timed_out": 0 if t is None else t.runs_timed_out,
+            "failed": 0 if t is None else t.runs_failed,
+            "runs": [r.as_dict() for r in self.records],
+        }
 
     def warm_up(self, state: LearningState) -> None:
         if self.tuner is not None:
             log.info("fine-tune path warmed up in %.1fs", self.tuner.warm_up(state.fmap))
+
+    def learned(self, learned: Learned) -> None:
+        """Feed the reward windows with one learned batch (every user appears in exactly
+        one gender group, so those sums are the batch's totals)."""
+        total = n = 0.0
+        for group, (got, shown) in learned.reward_by_user_group.items():
+            if group.startswith("gender="):
+                total += got
+                n += shown
+        if not n:
+            return
+        self._recent.add(total, int(n))
+        if self._after is not None:
+            record, window = self._after
+            window.add(total, int(n))
+            if window.n >= self._reward_window:
+                record.reward_after = window.mean()
+                self.metrics.finetune_reward.labels(phase="after").set(record.reward_after)
+                log.info("fine-tune into %s: reward %.4f before, %.4f after (%d rows each)",
+                         record.feature_space, record.reward_before or float("nan"),
+                         record.reward_after, self._reward_window)
+                self._after = None
 
     def step(self, state: LearningState, lock: threading.Lock, rows_learned: int) -> bool:
         """Start a background fine-tune when due; adopt a finished one. Returns True when
@@ -51,28 +150,44 @@ class FineTuneControl:
         try:
             result = self.tuner.poll()
         except FineTuneError as exc:
+            timed_out = isinstance(exc, FineTuneTimeout)
             self.metrics.finetune_failures.inc()
+            self.metrics.finetunes.labels(outcome="timed_out" if timed_out else "failed").inc()
             log.error("%s", exc)
             return False
         if result is None:
             self.tuner.maybe_start(state.buffer, state.fmap, events_seen=rows_learned,
                                    drift=state.drift_detected())
+            if self.tuner.runs_started > self._started_seen:
+                self.metrics.finetunes_started.inc(self.tuner.runs_started - self._started_seen)
+                self._started_seen = self.tuner.runs_started
             return False
-        self.metrics.finetune_seconds.observe(result.train_seconds)
+        self.metrics.finetune_seconds.observe(result.wall_seconds or result.train_seconds)
         with lock:
             swapped = state.swap(result)
-        self.metrics.finetunes.labels(outcome="swapped" if swapped else "rejected").inc()
+        outcome = "swapped" if swapped else "rejected"
+        self.metrics.finetunes.labels(outcome=outcome).inc()
+        record = FineTuneRecord(
+            trigger=result.trigger, rows=result.rows, steps=result.steps,
+            wall_seconds=result.wall_seconds, loss_before=result.loss_before,
+            loss_after=result.loss_after, outcome=outcome,
+            feature_space=result.feature_space, at_rows_learned=rows_learned)
+        self.records.append(record)
         log.info("fine-tune (%s, %d rows, %d steps, %.1fs): log-loss %.4f -> %.4f; %s",
-                 result.trigger, result.rows, result.steps, result.train_seconds,
+                 result.trigger, result.rows, result.steps, result.wall_seconds,
                  result.loss_before, result.loss_after,
                  f"now in {result.feature_space}" if swapped else "kept the current space")
+        self.metrics.finetune_loss_before.set(result.loss_before)
         if swapped:
             self.metrics.finetune_loss.set(result.loss_after)
+            record.reward_before = self._recent.mean()
+            if record.reward_before is not None:
+                self.metrics.finetune_reward.labels(phase="before").set(record.reward_before)
+            self._after = (record, _RewardWindow(self._reward_window))
         return swapped
 
     def stop(self, timeout_s: float = 60.0) -> None:
-        """Stop and join a running fine-tune: a torch thread still running when the
-        interpreter exits aborts the process."""
+        """Stop a running fine-tune (its child is killed and reaped) before the worker exits."""
         if self.tuner is None:
             return
         self.tuner.cancel()

@@ -301,6 +301,7 @@ class Worker:
         self.metrics.bandit_updates.inc(learned.rows)
         self.report.rows_learned += learned.rows
         self.publisher.learned(learned.rows)
+        self.finetune.learned(learned)
         for group, (total, n) in learned.reward_by_user_group.items():
             self.metrics.reward_sum.labels(user_group=group).inc(total)
             self.metrics.impressions_joined.labels(user_group=group).inc(n)

@@ -41,6 +41,7 @@ class Publisher:
         self.record_version = record_version
         k = settings.kafka
         self.producer = KafkaProducer(bootstrap_servers=k.bootstrap, acks="all", linger_ms=20,
+                                      max_request_size=settings.policy.max_bundle_bytes,
                                       client_id=f"{k.client_id}-policies")
         self._last = time.monotonic()
         self._since = 0  # rows learned since the last publish
@@ -63,8 +64,10 @@ class Publisher:
         s = self.settings
         with lock:
             version = state.next_version()
-            bundle = dump_bundle(state.policy, state.fmap, key=s.policy.signing_key.encode(),
-                                 version=version)
+            # A hybrid publishes its serving view: what scoring needs, not its statistics.
+            view = getattr(state.policy, "serving_view", None)
+            bundle = dump_bundle(view() if view is not None else state.policy, state.fmap,
+                                 key=s.policy.signing_key.encode(), version=version)
             report = state.fairness.window_report()
         self.record_version(version)
         key = s.kafka.group_id.encode()
