@@ -56,6 +56,8 @@ class FineTuneResult:
     r: np.ndarray | None = field(default=None, repr=False)
     #: catalog row of each of ``X``'s rows (-1 unknown): per-item terms are rebuilt from it
     item_rows: np.ndarray | None = field(default=None, repr=False)
+    #: arrival number of each of ``X``'s rows (the buffer's ``seq``)
+    seq: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def feature_space(self) -> str:
@@ -70,6 +72,7 @@ class _Job:
     fmap: FeatureMap  # the space it started from
     rewards: np.ndarray
     item_rows: np.ndarray
+    seq: np.ndarray
     seen: int
     trigger: str
 
@@ -269,7 +272,7 @@ class FineTuner:
             else:
                 self._job = _Job(run=run, fmap=fmap, seen=seen, trigger=trigger,
                                  rewards=rows.rewards.astype(np.float64, copy=True),
-                                 item_rows=rows.item_rows)
+                                 item_rows=rows.item_rows, seq=rows.seq)
                 return
         started = time.monotonic()
         deadline = None if self.max_seconds is None else started + self.max_seconds
@@ -403,7 +406,7 @@ class FineTuner:
         self._result = self._result_of(
             out.outcome, job.fmap, len(job.rewards), job.seen, out.device, job.trigger, False,
             out.pid, job.run.started, out.X if refit else None, job.rewards if refit else None,
-            item_rows=job.item_rows if refit else None)
+            item_rows=job.item_rows if refit else None, seq=job.seq if refit else None)
         self.runs_completed += 1
 
     def _end_job(self, kill: bool = False) -> None:
@@ -441,13 +444,15 @@ class FineTuner:
             raise timeout()
         return self._result_of(out, fmap, len(rows), seen, self.device.type, trigger,
                                self._cancel.is_set(), os.getpid(), started, X, r, new_fmap,
-                               item_rows=rows.item_rows if X is not None else None)
+                               item_rows=rows.item_rows if X is not None else None,
+                               seq=rows.seq if X is not None else None)
 
     def _result_of(self, out: TrainOutcome, old: FeatureMap, rows: int, seen: int, device: str,
                    trigger: str, cancelled: bool, pid: int, started: float,
                    X: np.ndarray | None, r: np.ndarray | None,
                    new_fmap: FeatureMap | None = None,
-                   item_rows: np.ndarray | None = None) -> FineTuneResult:
+                   item_rows: np.ndarray | None = None,
+                   seq: np.ndarray | None = None) -> FineTuneResult:
         steps, secs = out.steps, out.train_seconds
         rate = 1.0 / secs if secs > 0 else float("inf")
         return FineTuneResult(
@@ -458,5 +463,5 @@ class FineTuner:
             samples_per_s=steps * self.batch_size * rate, steps_per_s=steps * rate,
             rows=rows, snapshot_seen=seen, device=device, trigger=trigger,
             cancelled=cancelled, pid=pid, wall_seconds=time.monotonic() - started, X=X, r=r,
-            item_rows=item_rows,
+            item_rows=item_rows, seq=seq,
         )

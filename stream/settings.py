@@ -106,8 +106,11 @@ class FeatureSettings(_Section):
 
 
 class BanditSettings(_Section):
-    algorithm: Literal["hybrid_linucb", "hybrid_ts", "linucb", "ts", "egreedy"] = "linucb"
-    alpha: float = 0.5
+    # hybrid_linucb: a shared model over φ plus per-item terms (see bandits.hybrid); it
+    # beat every peer and the shared-only policies in `fairstream eval sim` (README).
+    algorithm: Literal["hybrid_linucb", "hybrid_ts", "linucb", "ts", "egreedy"] = \
+        "hybrid_linucb"
+    alpha: float = 0.3
     lam: float = 1.0
     gamma: float = 1.0
     epsilon: float = 0.0
@@ -160,6 +163,9 @@ class FineTuneSettings(_Section):
     # has ~7,000 weights at dim 64, and 5,000 rows is what its log-loss is measured on.
     min_rows: int = 5_000
     max_seconds: float = 300.0    # a run still going after this is stopped and counted
+    # The most recent rows, held out of the rebuilt bandit: a swap is adopted only if the
+    # rebuilt bandit predicts them no worse than the current one did before learning them.
+    validation_rows: int = 5_000
     duty_cycle: float = 0.0       # thread fallback only: share of wall time; 0 = auto
     drift_delta: float = 0.002    # ADWIN confidence; a detected shift triggers a fine-tune
 
@@ -262,6 +268,7 @@ def _check_ranges(s: Settings) -> None:
         "finetune.buffer_capacity": s.finetune.buffer_capacity,
         "finetune.min_rows": s.finetune.min_rows,
         "finetune.max_seconds": s.finetune.max_seconds,
+        "finetune.validation_rows": s.finetune.validation_rows,
         "serve.max_candidates": s.serve.max_candidates,
         "serve.max_body_bytes": s.serve.max_body_bytes,
         "serve.log_queue_size": s.serve.log_queue_size,

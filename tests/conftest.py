@@ -73,3 +73,28 @@ def make_settings(broker, data_cache, embedding_cache, tmp_path):
         return base.replace(**sections) if sections else base
 
     return make
+
+
+def _assert_same_policy(a, b, rtol: float = 1e-9) -> None:
+    """Two policies learnt the same rows: update counts, the shared statistics and, for
+    policies with per-item terms, every item's block (matched by id)."""
+    import numpy as np
+
+    assert a.algorithm == b.algorithm and a.n_updates == b.n_updates > 0
+    sa, sb = a.stats, b.stats
+    np.testing.assert_allclose(sa.xtx, sb.xtx, rtol=rtol, atol=1e-9)
+    np.testing.assert_allclose(sa.xty, sb.xty, rtol=rtol, atol=1e-9)
+    if hasattr(sa, "item_ids"):
+        assert sorted(sa.item_ids) == sorted(sb.item_ids)
+        order = {i: j for j, i in enumerate(sb.item_ids)}
+        idx = [order[i] for i in sa.item_ids]
+        np.testing.assert_allclose(sa.item_xz, sb.item_xz[idx], rtol=rtol, atol=1e-9)
+        np.testing.assert_allclose(sa.item_zr, sb.item_zr[idx], rtol=rtol, atol=1e-9)
+        np.testing.assert_array_equal(sa.item_n, sb.item_n[idx])
+        np.testing.assert_allclose(a.beta, b.beta, rtol=1e-7, atol=1e-10)
+
+
+@pytest.fixture(scope="session")
+def same_policy():
+    """``same_policy(a, b)``: assert two policies learnt the same rows (any algorithm)."""
+    return _assert_same_policy

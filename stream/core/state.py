@@ -113,6 +113,15 @@ class LearningState:
         self.buffer = (ReplayBuffer(capacity=ft.buffer_capacity, seed=feat.seed,
                                     emb_dim=catalog.embeddings.shape[1])
                        if ft.enabled else None)
+        # The last rows learned, and what the policy predicted for each before learning it
+        # (prequential): what a swap is judged on (see swap).
+        self.recent = (ReplayBuffer(capacity=ft.validation_rows, policy="window",
+                                    emb_dim=catalog.embeddings.shape[1])
+                       if ft.enabled else None)
+        self._predicted = np.zeros(ft.validation_rows)
+        self._batch_of = np.zeros(ft.validation_rows, dtype=np.int64)  # first seq of its batch
+        #: validation of the last swap considered: {"rows", "mse_current", "mse_rebuilt"}
+        self.last_swap_check: dict[str, float] | None = None
         self.drift = DriftMonitor(delta=ft.drift_delta)
         self._offsets: dict[int, int] = {}  # partition -> next offset to observe
         self._offsets_view = MappingProxyType(self._offsets)
@@ -273,40 +282,82 @@ class LearningState:
             learned.reward_by_user_group[label] = [total, sums.shown[label]]
         X = self.fmap.assemble(self.adapted_items(rows), self.fmap.adapt(profiles)[owner],
                                codes[:, 0], codes[:, 1])
-        self.policy.update(X, rewards, item_ids=[catalog.ids[r] for r in rows_l]
-                           if self.policy.uses_item_ids else None)
+        ids = [catalog.ids[r] for r in rows_l] if self.policy.uses_item_ids else None
+        if self.recent is not None:
+            slots = (self.recent.seen + np.arange(n)) % len(self._predicted)
+            self._predicted[slots] = _predict(self.policy, X, ids)
+            self._batch_of[slots] = self.recent.seen
+        self.policy.update(X, rewards, item_ids=ids)
         if self.buffer is not None:
-            self.buffer.add_batch(emb, profiles, codes[:, 0], codes[:, 1], rewards,
-                                  item_rows=rows, profile_rows=owner)
+            for buffer in (self.buffer, self.recent):
+                buffer.add_batch(emb, profiles, codes[:, 0], codes[:, 1], rewards,
+                                 item_rows=rows, profile_rows=owner)
         learned.rows = n
         return learned
 
     def swap(self, result: FineTuneResult) -> bool:
         """Adopt a fine-tuned feature map (NeuralLinear): rebuild the bandit in the new space
         from the replay buffer — the rows the run trained on plus those added since — and
-        switch map and policy together. Returns False (and keeps the old pair) when the
-        new space does not predict rewards better, or the run started from another space."""
+        switch map and policy together.
+
+        Kept (returns False) when the run started from another space, when the new space
+        does not predict rewards better (log-loss), or when the rebuilt bandit predicts
+        the last ``finetune.validation_rows`` rows worse (mean squared error) than the
+        current one did: those rows are held out of the rebuild, and the rebuilt bandit
+        predicts each before learning it, in the batches the current one learnt them in
+        (prequential, like the current one's recorded predictions). The check matters
+        most for per-item terms: the buffer is a sample of the history, so a rebuild
+        forgets most of what each item's own rows said."""
         if result.previous_feature_space != self.fmap.feature_space:
             return False
         if not result.loss_after < result.loss_before:
             return False
         since = self.buffer.rows_since(result.snapshot_seen)
         X_new, r_new = refit_statistics(since, result.fmap)
+        if result.X is not None:
+            X, r = np.vstack([result.X, X_new]), np.concatenate([result.r, r_new])
+            rows = np.concatenate([result.item_rows, since.item_rows])
+            seq = np.concatenate([result.seq, since.seq])
+        else:
+            X, r, rows, seq = X_new, r_new, since.item_rows, since.seq
+        recent = self.recent.snapshot()
+        held_out = seq >= (recent.seq.min() if len(recent) else np.iinfo(np.int64).max)
         policy = _new_policy(self.settings, result.fmap)
-        X = np.vstack([result.X, X_new]) if result.X is not None else X_new
-        r = np.concatenate([result.r, r_new]) if result.r is not None else r_new
-        if len(X):
-            if policy.uses_item_ids:  # per-item terms are rebuilt from the same rows
-                rows = (np.concatenate([result.item_rows, since.item_rows])
-                        if result.X is not None else since.item_rows)
-                known = rows >= 0
-                ids = self.catalog.ids
-                policy.update(X[known], r[known], item_ids=[ids[i] for i in rows[known]])
-            else:
-                policy.update(X, r)
+        self._learn_rows(policy, X[~held_out], r[~held_out], rows[~held_out])
+        if len(recent):
+            # Both bandits predict each recent row before learning it, batch by batch as
+            # the current one did: the rebuilt one replays the same batches.
+            X_rec, r_rec = refit_statistics(recent, result.fmap)
+            slots = recent.seq % len(self._predicted)
+            batches = np.flatnonzero(np.diff(self._batch_of[slots])) + 1
+            rebuilt = np.empty(len(recent))
+            for part in np.split(np.arange(len(recent)), batches):
+                ids = self._ids(policy, recent.item_rows[part])
+                rebuilt[part] = _predict(policy, X_rec[part], ids)
+                self._learn_rows(policy, X_rec[part], r_rec[part], recent.item_rows[part])
+            current = self._predicted[slots]
+            self.last_swap_check = {"rows": float(len(recent)),
+                                    "mse_current": float(np.mean((current - r_rec) ** 2)),
+                                    "mse_rebuilt": float(np.mean((rebuilt - r_rec) ** 2))}
+            if self.last_swap_check["mse_rebuilt"] > self.last_swap_check["mse_current"] + 1e-12:
+                return False
         self.fmap, self.policy = result.fmap, policy
         self._adapted = np.zeros((0, result.fmap.k_item))
         return True
+
+    def _ids(self, policy: Policy, rows: np.ndarray) -> list[str] | None:
+        return [self.catalog.ids[i] for i in rows] if policy.uses_item_ids else None
+
+    def _learn_rows(self, policy: Policy, X: np.ndarray, r: np.ndarray,
+                    rows: np.ndarray) -> None:
+        """Feed buffered rows to a policy; per-item terms need each row's item (rows the
+        buffer got without one are left out of such a policy)."""
+        if not len(X):
+            return
+        if policy.uses_item_ids:
+            known = rows >= 0
+            X, r, rows = X[known], r[known], rows[known]
+        policy.update(X, r, item_ids=self._ids(policy, rows))
 
     # -- checkpoints --------------------------------------------------------------------------
 
@@ -360,6 +411,13 @@ def _new_policy(settings: Settings, fmap: FeatureMap) -> Policy:
                   "z": context_columns(fmap.dim) if b.item_context == "attributes" else "bias"}
     return policy_from_config(algorithm=b.algorithm, dim=fmap.dim,
                               feature_space=fmap.feature_space, seed=b.seed, **hyper)
+
+
+def _predict(policy: Policy, X: np.ndarray, item_ids: list[str] | None) -> np.ndarray:
+    """The policy's mean reward estimate per row (its score where it has no mean)."""
+    if not hasattr(policy, "predict"):
+        return policy.score(X, item_ids=item_ids)
+    return policy.predict(X) if item_ids is None else policy.predict(X, item_ids=item_ids)
 
 
 @functools.cache

@@ -207,6 +207,8 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
         _finetune_line(summary["finetunes"]),
         *(f"    {r['trigger']:<7} {r['rows']:>6,} rows  log-loss {r['loss_before']:.4f} → "
           f"{r['loss_after']:.4f}  {r['outcome']:<8}"
+          + (f"  recent MSE {r['mse_current']:.4f} → {r['mse_rebuilt']:.4f}"
+             if r["mse_rebuilt"] is not None else "")
           + (f"  reward {r['reward_before']:.3f} → {r['reward_after']:.3f}"
              if r["reward_before"] is not None and r["reward_after"] is not None else "")
           for r in summary["finetunes"]["runs"]),

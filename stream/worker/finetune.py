@@ -43,6 +43,10 @@ class FineTuneRecord:
     at_rows_learned: int
     reward_before: float | None = None  # mean reward per shown item, last window before
     reward_after: float | None = None  # ... and first window after (swapped runs only)
+    #: the held-out check (LearningState.swap): recent rows' mean squared error of the
+    #: current bandit (prequential) and of the rebuilt one
+    mse_current: float | None = None
+    mse_rebuilt: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,18 +168,22 @@ class FineTuneControl:
             return False
         self.metrics.finetune_seconds.observe(result.wall_seconds or result.train_seconds)
         with lock:
+            state.last_swap_check = None
             swapped = state.swap(result)
+            check = state.last_swap_check or {}
         outcome = "swapped" if swapped else "rejected"
         self.metrics.finetunes.labels(outcome=outcome).inc()
         record = FineTuneRecord(
             trigger=result.trigger, rows=result.rows, steps=result.steps,
             wall_seconds=result.wall_seconds, loss_before=result.loss_before,
             loss_after=result.loss_after, outcome=outcome,
-            feature_space=result.feature_space, at_rows_learned=rows_learned)
+            feature_space=result.feature_space, at_rows_learned=rows_learned,
+            mse_current=check.get("mse_current"), mse_rebuilt=check.get("mse_rebuilt"))
         self.records.append(record)
-        log.info("fine-tune (%s, %d rows, %d steps, %.1fs): log-loss %.4f -> %.4f; %s",
-                 result.trigger, result.rows, result.steps, result.wall_seconds,
-                 result.loss_before, result.loss_after,
+        log.info("fine-tune (%s, %d rows, %d steps, %.1fs): log-loss %.4f -> %.4f, recent-row "
+                 "MSE %s -> %s; %s", result.trigger, result.rows, result.steps,
+                 result.wall_seconds, result.loss_before, result.loss_after,
+                 _fmt(record.mse_current), _fmt(record.mse_rebuilt),
                  f"now in {result.feature_space}" if swapped else "kept the current space")
         self.metrics.finetune_loss_before.set(result.loss_before)
         if swapped:
@@ -195,3 +203,7 @@ class FineTuneControl:
             self.tuner.wait(timeout=timeout_s)
         except FineTuneError as exc:
             log.warning("fine-tune at shutdown: %s", exc)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"

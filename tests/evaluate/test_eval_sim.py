@@ -148,9 +148,11 @@ def test_report_shape_tiny_run(data_cache, encoder, tmp_path):
     res = run_eval_sim(data_cache, events=300, seeds=1, out_dir=out,
                        json_path=tmp_path / "r.json", progress=False, encoder=encoder,
                        peers=["random", "popular", "vw_squarecb", "river_ts"],
-                       fairstream=["linucb", "neural_linear", "linucb_fair"],
+                       fairstream=["deployed", "hybrid_linucb", "linucb", "neural_linear",
+                                   "linucb_fair"],
                        lambdas=(0.0, 0.01), workers=1,
                        hyper={"linucb": {"alpha": 0.1, "lam": 1.0},
+                              "hybrid_linucb": {"alpha": 0.3, "lam": 1.0},
                               "ts": {"v": 0.03, "lam": 1.0, "mc_samples": 8},
                               "neural_linear": {"alpha": 0.1, "lam": 1.0, "every": 150,
                                                 "steps": 20, "batch_size": 64, "lr": 3e-3},
@@ -158,8 +160,8 @@ def test_report_shape_tiny_run(data_cache, encoder, tmp_path):
     data = json.loads((out / "results.json").read_text())
     assert json.loads((tmp_path / "r.json").read_text())["config"] == data["config"]
     pol = data["policies"]
-    assert {"linucb", "neural_linear", "linucb_fair", "linucb_lam0.01", "random", "popular",
-            "vw_squarecb", "river_ts"} <= set(pol)
+    assert {"deployed", "hybrid_linucb", "linucb", "neural_linear", "linucb_fair",
+            "hybrid_linucb_lam0.01", "random", "popular", "vw_squarecb", "river_ts"} <= set(pol)
     for name, p in pol.items():
         for key in ("mean_reward", "mean_reward_std", "regret", "reward_by_user_group",
                     "tail_exposure_share", "exposure_disparity"):
