@@ -13,7 +13,9 @@ processes, as in production. This process drives them on 127.0.0.1 for
   random candidates, one of 2,000 users) and ``POST /feedback`` (a click on
   the first item of the previous answer).
 
-Every ``interval_s`` it samples RSS, open fds, threads and CPU seconds of the
+The load runs in threads of this process (:mod:`stream.bench.soakload`); the
+figures and the plot are :mod:`stream.bench.soakreport`'s. Every
+``interval_s`` it samples RSS, open fds, threads and CPU seconds of the
 worker, its fetch process, the server, the broker and itself (the load
 driver, :mod:`stream.bench.procstats`), and the worker's consumer lag and
 events consumed from its ``/metrics``. After ``warmup_min`` it fits the
@@ -36,7 +38,6 @@ minutes at 440 events/s). Every other setting is the one given.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import signal
@@ -52,14 +53,9 @@ import msgspec
 import numpy as np
 
 from stream.bench.hoststats import CpuWindow
-from stream.bench.procstats import (
-    alive,
-    child_pids,
-    cmdline,
-    load_average,
-    proc_sample,
-    slope_per_minute,
-)
+from stream.bench.procstats import alive, child_pids, cmdline, load_average, proc_sample
+from stream.bench.soakload import PacedLoad, Replay, Requests
+from stream.bench.soakreport import plot, summarize, targets
 from stream.exceptions import FairstreamError
 from stream.settings import Settings
 
@@ -67,10 +63,6 @@ __all__ = ["SoakFailure", "run_soak", "summarize"]
 
 ATTRIBUTION_WINDOW_S = 60.0
 DEDUP_CAPACITY = 100_000
-#: Processes whose RSS growth the target applies to (the broker and the driver are not ours
-#: to judge, but are reported).
-JUDGED = ("worker", "fetch", "server")
-RSS_GROWTH_TARGET_PCT = 5.0
 
 
 class SoakFailure(FairstreamError):
@@ -144,136 +136,6 @@ class _Child:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
-
-
-class _Load(threading.Thread):
-    """A paced loop in a thread; ``error`` holds what stopped it early."""
-
-    def __init__(self, name: str, rate: float, stop: threading.Event) -> None:
-        super().__init__(name=name, daemon=True)
-        self.rate, self.stop_event = rate, stop
-        self.sent = 0
-        self.failed = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.setup()
-            t0 = time.monotonic()
-            while not self.stop_event.is_set():
-                due = int((time.monotonic() - t0) * self.rate)
-                while self.sent < due and not self.stop_event.is_set():
-                    self.one()
-                    self.sent += 1
-                self.stop_event.wait(0.01)
-        except BaseException as exc:  # surfaced by the sampler loop, which fails the run
-            self.error = exc
-        finally:
-            self.teardown()
-
-    def setup(self) -> None: ...
-
-    def one(self) -> None: ...
-
-    def teardown(self) -> None: ...
-
-
-class _Replay(_Load):
-    """MovieLens replay at a fixed rate, stamped now, looped with fresh ids."""
-
-    def __init__(self, settings: Settings, ml: Any, rate: float, stop: threading.Event) -> None:
-        super().__init__("soak-replay", rate, stop)
-        self.settings, self.ml = settings, ml
-        self.lap = 0
-
-    def setup(self) -> None:
-        from stream.events import EventCodec
-        from stream.kafka.producers import make_producer
-
-        self.codec = EventCodec(self.settings.events.max_bytes, self.settings.events.max_slate)
-        self.producer = make_producer(self.settings)
-        self.events = self._events()
-
-    def _events(self):
-        from stream.events import Click
-        from stream.kafka.producers import replay_events
-
-        while True:
-            for e in replay_events(self.ml):
-                # A click follows its impression by 1 s of event time, as in the replay.
-                yield msgspec.structs.replace(
-                    e, event_id=f"soak{self.lap}-{e.event_id}",
-                    request_id=f"soak{self.lap}-{e.request_id}",
-                    ts=time.time() + (1.0 if isinstance(e, Click) else 0.0))
-            self.lap += 1
-
-    def one(self) -> None:
-        e = next(self.events)
-        future = self.producer.send(self.settings.topics.events, key=e.user_id.encode(),
-                                    value=self.codec.encode(e))
-        future.add_errback(self._failed)
-
-    def _failed(self, _exc: BaseException) -> None:
-        self.failed += 1
-
-    def teardown(self) -> None:
-        producer = getattr(self, "producer", None)
-        if producer is not None:
-            producer.flush(timeout=10)
-            producer.close()
-
-
-class _Requests(_Load):
-    """/recommend and /feedback, alternating, on one keep-alive connection."""
-
-    def __init__(self, port: int, item_ids: list[str], rate: float,
-                 stop: threading.Event) -> None:
-        super().__init__("soak-requests", rate, stop)
-        self.port, self.item_ids = port, item_ids
-        self.rng = np.random.default_rng(0)
-        self.latency_s: dict[str, list[float]] = {"recommend": [], "feedback": []}
-        self.last: tuple[str, str, str] | None = None  # user, request id, item
-        self.conn: http.client.HTTPConnection | None = None
-
-    def _post(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
-        if self.conn is None:
-            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        t0 = time.perf_counter()
-        try:
-            self.conn.request("POST", path, json.dumps(body).encode(),
-                              {"Content-Type": "application/json"})
-            r = self.conn.getresponse()
-            data = r.read()
-        except OSError:
-            self.conn.close()
-            self.conn = None
-            return 0, b""
-        self.latency_s[path[1:]].append(time.perf_counter() - t0)
-        return r.status, data
-
-    def one(self) -> None:
-        if self.sent % 2 == 0 or self.last is None:
-            i = int(self.rng.integers(2000))
-            cands = self.rng.choice(len(self.item_ids), 100, replace=False)
-            user = f"soak-u{i}"
-            status, data = self._post("/recommend", {
-                "user_id": user, "user": {"gender": "MF"[i % 2], "age": 18 + i % 50},
-                "candidates": [self.item_ids[j] for j in cands], "k": 5})
-            if status == 200:
-                rec = json.loads(data)
-                self.last = (user, rec["request_id"], rec["items"][0])
-            else:
-                self.failed += 1
-        else:
-            user, request_id, item = self.last
-            status, _ = self._post("/feedback", {"type": "click", "user_id": user,
-                                                 "request_id": request_id, "item_id": item})
-            if status != 202:
-                self.failed += 1
-
-    def teardown(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
 
 
 def _wait(what: str, ready, children: list[_Child], timeout_s: float) -> None:
@@ -360,8 +222,8 @@ def run_soak(settings: Settings, minutes: float, *, out_dir: str | os.PathLike[s
         say(f"server ready on :{serve_port}; load: {event_rate:g} events/s, "
             f"{request_rate:g} requests/s for {minutes:g} min; pids {pids}")
 
-        loads = [_Replay(settings, ml, event_rate, stop),
-                 _Requests(serve_port, [it.item_id for it in items], request_rate, stop)]
+        loads = [Replay(settings, ml, event_rate, stop),
+                 Requests(serve_port, [it.item_id for it in items], request_rate, stop)]
         samples: list[dict[str, Any]] = []
         host = CpuWindow().begin()
         t0 = time.monotonic()
@@ -411,7 +273,7 @@ def run_soak(settings: Settings, minutes: float, *, out_dir: str | os.PathLike[s
                  "load1_mean": _mean([s["load1"] for s in samples])},
         "samples": samples,
     }
-    report["targets"] = _targets(report)
+    report["targets"] = targets(report)
     text = json.dumps(report, indent=2) + "\n"
     (out / "soak.json").write_text(text)
     if json_path is not None:
@@ -422,7 +284,7 @@ def run_soak(settings: Settings, minutes: float, *, out_dir: str | os.PathLike[s
     return report
 
 
-def _sample(t: float, pids: dict[str, int], metrics_port: int, loads: list[_Load]
+def _sample(t: float, pids: dict[str, int], metrics_port: int, loads: list[PacedLoad]
             ) -> dict[str, Any]:
     m = _scrape(metrics_port) or {}
     procs = {name: proc_sample(pid) for name, pid in pids.items()}
@@ -440,50 +302,7 @@ def _mean(xs: list[float | None]) -> float | None:
     return float(np.mean(v)) if v else None
 
 
-def _window_median(samples: list[dict[str, Any]], lo: float, hi: float, get) -> float:
-    v = [get(s) for s in samples if lo <= s["t_s"] <= hi]
-    return float(np.median(v)) if v else float("nan")
-
-
-def summarize(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, Any]:
-    """Per process after ``warmup_s``: slopes per minute of RSS (MB), fds and threads, CPU
-    %, RSS growth % (median over the first vs the last window of ``min(60 s, span / 4)``);
-    the same slope and level figures for the consumer lag."""
-    after = [s for s in samples if s["t_s"] >= warmup_s]
-    if len(after) < 2:
-        raise ValueError(f"{len(after)} samples after warm-up; need at least 2")
-    t = [s["t_s"] for s in after]
-    span = t[-1] - t[0]
-    w = min(60.0, span / 4)
-    out: dict[str, Any] = {"after_warmup_s": span, "samples": len(after), "window_s": w}
-    for name in after[0]["procs"]:
-        def get(s, key, name=name):
-            return s["procs"][name][key]
-        rss0 = _window_median(after, t[0], t[0] + w, lambda s, g=get: g(s, "rss_bytes"))
-        rss1 = _window_median(after, t[-1] - w, t[-1], lambda s, g=get: g(s, "rss_bytes"))
-        cpu = (get(after[-1], "cpu_s") - get(after[0], "cpu_s")) / span if span > 0 else 0.0
-        out[name] = {
-            "rss_mb_start": rss0 / 2**20, "rss_mb_end": rss1 / 2**20,
-            "rss_growth_pct": 100.0 * (rss1 - rss0) / rss0,
-            "rss_mb_per_min": slope_per_minute(t, [get(s, "rss_bytes") / 2**20 for s in after]),
-            "fds_per_min": slope_per_minute(t, [get(s, "fds") for s in after]),
-            "threads_per_min": slope_per_minute(t, [get(s, "threads") for s in after]),
-            "fds_range": [min(get(s, "fds") for s in after), max(get(s, "fds") for s in after)],
-            "threads_range": [min(get(s, "threads") for s in after),
-                              max(get(s, "threads") for s in after)],
-            "cpu_pct": 100.0 * cpu,
-        }
-    lt = [(s["t_s"], s["lag"]) for s in after if s["lag"] is not None]
-    lag = np.array([v for _, v in lt], dtype=np.float64)
-    out["lag"] = {"per_min": slope_per_minute([a for a, _ in lt], lag) if len(lt) > 1
-                  else float("nan"),
-                  "mean": float(lag.mean()) if len(lag) else None,
-                  "p50": float(np.median(lag)) if len(lag) else None,
-                  "max": float(lag.max()) if len(lag) else None}
-    return out
-
-
-def _totals(loads: list[_Load], samples: list[dict[str, Any]]) -> dict[str, Any]:
+def _totals(loads: list[PacedLoad], samples: list[dict[str, Any]]) -> dict[str, Any]:
     replay, requests = loads
     lat = {k: np.array(v) for k, v in requests.latency_s.items()}
     return {"events_produced": replay.sent, "replay_laps": replay.lap,
@@ -495,18 +314,6 @@ def _totals(loads: list[_Load], samples: list[dict[str, Any]]) -> dict[str, Any]
                for k, v in lat.items()},
             **{f"{k}_p99_ms": float(1e3 * np.percentile(v, 99)) if len(v) else None
                for k, v in lat.items()}}
-
-
-def _targets(report: dict[str, Any]) -> dict[str, Any]:
-    """RSS growth < 5 % for the worker, its fetch process and the server; lag flat: over the
-    span after warm-up its fitted change is under one second of produced events."""
-    s = report["summary"]
-    growth = {n: s[n]["rss_growth_pct"] for n in JUDGED}
-    lag_change = abs(s["lag"]["per_min"]) * s["after_warmup_s"] / 60
-    return {"rss_growth_pct": growth,
-            "rss_growth_met": all(g < RSS_GROWTH_TARGET_PCT for g in growth.values()),
-            "lag_fitted_change": lag_change,
-            "lag_flat": bool(lag_change < report["event_rate"])}
 
 
 def _last_json(lines: list[str]) -> dict[str, Any] | None:
@@ -532,32 +339,3 @@ def _progress_line(samples: list[dict[str, Any]], minutes: float) -> str:
             f"RSS MB: {rss}; CPU %: {cpu}; load {s['load1']}")
 
 
-def plot(samples: list[dict[str, Any]], warmup_min: float, path: Path) -> None:
-    """RSS, fds, threads, CPU % per process and the worker's lag against minutes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    t = np.array([s["t_s"] for s in samples]) / 60
-    fig, axes = plt.subplots(5, 1, figsize=(8, 12), sharex=True, dpi=110)
-    names = list(samples[0]["procs"])
-    for name in names:
-        p = [s["procs"][name] for s in samples]
-        axes[0].plot(t, [x["rss_bytes"] / 2**20 for x in p], label=name)
-        axes[1].plot(t, [x["fds"] for x in p], label=name)
-        axes[2].plot(t, [x["threads"] for x in p], label=name)
-        cpu = np.diff([x["cpu_s"] for x in p]) / np.maximum(np.diff(t * 60), 1e-9)
-        axes[3].plot(t[1:], 100 * cpu, label=name, lw=0.8)
-    axes[4].plot(t, [np.nan if s["lag"] is None else s["lag"] for s in samples], color="k")
-    for ax, label in zip(axes, ("RSS (MB)", "open fds", "threads", "CPU (% of a core)",
-                                "worker lag (messages)"), strict=True):
-        ax.set_ylabel(label)
-        ax.axvline(warmup_min, color="grey", ls="--", lw=0.8)
-        ax.grid(alpha=0.3)
-    axes[0].legend(ncol=len(names), fontsize=8)
-    axes[0].set_title("fairstream bench soak (dashed: end of warm-up)")
-    axes[-1].set_xlabel("minutes")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
