@@ -163,6 +163,21 @@ def cmd_bench_bandits(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_soak(args: argparse.Namespace) -> int:
+    from stream.bench.soak import run_soak
+
+    report = run_soak(_settings(args), args.minutes, out_dir=args.out, json_path=args.json,
+                      event_rate=args.event_rate, request_rate=args.request_rate,
+                      warmup_min=min(args.warmup, args.minutes / 2), interval_s=args.interval)
+    print("fairstream bench soak")
+    _emit({**report["totals"], **{f"{n}_rss_growth_pct": v for n, v in
+                                  report["targets"]["rss_growth_pct"].items()},
+           "lag_per_min": report["summary"]["lag"]["per_min"],
+           "rss_growth_met": report["targets"]["rss_growth_met"],
+           "lag_flat": report["targets"]["lag_flat"]}, None)
+    return 0
+
+
 def cmd_eval_sim(args: argparse.Namespace) -> int:
     from stream.evaluate.report import format_table
     from stream.evaluate.sim import run_eval_sim
@@ -260,6 +275,19 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--seed", type=int, default=0)
     bb.add_argument("--json", type=Path)
     bb.set_defaults(func=cmd_bench_bandits)
+
+    bk = bsub.add_parser("soak", help="worker and server processes under steady load: "
+                                      "RSS, fds, threads and lag over time")
+    bk.add_argument("--minutes", type=float, required=True)
+    bk.add_argument("--warmup", type=float, default=5.0,
+                    help="minutes before the slopes are fitted (at most half the run)")
+    bk.add_argument("--event-rate", type=float, default=400.0, help="replayed events/s")
+    bk.add_argument("--request-rate", type=float, default=40.0,
+                    help="HTTP requests/s (/recommend and /feedback, alternating)")
+    bk.add_argument("--interval", type=float, default=5.0, help="seconds between samples")
+    bk.add_argument("--out", default="runs/bench-soak")
+    bk.add_argument("--json", type=Path)
+    bk.set_defaults(func=cmd_bench_soak)
 
     srv = sub.add_parser("serve", help="HTTP API: /recommend on the latest verified policy")
     srv.add_argument("--bootstrap")

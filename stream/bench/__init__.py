@@ -7,11 +7,16 @@
   (:mod:`stream.bench.loadgen`).
 - :func:`run_pipeline_bench` — events/s one worker learns end to end vs the raw consume
   rate of a bare consumer (:mod:`stream.bench.rawconsume`).
+- :func:`run_soak` — worker and server processes under steady load for minutes: RSS, fds,
+  threads, CPU and lag sampled per process (:mod:`stream.bench.procstats`), slopes after
+  warm-up.
 """
 
 from stream.bench.bandits import run_bandits_bench
 from stream.bench.learners import run_learners_bench
 from stream.bench.pipeline import run_pipeline_bench
 from stream.bench.serve import run_serve_bench
+from stream.bench.soak import run_soak
 
-__all__ = ["run_bandits_bench", "run_learners_bench", "run_pipeline_bench", "run_serve_bench"]
+__all__ = ["run_bandits_bench", "run_learners_bench", "run_pipeline_bench", "run_serve_bench",
+           "run_soak"]
