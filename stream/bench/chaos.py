@@ -304,9 +304,12 @@ def run_chaos(settings: Settings, ml: MovieLens, encoder: Any, out_dir: str | Pa
             kills.append({"kind": kind, "handled": handled, "produced": produced,
                           "checkpointed_before": started_ck,
                           "checkpointed_after": _checkpointed(ck_path)})
+            left, waited = _reap(_processes_of(ck_path))
+            orphans += left
+            kills[-1]["children_exit_s"] = round(waited, 2)
             log(f"kill {i + 1}: {kind}, handled {handled}, checkpoint "
-                f"{started_ck} -> {kills[-1]['checkpointed_after']} of {produced} produced")
-            orphans += _reap(_processes_of(ck_path))
+                f"{started_ck} -> {kills[-1]['checkpointed_after']} of {produced} produced; "
+                f"children gone after {waited:.1f} s")
 
         produce(len(seq))
         final = _Run(settings, out / "worker-final.log", exit_when_idle=3.0)
@@ -396,18 +399,20 @@ def _processes_of(ck_path: str) -> list[int]:
     return pids
 
 
-def _reap(pids: list[int], timeout_s: float = 30.0) -> int:
+def _reap(pids: list[int], timeout_s: float = 120.0) -> tuple[int, float]:
     """Wait for a killed worker's children (the fetch process, a fine-tune) to exit on
-    their own, as they must once their parent's pipe closes; returns how many did not
-    (those are killed, so one run's leftovers cannot skew the next)."""
-    deadline = time.monotonic() + timeout_s
+    their own, as they must once their parent's pipe closes (a fine-tune child notices
+    only once its imports are done: tens of seconds on a loaded machine). Returns how many
+    did not within ``timeout_s`` (those are killed, so one run's leftovers cannot skew
+    the next), and the seconds waited."""
+    t0 = time.monotonic()
     left = pids
-    while left and time.monotonic() < deadline:
+    while left and time.monotonic() - t0 < timeout_s:
         left = [pid for pid in left if _alive(pid)]
         time.sleep(0.05)
     for pid in left:
         os.kill(pid, signal.SIGKILL)
-    return len(left)
+    return len(left), time.monotonic() - t0
 
 
 def _alive(pid: int) -> bool:
