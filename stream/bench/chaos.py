@@ -61,7 +61,11 @@ KILL_KINDS = ("after_checkpoint", "mid_batch", "publish", "finetune", "random")
 
 @dataclass(frozen=True)
 class ChaosPlan:
-    """How many kills of each kind (cycled in :data:`KILL_KINDS` order), and the stream."""
+    """How many kills of each kind (cycled in :data:`KILL_KINDS` order), and the stream.
+
+    >>> ChaosPlan(after_checkpoint=2, mid_batch=1, publish=0, finetune=0, random=1).kills()
+    ['after_checkpoint', 'mid_batch', 'random', 'after_checkpoint']
+    """
 
     after_checkpoint: int = 5
     mid_batch: int = 5
