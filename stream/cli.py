@@ -82,6 +82,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from stream.bench.chaos import ChaosPlan, run_chaos_embedded
+
+    plan = ChaosPlan(random=args.random_kills, ratings=args.ratings, hostile=args.hostile,
+                     seed=args.seed)
+    summary = run_chaos_embedded(_settings(args), out_dir=args.out, plan=plan)
+    print(json.dumps(summary, indent=2))
+    return 0 if summary["ok"] else 1
+
+
 def _emit(results: dict, json_path: Path | None) -> None:
     """Print figures as an aligned table; also write them as JSON when asked."""
     width = max(map(len, results), default=0)
@@ -309,6 +319,16 @@ def build_parser() -> argparse.ArgumentParser:
     eo.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for CIs")
     eo.add_argument("--seed", type=int, default=0)
     eo.set_defaults(func=cmd_eval_ope)
+
+    ch = sub.add_parser("chaos", help="replay with hostile messages, SIGKILL the worker again "
+                                      "and again, compare with a clean run (JSON summary)")
+    ch.add_argument("--ratings", type=int, default=3000, help="MovieLens ratings to replay")
+    ch.add_argument("--hostile", type=int, default=600, help="hostile messages interleaved")
+    ch.add_argument("--random-kills", type=int, default=8,
+                    help="kills at seeded random moments (besides 14 chosen ones)")
+    ch.add_argument("--seed", type=int, default=0)
+    ch.add_argument("--out", default="runs/chaos")
+    ch.set_defaults(func=cmd_chaos)
 
     dm = sub.add_parser("demo", help="closed-loop demo on MovieLens-100K, all embedded")
     dm.add_argument("--events", type=int, help="arrivals to simulate (default: all 100,000)")

@@ -191,6 +191,9 @@ class ServeSettings(_Section):
     max_candidates: int = 1000
     max_k: int = MAX_K
     max_body_bytes: int = 256 * 1024
+    #: a request body must arrive within this many seconds of the handler's first read,
+    #: else 408: a client that trickles its body cannot hold a connection for ever
+    body_timeout_s: float = 10.0
     #: empty = admin endpoints disabled (403); set it from FAIRSTREAM_SERVE__ADMIN_TOKEN
     admin_token: str = ""
     #: events (impressions + feedback) waiting for the producer thread; beyond it they drop
@@ -271,6 +274,7 @@ def _check_ranges(s: Settings) -> None:
         "finetune.validation_rows": s.finetune.validation_rows,
         "serve.max_candidates": s.serve.max_candidates,
         "serve.max_body_bytes": s.serve.max_body_bytes,
+        "serve.body_timeout_s": s.serve.body_timeout_s,
         "serve.log_queue_size": s.serve.log_queue_size,
         "serve.keep_versions": s.serve.keep_versions,
     }

@@ -15,7 +15,10 @@
 Every refusal is JSON ``{"error": reason, "detail": ...}`` with a 4xx (503 when
 not ready or the log queue is full), never a 500 for bad input. Bodies are
 decoded once by msgspec into typed records; the body size is capped before
-it is read. ``POST /recommend`` bypasses Starlette's stack (:class:`RecommendFastPath`).
+it is read (413, ``serve.max_body_bytes``), and a body that has not arrived
+``serve.body_timeout_s`` after the handler starts reading it is refused
+(408, ``body_timeout``). ``POST /recommend`` bypasses Starlette's stack
+(:class:`RecommendFastPath`).
 Scoring runs on the event loop: it is ~0.2 ms of numpy, less than
 a thread hop would cost.
 
@@ -30,6 +33,7 @@ a thread hop would cost.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -129,8 +133,9 @@ def _decode(decoder: msgspec.json.Decoder, body: bytes) -> Any:
 
 
 async def _read_limited(content_length: str | None, chunks: AsyncIterator[bytes],
-                        limit: int) -> bytes:
-    """A request body, refusing (413) anything over ``limit`` bytes before reading it all."""
+                        limit: int, timeout_s: float) -> bytes:
+    """A request body, refusing (413) anything over ``limit`` bytes before reading it all,
+    and (408) a body still incomplete after ``timeout_s``."""
     if content_length is not None:
         try:
             declared = int(content_length)
@@ -139,16 +144,22 @@ async def _read_limited(content_length: str | None, chunks: AsyncIterator[bytes]
         if declared > limit:
             raise BadRequest("body_too_large", f"{declared} bytes > limit {limit}", 413)
     parts, size = [], 0
-    async for chunk in chunks:
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest("body_too_large", f"more than {limit} bytes", 413)
-        parts.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise BadRequest("body_too_large", f"more than {limit} bytes", 413)
+                parts.append(chunk)
+    except TimeoutError:
+        raise BadRequest("body_timeout", f"request body incomplete after {timeout_s:g} s",
+                         408) from None
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-async def _body(request: Request, limit: int) -> bytes:
-    return await _read_limited(request.headers.get("content-length"), request.stream(), limit)
+async def _body(request: Request, limits: ServeSettings) -> bytes:
+    return await _read_limited(request.headers.get("content-length"), request.stream(),
+                               limits.max_body_bytes, limits.body_timeout_s)
 
 
 class _ClientGone(Exception):
@@ -200,8 +211,9 @@ class RecommendFastPath:
                 length = value.decode("latin-1")
                 break
         try:
-            body = await _read_limited(length, _asgi_chunks(receive),
-                                       self.ctx.settings.max_body_bytes)
+            limits = self.ctx.settings
+            body = await _read_limited(length, _asgi_chunks(receive), limits.max_body_bytes,
+                                       limits.body_timeout_s)
             status, payload = 200, self.recommend(body)
         except _ClientGone:
             return
@@ -259,7 +271,7 @@ def create_app(ctx: ServeContext) -> RecommendFastPath:
 
     async def feedback(request: Request) -> Response:
         req: FeedbackRequest = _decode(_feedback_decoder,
-                                       await _body(request, limits.max_body_bytes))
+                                       await _body(request, limits))
         common = {"event_id": req.event_id or uuid.uuid4().hex, "request_id": req.request_id,
                   "ts": time.time() if req.ts is None else req.ts, "user_id": req.user_id,
                   "item_id": req.item_id}
@@ -296,7 +308,7 @@ def create_app(ctx: ServeContext) -> RecommendFastPath:
         return _json({"reloading": True}, 202)
 
     async def pin(request: Request) -> Response:
-        req: PinRequest = _decode(_pin_decoder, await _body(request, limits.max_body_bytes))
+        req: PinRequest = _decode(_pin_decoder, await _body(request, limits))
         if ctx.pin is None:
             raise BadRequest("not_found", "no policy follower to pin", 404)
         bundle = ctx.pin(req.version)
@@ -317,7 +329,7 @@ def create_app(ctx: ServeContext) -> RecommendFastPath:
     async def recommend_route(request: Request) -> Response:
         # Reached only through the Starlette app itself (RecommendFastPath answers every
         # POST /recommend first); the route also gives other methods their 405.
-        body = await _body(request, limits.max_body_bytes)
+        body = await _body(request, limits)
         return Response(recommend(body), media_type=_JSON)
 
     routes = [
