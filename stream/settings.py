@@ -137,6 +137,10 @@ class WorkerSettings(_Section):
     dlq_max_value_bytes: int = 512 * 1024
     dlq_max_request_bytes: int = 1_048_576
     dlq_retries: int = 3
+    # A checkpoint offset outside a partition's range on the broker (beyond its high-water
+    # mark, or below its log start: the broker lost or trimmed the log). "fail": stop with
+    # an error naming the partition and both ranges; "earliest": resume from the log start.
+    offset_out_of_range: Literal["fail", "earliest"] = "fail"
 
 
 class PolicySettings(_Section):
@@ -187,6 +191,15 @@ class ServeSettings(_Section):
     seed: int = 0
     #: verified bundles kept in memory for POST /admin/pin
     keep_versions: int = 16
+    #: an event not acknowledged by Kafka within this is a failed send (kafka-python's
+    #: default is two minutes: a broker outage would go unnoticed that long)
+    produce_timeout_ms: int = 10_000
+    #: consecutive failed sends after which the server is not ready and /feedback answers
+    #: 503 kafka_unavailable; the next acknowledged send makes it ready again
+    produce_failures_unready: int = 1
+    #: while not producing, how often to ask the broker whether the events topic is back
+    #: (so a server taken out of rotation, with nothing to send, still recovers)
+    produce_probe_s: float = 2.0
 
 
 class Settings(_Section):
@@ -258,6 +271,9 @@ def _check_ranges(s: Settings) -> None:
         "serve.max_body_bytes": s.serve.max_body_bytes,
         "serve.log_queue_size": s.serve.log_queue_size,
         "serve.keep_versions": s.serve.keep_versions,
+        "serve.produce_timeout_ms": s.serve.produce_timeout_ms,
+        "serve.produce_failures_unready": s.serve.produce_failures_unready,
+        "serve.produce_probe_s": s.serve.produce_probe_s,
     }
     for key, value in positive.items():
         if value <= 0:
