@@ -197,9 +197,6 @@ class ServeSettings(_Section):
     #: consecutive failed sends after which the server is not ready and /feedback answers
     #: 503 kafka_unavailable; the next acknowledged send makes it ready again
     produce_failures_unready: int = 1
-    #: while not producing, how often to ask the broker whether the events topic is back
-    #: (so a server taken out of rotation, with nothing to send, still recovers)
-    produce_probe_s: float = 2.0
 
 
 class Settings(_Section):
@@ -271,9 +268,7 @@ def _check_ranges(s: Settings) -> None:
         "serve.max_body_bytes": s.serve.max_body_bytes,
         "serve.log_queue_size": s.serve.log_queue_size,
         "serve.keep_versions": s.serve.keep_versions,
-        "serve.produce_timeout_ms": s.serve.produce_timeout_ms,
         "serve.produce_failures_unready": s.serve.produce_failures_unready,
-        "serve.produce_probe_s": s.serve.produce_probe_s,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -299,6 +294,9 @@ def _check_ranges(s: Settings) -> None:
         raise ConfigError("worker.dlq_max_value_bytes must leave 64 KiB of "
                           f"worker.dlq_max_request_bytes ({s.worker.dlq_max_request_bytes}) "
                           f"for key and headers, got {s.worker.dlq_max_value_bytes}")
+    if s.serve.produce_timeout_ms < 1000:
+        raise ConfigError(f"serve.produce_timeout_ms must be >= 1000, "
+                          f"got {s.serve.produce_timeout_ms}")
     if s.worker.dlq_retries < 0:
         raise ConfigError(f"worker.dlq_retries must be >= 0, got {s.worker.dlq_retries}")
     if s.events.attribution_window_s < 0:
