@@ -170,7 +170,8 @@ class ProducerHealth:
 
     def __init__(self, failures_unready: int = 1) -> None:
         self.failures_unready = int(failures_unready)
-        # Written only from the producer's IO thread (its callbacks), read anywhere.
+        # Written from the producer's IO thread (callbacks) and the event log's (a send
+        # that raises); a plain int: a lost race shifts the flip by one send at most.
         self._failures = 0
         self._last_error: BaseException | None = None
 
