@@ -215,16 +215,26 @@ class _Fetcher:
         """Tell the worker which sought offsets lie outside their partition's range on the
         broker; with ``worker.offset_out_of_range = "earliest"``, resume those from the log
         start (dropping nothing the broker still holds). Returns ``batch`` without their
-        records (fetched before the check)."""
-        sought, self.sought = self.sought, {}
-        tps = sorted(tp for tp in sought if tp in self.consumer.assignment())
-        if not tps:
+        records.
+
+        The high-water mark is the one the first fetch after the Seek answers with (a
+        fetch's records come with it, so none arrive unchecked): Tansu's ListOffsets
+        (``end_offsets``) answers below the true end once a partition has several batches.
+        A partition no fetch has answered for yet stays pending.
+        """
+        assigned = self.consumer.assignment()
+        sought = {tp: o for tp, o in self.sought.items()
+                  if tp in assigned and self.consumer.highwater(tp) is not None}
+        self.sought = {tp: o for tp, o in self.sought.items()
+                       if tp in assigned and tp not in sought}
+        if not sought:
             return batch
+        tps = sorted(sought)
         try:
             low = self.consumer.beginning_offsets(tps)
-            high = self.consumer.end_offsets(tps)
         except KafkaError as exc:
-            raise FetchError(f"could not read the offset range of {tps}: {exc}") from exc
+            raise FetchError(f"could not read the log start of {tps}: {exc}") from exc
+        high = {tp: self.consumer.highwater(tp) for tp in tps}
         bad = [OffsetRange(tp.partition, sought[tp], low[tp], high[tp]) for tp in tps
                if not low[tp] <= sought[tp] <= high[tp]]
         if not bad:
@@ -234,7 +244,7 @@ class _Fetcher:
         topic = self.settings.topics.events
         for r in bad:
             tp = TopicPartition(topic, r.partition)
-            batch.pop(tp, None)
+            batch.pop(tp, None)  # fetched from wherever the client reset it to
             if reset:
                 self.consumer.seek(tp, r.low)
         return batch
