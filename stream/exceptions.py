@@ -39,6 +39,11 @@ class FetchError(FairstreamError):
     """The worker's fetch process failed or went away."""
 
 
+class OffsetOutOfRange(FairstreamError):
+    """Checkpoint offsets lie outside what the broker holds for their partitions (it lost
+    or trimmed the log), and ``worker.offset_out_of_range`` is ``"fail"``."""
+
+
 class BrokerError(FairstreamError):
     """The embedded broker could not be started or did not become ready."""
 

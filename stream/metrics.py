@@ -59,6 +59,12 @@ class Metrics:
             "Messages between the worker's position and the partition's high watermark.",
             ["partition"], registry=r,
         )
+        self.offsets_out_of_range = Counter(
+            "fairstream_worker_offsets_out_of_range_total",
+            "Checkpoint offsets found outside the partition's range on the broker (it "
+            "lost or trimmed the log), by partition.",
+            ["partition"], registry=r,
+        )
         self.checkpoint_age = Gauge(
             "fairstream_checkpoint_age_seconds",
             "Seconds since the last checkpoint of state and offsets was written.",

@@ -140,6 +140,10 @@ class WorkerSettings(_Section):
     dlq_max_value_bytes: int = 512 * 1024
     dlq_max_request_bytes: int = 1_048_576
     dlq_retries: int = 3
+    # A checkpoint offset outside a partition's range on the broker (beyond its high-water
+    # mark, or below its log start: the broker lost or trimmed the log). "fail": stop with
+    # an error naming the partition and both ranges; "earliest": resume from the log start.
+    offset_out_of_range: Literal["fail", "earliest"] = "fail"
 
 
 class PolicySettings(_Section):
@@ -202,6 +206,12 @@ class ServeSettings(_Section):
     seed: int = 0
     #: verified bundles kept in memory for POST /admin/pin
     keep_versions: int = 16
+    #: an event not acknowledged by Kafka within this is a failed send (kafka-python's
+    #: default is two minutes: a broker outage would go unnoticed that long)
+    produce_timeout_ms: int = 10_000
+    #: consecutive failed sends after which the server is not ready and /feedback answers
+    #: 503 kafka_unavailable; the next acknowledged send makes it ready again
+    produce_failures_unready: int = 1
 
 
 class Settings(_Section):
@@ -277,6 +287,7 @@ def _check_ranges(s: Settings) -> None:
         "serve.body_timeout_s": s.serve.body_timeout_s,
         "serve.log_queue_size": s.serve.log_queue_size,
         "serve.keep_versions": s.serve.keep_versions,
+        "serve.produce_failures_unready": s.serve.produce_failures_unready,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -308,6 +319,9 @@ def _check_ranges(s: Settings) -> None:
             raise ConfigError(
                 f"bandit.max_items={s.bandit.max_items} needs bundles of up to {need:,} bytes, "
                 f"over policy.max_bundle_bytes={s.policy.max_bundle_bytes:,}")
+    if s.serve.produce_timeout_ms < 1000:
+        raise ConfigError(f"serve.produce_timeout_ms must be >= 1000, "
+                          f"got {s.serve.produce_timeout_ms}")
     if s.worker.dlq_retries < 0:
         raise ConfigError(f"worker.dlq_retries must be >= 0, got {s.worker.dlq_retries}")
     if s.events.attribution_window_s < 0:

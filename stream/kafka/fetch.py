@@ -9,6 +9,14 @@ while the worker learns from the previous one.
 
 The two talk over a Unix socket pair in the frames of :mod:`stream.kafka.wire`.
 
+After each Seek the child compares the sought offsets with the partition's range on the
+broker (log start to high-water mark). A broker that lost its log (Tansu's memory storage
+after a restart) answers a fetch beyond its high-water mark with nothing rather than an
+error, so without this check the worker would wait there for good, reporting no lag. An
+offset out of range goes back to the worker (:class:`~stream.kafka.wire.OutOfRange`),
+which stops with :class:`~stream.exceptions.OffsetOutOfRange` or, with
+``worker.offset_out_of_range = "earliest"``, the child resumes from the log start.
+
 A rebalance is a round trip: the child's rebalance callback sends Assigned or Revoked
 and waits for the answer. Frames arrive in order, so when the worker answers, it has
 learnt every record fetched before the rebalance, and a checkpoint written then covers
@@ -40,7 +48,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from stream.events import EventCodec, Feedback, Shown, compact
-from stream.exceptions import FetchError, InvalidEvent
+from stream.exceptions import FetchError, InvalidEvent, OffsetOutOfRange
 from stream.kafka.wire import (
     Ack,
     Assigned,
@@ -50,6 +58,8 @@ from stream.kafka.wire import (
     Commit,
     Failed,
     Message,
+    OffsetRange,
+    OutOfRange,
     Records,
     Rejected,
     Revoked,
@@ -122,6 +132,24 @@ class FetchProcess:
             self._proc = None
 
 
+def describe_out_of_range(message: OutOfRange, topic: str) -> str:
+    """Which partitions' offsets lie outside the broker's range, and the ranges.
+
+    >>> describe_out_of_range(OutOfRange([OffsetRange(1, 120, 0, 7)], False), "t.events")
+    "t.events partition 1: checkpoint offset 120 is outside the broker's range 0..7"
+    """
+    return "; ".join(f"{topic} partition {r.partition}: checkpoint offset {r.offset} is "
+                     f"outside the broker's range {r.low}..{r.high}" for r in message.ranges)
+
+
+def out_of_range_error(message: OutOfRange, topic: str) -> OffsetOutOfRange:
+    """The one-line error for checkpoint offsets the broker does not hold."""
+    return OffsetOutOfRange(
+        f"{describe_out_of_range(message, topic)} (log start..high-water mark): the broker "
+        "lost or trimmed the log. Restore it, or set worker.offset_out_of_range = "
+        '"earliest" to resume from the log start')
+
+
 # -- the child ------------------------------------------------------------------------------
 
 
@@ -142,6 +170,9 @@ class _Relay(ConsumerRebalanceListener):
         for tp in assigned:
             if tp.partition in answer.offsets:
                 self.fetcher.consumer.seek(tp, answer.offsets[tp.partition])
+                # Checked after the poll: a blocking call here would block the client's
+                # own IO thread.
+                self.fetcher.sought[tp] = answer.offsets[tp.partition]
 
 
 class _Fetcher:
@@ -159,6 +190,7 @@ class _Fetcher:
             max_poll_records=w.poll_max_records, fetch_max_wait_ms=w.fetch_max_wait_ms,
         )
         self._commit: dict[int, int] | None = None
+        self.sought: dict[TopicPartition, int] = {}  # offsets of Seeks not yet checked
         # Set once the worker has closed the channel. Rebalance callbacks (leaving the
         # group on close triggers one) then have no one to ask, and must not raise into
         # kafka-python.
@@ -179,6 +211,44 @@ class _Fetcher:
             self.closed = True
             return None
 
+    def _check_ranges(self, batch: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
+        """Tell the worker which sought offsets lie outside their partition's range on the
+        broker; with ``worker.offset_out_of_range = "earliest"``, resume those from the log
+        start (dropping nothing the broker still holds). Returns ``batch`` without their
+        records.
+
+        The high-water mark is the one the first fetch after the Seek answers with (a
+        fetch's records come with it, so none arrive unchecked): Tansu's ListOffsets
+        (``end_offsets``) answers below the true end once a partition has several batches.
+        A partition no fetch has answered for yet stays pending.
+        """
+        assigned = self.consumer.assignment()
+        sought = {tp: o for tp, o in self.sought.items()
+                  if tp in assigned and self.consumer.highwater(tp) is not None}
+        self.sought = {tp: o for tp, o in self.sought.items()
+                       if tp in assigned and tp not in sought}
+        if not sought:
+            return batch
+        tps = sorted(sought)
+        try:
+            low = self.consumer.beginning_offsets(tps)
+        except KafkaError as exc:
+            raise FetchError(f"could not read the log start of {tps}: {exc}") from exc
+        high = {tp: self.consumer.highwater(tp) for tp in tps}
+        bad = [OffsetRange(tp.partition, sought[tp], low[tp], high[tp]) for tp in tps
+               if not low[tp] <= sought[tp] <= high[tp]]
+        if not bad:
+            return batch
+        reset = self.settings.worker.offset_out_of_range == "earliest"
+        self.channel.send(OutOfRange(bad, reset))
+        topic = self.settings.topics.events
+        for r in bad:
+            tp = TopicPartition(topic, r.partition)
+            batch.pop(tp, None)  # fetched from wherever the client reset it to
+            if reset:
+                self.consumer.seek(tp, r.low)
+        return batch
+
     def _control(self, message: Message) -> None:
         if isinstance(message, Commit):
             self._commit = message.offsets  # the newest wins; committed between polls
@@ -198,6 +268,8 @@ class _Fetcher:
                                        max_records=w.poll_max_records)
             if self.closed:
                 raise ChannelClosed
+            if self.sought:
+                batch = self._check_ranges(batch)
             self.channel.send(self._records(batch))
 
     def _records(self, batch: dict[Any, list[Any]]) -> Records:

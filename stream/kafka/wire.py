@@ -3,7 +3,8 @@
 * child → worker: :class:`Records` (one poll: per partition a :class:`Chunk` — the
   valid records' raw values, keys, offsets and compact events in order, the rejected
   ones with their reason — and the fetch positions and high watermarks after the
-  poll), :class:`Assigned`, :class:`Revoked`, :class:`Failed`;
+  poll), :class:`Assigned`, :class:`Revoked`, :class:`OutOfRange` (sent after a Seek
+  whose offsets the broker does not hold), :class:`Failed`;
 * worker → child: :class:`Start` (the settings), :class:`Seek` (the answer to
   Assigned: the checkpoint's offsets), :class:`Ack` (the answer to Revoked, sent once
   the worker has checkpointed), :class:`Commit`.
@@ -88,6 +89,21 @@ class Seek(_Message, tag="seek"):
     offsets: dict[int, int]
 
 
+class OffsetRange(msgspec.Struct, array_like=True):
+    """A sought offset and the partition's range on the broker: log start ``low`` to
+    high-water mark ``high`` (the offset the next record will get)."""
+
+    partition: int
+    offset: int
+    low: int
+    high: int
+
+
+class OutOfRange(_Message, tag="out_of_range"):
+    ranges: list[OffsetRange]
+    reset: bool  # the fetch process resumed these partitions from their log start
+
+
 class Ack(_Message, tag="ack"):
     pass
 
@@ -100,7 +116,7 @@ class Failed(_Message, tag="failed"):
     error: str
 
 
-Message = Start | Records | Assigned | Revoked | Seek | Ack | Commit | Failed
+Message = Start | Records | Assigned | Revoked | Seek | OutOfRange | Ack | Commit | Failed
 
 
 class Channel:

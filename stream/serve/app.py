@@ -5,8 +5,10 @@
                        propensities, policy_version, request_id (impression logged)
 ``POST /feedback``     ``{type: click|purchase, user_id, request_id, item_id, value?,
                        event_id?, ts?}`` → 202; forwarded to fairstream.events
+                       (503 ``kafka_unavailable`` while events do not reach Kafka)
 ``GET /healthz``       the process is up
-``GET /readyz``        200 once a verified policy and the catalog are loaded, else 503
+``GET /readyz``        200 once a verified policy and the catalog are loaded and
+                       events reach Kafka, else 503 (the body says which is missing)
 ``GET /metrics``       Prometheus text, the app's own registry
 ``POST /admin/reload`` re-read fairstream.policies from the start (admin token)
 ``POST /admin/pin``    ``{version: int | null}``: serve a kept version / unpin (admin token)
@@ -55,7 +57,7 @@ from stream.events import Click, EventCodec, Purchase
 from stream.exceptions import InvalidEvent
 from stream.metrics import ServeMetrics
 from stream.serve.exceptions import BadRequest, ServeError, Unauthorized
-from stream.serve.impressions import EventLog
+from stream.serve.impressions import EventLog, ProducerHealth
 from stream.serve.recommender import Recommender
 from stream.settings import EventSettings, ServeSettings
 
@@ -102,6 +104,7 @@ class ServeContext:
     ready: Callable[[], dict[str, Any]] | None = None
     reload: Callable[[], None] | None = None
     pin: Callable[[int | None], Any] | None = None
+    health: ProducerHealth | None = None
 
 
 _JSON = "application/json"
@@ -286,6 +289,9 @@ def create_app(ctx: ServeContext) -> RecommendFastPath:
         except InvalidEvent as exc:
             reason = exc.reason if exc.reason in _OWN_REASONS else "invalid_field"
             raise BadRequest(reason, exc.detail) from None
+        if ctx.health is not None and not ctx.health.producing:
+            raise BadRequest("kafka_unavailable", f"events do not reach Kafka "
+                             f"({ctx.health.reason}); retry later", 503)
         if ctx.event_log is None or not ctx.event_log.submit(event):
             raise BadRequest("queue_full", "event log is full or absent; retry later", 503)
         return _json({"accepted": True, "event_id": event.event_id}, 202)

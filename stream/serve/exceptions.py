@@ -25,6 +25,7 @@ REASONS = (
     "invalid_k",
     "not_ready",
     "queue_full",
+    "kafka_unavailable",
     "unauthorized",
     "forbidden",
     "admin_disabled",

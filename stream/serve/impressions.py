@@ -11,6 +11,11 @@ hand-off) for every request. When the buffer is full the impression is dropped a
 Kafka. Feedback refused this way is reported to the caller (503), so a client
 can retry it.
 
+:class:`ProducerHealth` follows the producer's callbacks: after
+``serve.produce_failures_unready`` failed sends in a row the server is not ready and
+/feedback answers 503 ``kafka_unavailable`` (a 202 would promise an event that is not
+written), until the next acknowledged send.
+
 >>> sent = []
 >>> log = EventLog(lambda topic, key, value, kind: sent.append((topic, key, kind)),
 ...                topic="t.events", capacity=2)
@@ -28,6 +33,8 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from kafka.errors import KafkaError
 
 from stream.events import Click, Event, EventCodec, Impression, Purchase
 from stream.metrics import ServeMetrics
@@ -147,16 +154,71 @@ class EventLog:
         self._send(self.topic, event.user_id.encode(), self.codec.encode(event), kind)
 
 
-def kafka_send(producer: Any, metrics: ServeMetrics | None) -> Send:
-    """A :data:`Send` over a ``KafkaProducer`` that counts acks and errors in ``metrics``."""
+class ProducerHealth:
+    """Whether events reach Kafka: not after ``failures_unready`` failed sends in a row;
+    again on the next acknowledged one. Served slates keep logging their impressions
+    while not producing, so traffic that reaches the server brings it back.
+
+    >>> h = ProducerHealth(failures_unready=2)
+    >>> h.failed(TimeoutError("expired")); h.producing
+    True
+    >>> h.failed(TimeoutError("expired")); h.producing, h.reason
+    (False, "2 sends in a row failed, the last: TimeoutError('expired')")
+    >>> h.acked(); h.producing, h.reason
+    (True, None)
+    """
+
+    def __init__(self, failures_unready: int = 1) -> None:
+        self.failures_unready = int(failures_unready)
+        # Written from the producer's IO thread (callbacks) and the event log's (a send
+        # that raises); a plain int: a lost race shifts the flip by one send at most.
+        self._failures = 0
+        self._last_error: BaseException | None = None
+
+    @property
+    def producing(self) -> bool:
+        return self._failures < self.failures_unready
+
+    @property
+    def reason(self) -> str | None:
+        """Why events are not reaching Kafka; None while they are."""
+        if self.producing:
+            return None
+        return f"{self._failures} sends in a row failed, the last: {self._last_error!r}"
+
+    def acked(self) -> None:
+        if self._failures:  # the hot path: one comparison per acknowledged event
+            if not self.producing:
+                log.info("Kafka acknowledges events again: ready")
+            self._failures = 0
+
+    def failed(self, exc: BaseException) -> None:
+        self._last_error = exc
+        self._failures += 1
+        if self._failures == self.failures_unready:
+            log.warning("events are not reaching Kafka: not ready (%s)", self.reason)
+
+
+def kafka_send(producer: Any, metrics: ServeMetrics | None,
+               health: ProducerHealth | None = None) -> Send:
+    """A :data:`Send` over a ``KafkaProducer`` that counts acks and errors in ``metrics``
+    and reports them to ``health``."""
 
     def on_error(exc: BaseException) -> None:
         log.warning("event not written to Kafka: %s", exc)
         if metrics is not None:
             metrics.produce_errors.inc()
+        if health is not None:
+            health.failed(exc)
 
     def send(topic: str, key: bytes, value: bytes, kind: str) -> None:
-        future = producer.send(topic, key=key, value=value)
+        try:
+            future = producer.send(topic, key=key, value=value)
+        except KafkaError as exc:  # no metadata for the topic within max_block_ms
+            on_error(exc)
+            return
+        if health is not None:
+            future.add_callback(lambda _md: health.acked())
         if metrics is not None:
             if kind == "impression":
                 future.add_callback(lambda _md: metrics.impressions_logged.inc())

@@ -31,7 +31,7 @@ from stream.kafka.topics import ensure_topics
 from stream.metrics import ServeMetrics
 from stream.serve.app import ServeContext, create_app
 from stream.serve.follower import CatalogFollower, FeedbackFollower, PolicyFollower
-from stream.serve.impressions import EventLog, kafka_send
+from stream.serve.impressions import EventLog, ProducerHealth, kafka_send
 from stream.serve.recommender import Recommender
 from stream.settings import ServeSettings, Settings
 
@@ -56,6 +56,7 @@ class ServeRuntime:
         self.codec = EventCodec(ev.max_bytes, ev.max_slate, ev.max_clock_skew_s)
         self.producer: KafkaProducer | None = None
         self.event_log: EventLog | None = None
+        self.health = ProducerHealth(self.serve.produce_failures_unready)
         self.recommender = Recommender(
             seed=self.serve.seed,
             profiles=ProfileStore(emb_dim=self.encoder.dim, decay=feat.profile_decay,
@@ -75,19 +76,29 @@ class ServeRuntime:
                             metrics=self.metrics, event_log=None, codec=self.codec,
                             default_k=min(self.settings.bandit.slate_size, self.serve.max_k),
                             ready=self.readiness, reload=self.policies.request_reload,
-                            pin=self.policies.pin)
+                            pin=self.policies.pin, health=self.health)
 
     def start(self) -> ServeRuntime:
         s = self.settings
         ensure_topics(s)
         # Impressions are logged off the request path, so they can wait for big batches:
         # fewer, larger produce requests measured ~1.5x the max request rate of linger 5 ms.
+        # A bounded delivery timeout makes a broker outage a failed send (not ready) within
+        # seconds. Not idempotent: the worker drops repeated event ids anyway, and an
+        # idempotent producer whose broker lost its producer ids (a restart of the embedded
+        # broker) fails every later send for good.
+        timeout_ms, linger_ms = self.serve.produce_timeout_ms, 100
         self.producer = KafkaProducer(bootstrap_servers=s.kafka.bootstrap, acks="all",
-                                      linger_ms=100, batch_size=512 * 1024,
-                                      client_id=f"{s.kafka.client_id}-serve")
-        self.event_log = EventLog(kafka_send(self.producer, self.metrics), s.topics.events,
-                                  capacity=self.serve.log_queue_size, metrics=self.metrics,
-                                  codec=self.codec).start()
+                                      linger_ms=linger_ms, batch_size=512 * 1024,
+                                      client_id=f"{s.kafka.client_id}-serve",
+                                      enable_idempotence=False,
+                                      delivery_timeout_ms=timeout_ms,
+                                      # kafka-python: delivery > linger + request
+                                      request_timeout_ms=min(30_000, timeout_ms // 2),
+                                      max_block_ms=timeout_ms)
+        self.event_log = EventLog(kafka_send(self.producer, self.metrics, self.health),
+                                  s.topics.events, capacity=self.serve.log_queue_size,
+                                  metrics=self.metrics, codec=self.codec).start()
         self.recommender.impressions = self.event_log.log_impression
         self.ctx.event_log = self.event_log
         for follower in (self.feedback, self.catalog, self.policies):
@@ -98,6 +109,8 @@ class ServeRuntime:
         rec = self.recommender
         errors = {f.name: repr(f.error) for f in (self.policies, self.catalog, self.feedback)
                   if f.error is not None}
+        if not self.health.producing:
+            errors["events_producer"] = self.health.reason
         state = {
             "ready": (rec.ready and self.catalog.caught_up.is_set()
                       and self.feedback.caught_up.is_set() and not errors),
@@ -105,6 +118,7 @@ class ServeRuntime:
             "catalog_items": rec.catalog_size,
             "catalog_loaded": self.catalog.caught_up.is_set(),
             "feedback_following": self.feedback.caught_up.is_set(),
+            "producing": self.health.producing,
         }
         if errors:
             state["errors"] = errors

@@ -46,9 +46,18 @@ from stream.core.state import Learned, LearningState
 from stream.events import Shown, check_catalog
 from stream.exceptions import InvalidEvent
 from stream.kafka.catalog_feed import CatalogFeed
-from stream.kafka.fetch import FetchProcess
+from stream.kafka.fetch import FetchProcess, describe_out_of_range, out_of_range_error
 from stream.kafka.topics import ensure_topics
-from stream.kafka.wire import Ack, Assigned, Chunk, Commit, Records, Revoked, Seek
+from stream.kafka.wire import (
+    Ack,
+    Assigned,
+    Chunk,
+    Commit,
+    OutOfRange,
+    Records,
+    Revoked,
+    Seek,
+)
 from stream.metrics import Metrics
 from stream.settings import Settings
 from stream.worker.checkpointer import Checkpointer
@@ -221,6 +230,8 @@ class Worker:
             self._on_assigned(message.partitions)
         elif isinstance(message, Revoked):
             self._on_revoked(message.partitions)
+        elif isinstance(message, OutOfRange):
+            self._on_out_of_range(message)
         return 0
 
     def _on_assigned(self, partitions: list[int]) -> None:
@@ -229,6 +240,16 @@ class Worker:
         self.fetch.send(Seek({p: offsets[p] for p in partitions if p in offsets}))
         self._assigned.update(partitions)
         log.info("assigned %s", partitions)
+
+    def _on_out_of_range(self, message: OutOfRange) -> None:
+        """Checkpoint offsets the broker does not hold (``worker.offset_out_of_range``)."""
+        for r in message.ranges:
+            self.metrics.offsets_out_of_range.labels(partition=str(r.partition)).inc()
+        topic = self.settings.topics.events
+        if not message.reset:
+            raise out_of_range_error(message, topic)
+        log.warning("%s: resuming from the log start (worker.offset_out_of_range = earliest)",
+                    describe_out_of_range(message, topic))
 
     def _on_revoked(self, partitions: list[int]) -> None:
         """Checkpoint before losing partitions: every record fetched before the rebalance
