@@ -149,7 +149,9 @@ def run_serve_bench(settings: Settings | None = None, *, bootstrap: str | None =
 def _warm_policy(state: LearningState, rng: np.random.Generator, rows: int = 2000) -> None:
     """Give the policy non-trivial statistics, as a published one would have."""
     n = len(state.catalog)
+    items = rng.integers(0, n, rows)
     X = state.fmap.transform(None, np.zeros(state.catalog.embeddings.shape[1]),
                              {"gender": "F", "age": 30},
-                             adapted_items=state.adapted_items(rng.integers(0, n, rows)))
-    state.policy.update(X, (rng.random(rows) < 0.2).astype(np.float64))
+                             adapted_items=state.adapted_items(items))
+    ids = [state.catalog.ids[i] for i in items] if state.policy.uses_item_ids else None
+    state.policy.update(X, (rng.random(rows) < 0.2).astype(np.float64), item_ids=ids)

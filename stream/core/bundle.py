@@ -52,10 +52,13 @@ class PolicyBundle:
 
 
 def dump_bundle(policy: Policy, fmap: FeatureMap, key: bytes, version: int) -> bytes:
+    """Sign ``policy`` + ``fmap`` as one bundle. A policy with a serving view (a hybrid)
+    is bundled as that view: what scoring needs, not the statistics it learns from."""
     if policy.feature_space != fmap.feature_space:
         raise ValueError(f"policy is in {policy.feature_space}, feature map in "
                          f"{fmap.feature_space}")
-    snap = dump_snapshot(policy, key=key, version=version)
+    view = getattr(policy, "serving_view", None)
+    snap = dump_snapshot(view() if view is not None else policy, key=key, version=version)
     adapter = fmap.adapter.to_bytes()
     header = json.dumps({
         "version": version, "feature_space": fmap.feature_space, "dim": fmap.dim,

@@ -47,10 +47,10 @@ class _Embedded:
     def __init__(self, world: EvalWorld) -> None:
         self.dim = world.emb.shape[1]
         self._emb = world.emb
-        self._row = {item: j for j, item in enumerate(world.item_ids)}
+        self.row = {item: j for j, item in enumerate(world.item_ids)}
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return self._emb[[self._row[t] for t in texts]]
+        return self._emb[[self.row[t] for t in texts]]
 
 
 class DeployedAgent:
@@ -70,7 +70,6 @@ class DeployedAgent:
                                      features={"dim": world.dim, "seed": seed})
         self._world = world
         self._encoder = _Embedded(world)
-        self._row = {item: j for j, item in enumerate(world.item_ids)}
         self._req = 0
         self._pending: Pending | None = None
         catalog = Catalog(world.emb.shape[1])
@@ -93,7 +92,7 @@ class DeployedAgent:
     def _add(self, catalog: Catalog, ids: Sequence[str]) -> None:
         tail = self._world.tail
         catalog.add([CatalogItem(item_id=i, text=i, groups={
-            "popularity": "tail" if tail[self._row[i]] else "head"}) for i in ids],
+            "popularity": "tail" if tail[self._encoder.row[i]] else "head"}) for i in ids],
             self._encoder)
 
     def _ensure(self, arr: Arrival) -> None:

@@ -64,10 +64,8 @@ class Publisher:
         s = self.settings
         with lock:
             version = state.next_version()
-            # A hybrid publishes its serving view: what scoring needs, not its statistics.
-            view = getattr(state.policy, "serving_view", None)
-            bundle = dump_bundle(view() if view is not None else state.policy, state.fmap,
-                                 key=s.policy.signing_key.encode(), version=version)
+            bundle = dump_bundle(state.policy, state.fmap, key=s.policy.signing_key.encode(),
+                                 version=version)
             report = state.fairness.window_report()
         self.record_version(version)
         key = s.kafka.group_id.encode()

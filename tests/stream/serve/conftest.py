@@ -35,7 +35,8 @@ def make_bundle(settings, catalog, version: int, updates: int = 200) -> bytes:
         rows = rng.integers(0, len(catalog), updates)
         X = state.fmap.transform(None, np.zeros(catalog.embeddings.shape[1]), {},
                                  adapted_items=state.adapted_items(rows))
-        state.policy.update(X, (rng.random(updates) < 0.3).astype(float))
+        ids = [catalog.ids[r] for r in rows] if state.policy.uses_item_ids else None
+        state.policy.update(X, (rng.random(updates) < 0.3).astype(float), item_ids=ids)
     return dump_bundle(state.policy, state.fmap, key=settings.policy.signing_key.encode(),
                        version=version)
 

@@ -108,7 +108,8 @@ def test_hot_swap_rejection_and_impressions_on_the_broker(server, ml_catalog):
         key, imp = shown[a["request_id"]]
         assert key == imp.user_id.encode() and imp.policy_version == "2"
         assert imp.items == a["items"] and imp.user == user
-        slate = bundle.policy.select(X, 5, rng=request_rng(7, a["request_id"]))
+        slate = bundle.policy.select(X, 5, rng=request_rng(7, a["request_id"]),
+                                     item_ids=cands if bundle.policy.uses_item_ids else None)
         assert imp.items == [cands[i] for i in slate.indices]
         np.testing.assert_allclose(imp.propensities, slate.propensities, rtol=1e-12)
         assert any(p < 1 for p in imp.propensities)  # ε = 0.3: not a trivial 1.0
