@@ -13,13 +13,7 @@ def test_one_batch_learns_what_one_impression_at_a_time_does(movielens, encoder,
     how a stream is cut into batches changes nothing (in one partition's closing order)."""
     settings = load_settings().replace(data={"cache_dir": data_cache},
                                        events={"attribution_window_s": 2.0})
-    catalog = Catalog(encoder.dim)
-    catalog.add(catalog_items(movielens), encoder)
-    joiner_state = LearningState.fresh(settings, catalog)
-    closed = []
-    for event in replay_events(movielens, limit=3000):
-        closed += joiner_state.observe(event, 0)
-    closed += joiner_state.joiner.flush()
+    catalog, closed = _closed_impressions(settings, movielens, encoder)
     batched, single = (LearningState.fresh(settings, catalog) for _ in range(2))
     batched.learn(closed)
     for pending in closed:
@@ -86,17 +80,24 @@ def test_versions_only_go_up_and_survive_a_checkpoint(movielens, encoder, data_c
     assert (back.version, dict(back.offsets)) == (8, {0: 10})
 
 
+def _closed_impressions(settings, movielens, encoder, limit=3000):
+    """The MovieLens catalog, and the first ``limit`` ratings' impressions as one partition
+    closes them (every window closed at the end)."""
+    catalog = Catalog(encoder.dim)
+    catalog.add(catalog_items(movielens), encoder)
+    joiner = LearningState.fresh(settings, catalog)
+    closed = []
+    for event in replay_events(movielens, limit=limit):
+        closed += joiner.observe(event, 0)
+    return catalog, closed + joiner.joiner.flush()
+
+
 def _learnt_state(movielens, encoder, data_cache, capacity):
     settings = load_settings().replace(
         data={"cache_dir": data_cache}, events={"attribution_window_s": 2.0},
         finetune={"enabled": True, "buffer_capacity": capacity, "validation_rows": 400})
-    catalog = Catalog(encoder.dim)
-    catalog.add(catalog_items(movielens), encoder)
+    catalog, closed = _closed_impressions(settings, movielens, encoder)
     state = LearningState.fresh(settings, catalog)
-    closed = []
-    for event in replay_events(movielens, limit=3000):
-        closed += state.observe(event, 0)
-    closed += state.joiner.flush()
     for lo in range(0, len(closed), 50):
         state.learn(closed[lo:lo + 50])
     return state
