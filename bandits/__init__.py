@@ -4,7 +4,7 @@ fairness metrics and exposure control, signed policy snapshots.
 Plain Python/numpy: no Kafka, HTTP or Prometheus, no I/O.
 """
 
-from bandits.base import Policy, PolicyState
+from bandits.base import Policy, PolicyState, predicted_reward
 from bandits.baselines import EpsilonGreedy, MostPopular, UniformRandom
 from bandits.exceptions import (
     BanditsError,
@@ -62,5 +62,6 @@ __all__ = [
     "policy_from_state",
     "popularity_groups",
     "position_weights",
+    "predicted_reward",
     "read_snapshot",
 ]

@@ -28,7 +28,7 @@ from bandits.exceptions import FeatureSpaceMismatch, InvalidInput
 from bandits.slates import Slate
 from bandits.stats import SufficientStats
 
-__all__ = ["Policy", "PolicyState", "rng_from_state", "rng_state"]
+__all__ = ["Policy", "PolicyState", "predicted_reward", "rng_from_state", "rng_state"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -235,3 +235,12 @@ class Policy(abc.ABC):
         return (f"{type(self).__name__}(algorithm={self.algorithm!r}, dim={self.dim}, "
                 f"n_updates={self.n_updates}, feature_space={self.feature_space!r}"
                 f"{', ' + hyper if hyper else ''})")
+
+
+def predicted_reward(policy: Policy, X: np.ndarray,
+                     item_ids: Sequence[str] | None = None) -> np.ndarray:
+    """The policy's mean reward estimate per row: ``predict`` where it has one (with the
+    rows' item ids, which a hybrid's per-item terms need), else its score."""
+    if not hasattr(policy, "predict"):
+        return policy.score(X, item_ids=item_ids)
+    return policy.predict(X) if item_ids is None else policy.predict(X, item_ids=item_ids)

@@ -26,6 +26,7 @@ from bandits import (
     dump_snapshot,
     load_snapshot,
     policy_from_config,
+    predicted_reward,
 )
 from learners import (
     Adapter,
@@ -285,7 +286,7 @@ class LearningState:
         ids = [catalog.ids[r] for r in rows_l] if self.policy.uses_item_ids else None
         if self.recent is not None:
             slots = (self.recent.seen + np.arange(n)) % len(self._predicted)
-            self._predicted[slots] = _predict(self.policy, X, ids)
+            self._predicted[slots] = predicted_reward(self.policy, X, ids)
             self._batch_of[slots] = self.recent.seen
         self.policy.update(X, rewards, item_ids=ids)
         if self.buffer is not None:
@@ -333,7 +334,7 @@ class LearningState:
             rebuilt = np.empty(len(recent))
             for part in np.split(np.arange(len(recent)), batches):
                 ids = self._ids(policy, recent.item_rows[part])
-                rebuilt[part] = _predict(policy, X_rec[part], ids)
+                rebuilt[part] = predicted_reward(policy, X_rec[part], ids)
                 self._learn_rows(policy, X_rec[part], r_rec[part], recent.item_rows[part])
             current = self._predicted[slots]
             self.last_swap_check = {"rows": float(len(recent)),
@@ -411,13 +412,6 @@ def _new_policy(settings: Settings, fmap: FeatureMap) -> Policy:
                   "z": context_columns(fmap.dim) if b.item_context == "attributes" else "bias"}
     return policy_from_config(algorithm=b.algorithm, dim=fmap.dim,
                               feature_space=fmap.feature_space, seed=b.seed, **hyper)
-
-
-def _predict(policy: Policy, X: np.ndarray, item_ids: list[str] | None) -> np.ndarray:
-    """The policy's mean reward estimate per row (its score where it has no mean)."""
-    if not hasattr(policy, "predict"):
-        return policy.score(X, item_ids=item_ids)
-    return policy.predict(X) if item_ids is None else policy.predict(X, item_ids=item_ids)
 
 
 @functools.cache

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bandits import ExposureController, Policy
+from bandits import ExposureController, Policy, predicted_reward
 from stream.evaluate.simulation import Arrival
 
 __all__ = ["PolicyAgent"]
@@ -48,9 +48,8 @@ class PolicyAgent:
         bonus = c.bonus(arr.groups) if c is not None and c.lam > 0 else None
         slate = self.policy.select(X, k, rng=rng, bonus=bonus, item_ids=ids)
         if c is not None and c.lam > 0:
-            mean = (self.policy.predict(X, item_ids=ids) if ids is not None
-                    else self.policy.predict(X))  # θᵀφ (plus a hybrid's per-item terms)
-            merit = np.maximum(mean, 0.0)
+            # θᵀφ (plus a hybrid's per-item terms)
+            merit = np.maximum(predicted_reward(self.policy, X, ids), 0.0)
             c.observe(arr.groups, slate.indices, merit)
         return slate.indices
 

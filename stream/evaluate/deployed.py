@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from bandits import ExposureController, Policy
+from bandits import ExposureController, Policy, predicted_reward
 from stream.core.catalog import Catalog
 from stream.core.join import Pending
 from stream.core.state import LearningState
@@ -113,9 +113,8 @@ class DeployedAgent:
         bonus = c.bonus(arr.groups) if c is not None and c.lam > 0 else None
         slate = policy.select(X, k, rng=rng, bonus=bonus, item_ids=ids)
         if bonus is not None:
-            mean = (policy.predict(X, item_ids=ids) if ids is not None
-                    else policy.predict(X))
-            c.observe(arr.groups, slate.indices, np.maximum(mean, 0.0))
+            c.observe(arr.groups, slate.indices,
+                      np.maximum(predicted_reward(policy, X, ids), 0.0))
         self._req += 1
         self._pending = Pending(f"r{self._req}", user_id, float(arr.t),
                                 tuple(arr.item_ids[j] for j in slate.indices.tolist()),

@@ -55,7 +55,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from bandits import ExposureController, Policy
+from bandits import ExposureController, predicted_reward
 from learners import ProfileStore, user_groups
 from stream.core.bundle import PolicyBundle
 from stream.serve.exceptions import BadRequest, NotReady
@@ -292,18 +292,10 @@ class Recommender:
                               item_ids=by_id)
         if control:
             # Merit = the model's estimated relevance of every candidate (FairCo).
-            merit = _merit(policy, X, by_id)
+            merit = predicted_reward(policy, X, by_id)
             self.exposure.observe(groups, slate.indices, merit)
         rec = Recommendation([ids[i] for i in slate.indices.tolist()], slate.scores.tolist(),
                              slate.propensities.tolist(), v.version, request_id)
         if self.impressions is not None:
             self.impressions(rec, user_id, user or {}, time.time() if now is None else now)
         return rec
-
-
-def _merit(policy: Policy, X: np.ndarray, item_ids: list[str] | None) -> np.ndarray:
-    """The policy's estimated relevance of each candidate: its mean prediction where it
-    has one (a hybrid's includes each item's own terms), else its score."""
-    if not hasattr(policy, "predict"):
-        return policy.score(X, item_ids=item_ids)
-    return policy.predict(X) if item_ids is None else policy.predict(X, item_ids=item_ids)
