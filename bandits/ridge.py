@@ -158,6 +158,9 @@ class RidgeModel:
             self.own_n += m
             self.refactor()
             return
+        if m == 1:
+            self._update_one(X[0], float(r[0]))
+            return
         xtx = X.T @ X
         xty = X.T @ r
         self.xtx += xtx
@@ -169,14 +172,32 @@ class RidgeModel:
         self.since_refactor += m
         if self.since_refactor >= self.refactor_every or m >= self.dim:
             self.refactor()
-        elif m == 1:
-            u = self.a_inv @ X[0]
-            self.a_inv -= np.outer(u, u) / (1.0 + X[0] @ u)
         else:
             U = X @ self.a_inv  # (m, d); A⁻¹ symmetric so XA⁻¹ = (A⁻¹Xᵀ)ᵀ
             K = np.eye(m) + U @ X.T
             self.a_inv -= U.T @ np.linalg.solve(K, U)
             self.a_inv = (self.a_inv + self.a_inv.T) * 0.5
+        self._changed()
+
+    def _update_one(self, x: np.ndarray, y: float) -> None:
+        """One row (γ = 1), the streaming case: a single outer product added in place
+        to both statistics, and a Sherman–Morrison step on ``A⁻¹`` written into the
+        same scratch matrix — no (d, d) temporaries beyond it."""
+        outer = np.multiply.outer(x, x)
+        self.xtx += outer
+        self.own_xtx += outer
+        yx = y * x
+        self.xty += yx
+        self.own_xty += yx
+        self.n += 1
+        self.own_n += 1
+        self.since_refactor += 1
+        if self.since_refactor >= self.refactor_every:
+            self.refactor()
+            return
+        u = self.a_inv @ x
+        np.multiply.outer(u, u / (1.0 + x @ u), out=outer)
+        self.a_inv -= outer
         self._changed()
 
     def add(self, stats: SufficientStats) -> None:
