@@ -32,6 +32,14 @@ up until exposure tracks merit; λ = 0 is off. Because D accumulates, a
 persisting deficit is corrected however small λ is — at a reward cost that
 grows with λ (bounded in the tests at ≤ 10 % for the settings used).
 
+Two targets (``target=``): ``"merit"`` (the above, exposure proportional to
+estimated merit, FairCo's disparate exposure) and ``"candidates"``, where every
+candidate counts as merit 1, so ``M_g`` is the group's count among the request's
+candidates and exposure is pushed toward the group's share of the candidates
+(demographic parity of exposure, Singh & Joachims 2018). A policy that learns
+one group's items are liked less gives them less merit, so the merit target
+follows it there; the candidates target does not.
+
 References
 ----------
 Morik, Singh, Hong, Joachims (2020). Controlling fairness and bias in dynamic
@@ -283,12 +291,21 @@ class ExposureController:
     >>> c.observe(groups, shown=[0, 1], merit=np.array([1.0, 1.0, 1.0, 1.0]))
     >>> c.bonus(groups).round(3).tolist()
     [0.0, 0.0, 0.408, 0.408]
+    >>> p = ExposureController(lam=0.5, target="candidates")
+    >>> p.observe(["head", "tail", "tail"], shown=[0], merit=np.array([1.0, 0.0, 0.0]))
+    >>> p.bonus(["head", "tail"]).round(3).tolist()
+    [0.0, 0.333]
     """
 
-    def __init__(self, lam: float = 0.0) -> None:
+    TARGETS = ("merit", "candidates")
+
+    def __init__(self, lam: float = 0.0, target: str = "merit") -> None:
         if not lam >= 0:
             raise InvalidInput(f"lam must be >= 0, got {lam!r}")
+        if target not in self.TARGETS:
+            raise InvalidInput(f"target must be one of {self.TARGETS}, got {target!r}")
         self.lam = float(lam)
+        self.target = target
         self._deficit: dict[str, float] = {}
 
     @property
@@ -308,7 +325,8 @@ class ExposureController:
         """Account one decision: all candidates' groups, shown indices (ranked), candidate merit.
 
         ``merit`` is the estimated relevance of each candidate (≥ 0; negatives count as 0),
-        e.g. the policy's ``predict`` clipped at 0.
+        e.g. the policy's ``predict`` clipped at 0; checked, then not used, with
+        ``target="candidates"`` (every candidate counts 1).
         """
         groups = [str(g) for g in item_groups]
         m = np.maximum(np.asarray(merit, dtype=np.float64), 0.0)
@@ -317,6 +335,8 @@ class ExposureController:
             raise InvalidInput(f"merit must be {len(groups)} finite values")
         if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= len(groups))):
             raise InvalidInput("shown must be 1-d indices into the candidates")
+        if self.target == "candidates":
+            m = np.ones(len(groups))
         merit_g: dict[str, float] = {}
         for g, v in zip(groups, m.tolist(), strict=True):
             merit_g[g] = merit_g.get(g, 0.0) + v
@@ -333,7 +353,7 @@ class ExposureController:
 
     def __repr__(self) -> str:
         d = {g: round(v, 3) for g, v in sorted(self._deficit.items())}
-        return f"ExposureController(lam={self.lam}, deficit={d})"
+        return f"ExposureController(lam={self.lam}, target={self.target!r}, deficit={d})"
 
 
 def popularity_groups(counts: Mapping[str, float], head_fraction: float = 0.2, *,

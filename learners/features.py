@@ -272,14 +272,19 @@ def phi_torch(
     profiles: torch.Tensor,
     attrs_tail: torch.Tensor,
     dim: int,
+    item_offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Differentiable φ (same layout as :class:`FeatureMap`) for training the adapter.
 
     ``attrs_tail`` is ``(n, 10)``: the attribute one-hots followed by the bias 1.
+    ``item_offset`` ``(n, k_item)``, when given, is added to each adapted item (a
+    trainable per-item id embedding, see :func:`learners.training.train_adapter`).
     """
     import torch
 
     ki, k, _ = block_widths(dim)
     ai = adapter(item_emb)[:, :ki]
+    if item_offset is not None:
+        ai = ai + item_offset
     ap = adapter(profiles)[:, :k]
     return torch.cat([ai, ap, ai[:, :k] * ap, attrs_tail], dim=1)

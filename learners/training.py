@@ -20,7 +20,7 @@ from torch import nn
 
 from learners.adapter import Adapter
 from learners.exceptions import FineTuneError
-from learners.features import attr_onehot, phi_torch
+from learners.features import attr_onehot, block_widths, phi_torch
 from learners.replay import ReplayRows
 
 Throttle = Callable[[float], None]  # called with the perf_counter a slice of work began at
@@ -67,6 +67,9 @@ class TrainOutcome:
     loss_after: float  # same, in the new space (both on the same snapshot rows)
     steps: int
     train_seconds: float  # the Adam loop only
+    #: ``(n_items, k_item)`` trained item id embeddings when the run trained them
+    #: (``item_ids=``), added to each adapted item vector; else None.
+    item_table: np.ndarray | None = None
 
 
 def _fit_head(
@@ -102,10 +105,17 @@ def train_adapter(
     device: torch.device,
     stop: Callable[[], bool] | None = None,
     throttle: Throttle | None = None,
+    item_ids: int | None = None,
 ) -> TrainOutcome:
     """Fit the best logistic head on the current φ (``loss_before``), train a clone of
     ``adapter`` and the head jointly with Adam for ``spec.steps`` micro-batches (BCE on
     ``clip(reward, 0, 1)``), refit the head (``loss_after``).
+
+    ``item_ids = n_items`` also trains an item id embedding table (zero at the start,
+    so ``loss_before`` is the same φ's) that is added to each row's adapted item
+    vector, indexed by ``rows.item_rows`` (rows without an item get none): the
+    collaborative signal NeuralLinear's φ can carry beside the text embedding
+    (``stream.evaluate.idembed`` measures whether it pays).
 
     ``stop()`` is asked before every step (a True ends the loop early);
     ``throttle`` is given each slice of work's start time (the in-thread path sleeps
@@ -128,15 +138,27 @@ def train_adapter(
           if n > spec.eval_rows else torch.arange(n)).to(device)
 
     adapter = adapter.clone().float().to(device)
+    table, rows_of = None, None
+    if item_ids is not None:
+        if len(rows.item_rows) and int(rows.item_rows.max()) >= item_ids:
+            raise FineTuneError(f"item row {int(rows.item_rows.max())} >= item_ids={item_ids}")
+        # one extra all-zero row (never trained: no gradient reaches it) for rows without an item
+        table = nn.Embedding(item_ids + 1, block_widths(dim)[0], padding_idx=item_ids)
+        nn.init.zeros_(table.weight)
+        table = table.to(device)
+        rows_of = torch.from_numpy(np.where(rows.item_rows >= 0, rows.item_rows, item_ids)
+                                   .astype(np.int64)).to(device)
 
     def features(ad: Adapter, idx: torch.Tensor) -> torch.Tensor:
-        return phi_torch(ad, items[idx], profiles[idx], tail[idx], dim)
+        offset = None if table is None else table(rows_of[idx])
+        return phi_torch(ad, items[idx], profiles[idx], tail[idx], dim, offset)
 
     with torch.no_grad():
         x_ev = features(adapter, ev)
     head, loss_before = _fit_head(x_ev, y[ev], spec.head_l2, spec.head_iters, throttle)
 
-    params = [*adapter.parameters(), *head.parameters()]
+    params = [*adapter.parameters(), *head.parameters(),
+              *(() if table is None else table.parameters())]
     opt = torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
     t0 = time.perf_counter()
     done = 0
@@ -160,5 +182,6 @@ def train_adapter(
     with torch.no_grad():
         x_ev = features(adapter, ev)
     _, loss_after = _fit_head(x_ev, y[ev], spec.head_l2, spec.head_iters, throttle)
+    item_table = None if table is None else table.weight.detach().cpu().double().numpy()[:-1]
     return TrainOutcome(adapter=adapter.cpu(), loss_before=loss_before, loss_after=loss_after,
-                        steps=done, train_seconds=secs)
+                        steps=done, train_seconds=secs, item_table=item_table)

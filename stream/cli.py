@@ -192,11 +192,23 @@ def cmd_eval_sim(args: argparse.Namespace) -> int:
     from stream.evaluate.report import format_table
     from stream.evaluate.sim import run_eval_sim
 
+    kw = {} if args.only is None else {"fairstream": args.only, "peers": []}
     results = run_eval_sim(_settings(args), events=args.events, seeds=args.seeds,
-                           out_dir=args.out, json_path=args.json, progress=True)
+                           out_dir=args.out, json_path=args.json, progress=True,
+                           exposure_target=args.exposure_target, **kw)
     print(format_table(results))
     print(f"written: {Path(args.out) / 'report.md'}")
     return 0
+
+
+def cmd_eval_ids(args: argparse.Namespace) -> int:
+    from stream.evaluate.idembed import run_idembed_eval
+
+    results = run_idembed_eval(_settings(args), events=args.events, seeds=range(args.seeds),
+                               steps=args.steps, out_dir=args.out, json_path=args.json)
+    print((Path(args.out) / "report.md").read_text())
+    print(f"written: {Path(args.out) / 'report.md'}, {Path(args.out) / 'ids.png'}")
+    return 0 if results else 1
 
 
 def cmd_eval_ope(args: argparse.Namespace) -> int:
@@ -312,7 +324,20 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--seeds", type=int, default=3)
     es.add_argument("--out", default="runs/eval-sim")
     es.add_argument("--json", type=Path)
+    es.add_argument("--exposure-target", choices=("candidates", "merit"), default="candidates",
+                    help="what the exposure controller's λ sweep pushes exposure toward")
+    es.add_argument("--only", nargs="+", metavar="POLICY",
+                    help="run only these fairstream policies and the sweep, no peers "
+                         "(e.g. a trade-off curve on its own)")
     es.set_defaults(func=cmd_eval_sim)
+    ei = esub.add_parser("ids", help="does the fine-tune gain from trainable item id "
+                                     "embeddings beside the hybrid's per-item terms?")
+    ei.add_argument("--events", type=int, default=20_000, help="arrivals per seed")
+    ei.add_argument("--seeds", type=int, default=3)
+    ei.add_argument("--steps", type=int, help="training steps per run (default: finetune.steps)")
+    ei.add_argument("--out", default="runs/eval-ids")
+    ei.add_argument("--json", type=Path)
+    ei.set_defaults(func=cmd_eval_ids)
     eo = esub.add_parser("ope", help="off-policy estimates on the Open Bandit Dataset sample")
     eo.add_argument("--out", default="runs/eval-ope")
     eo.add_argument("--json", type=Path)

@@ -181,6 +181,10 @@ class FairnessSettings(_Section):
     # scales accumulates, so small values suffice: on MovieLens λ = 4e-5 cut the tail's
     # exposure disparity by about two thirds for under 2 % reward (see `fairstream eval sim`).
     exposure_strength: float = 0.0
+    # What the controller pushes each item group's exposure toward: "merit" (its share of
+    # the policy's estimated relevance, FairCo) or "candidates" (its share of the
+    # request's candidates: equal exposure, whatever the policy learnt of the group).
+    exposure_target: Literal["merit", "candidates"] = "merit"
 
 
 #: Largest slate a request may ask for (a bound, so a request's cost is bounded too).

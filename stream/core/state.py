@@ -138,7 +138,7 @@ class LearningState:
         adapter = Adapter.from_pca(catalog.embeddings, out_dim=FeatureMap.adapter_dim(feat.dim),
                                    seed=feat.seed)
         fmap = FeatureMap(adapter, dim=feat.dim)
-        return cls(settings, catalog, fmap, _new_policy(settings, fmap))
+        return cls(settings, catalog, fmap, new_policy(settings, fmap))
 
     # -- learning -----------------------------------------------------------------------------
 
@@ -323,7 +323,7 @@ class LearningState:
             X, r, rows, seq = X_new, r_new, since.item_rows, since.seq
         recent = self.recent.snapshot()
         held_out = seq >= (recent.seq.min() if len(recent) else np.iinfo(np.int64).max)
-        policy = _new_policy(self.settings, result.fmap)
+        policy = new_policy(self.settings, result.fmap)
         self._learn_rows(policy, X[~held_out], r[~held_out], rows[~held_out])
         if len(recent):
             # Both bandits predict each recent row before learning it, batch by batch as
@@ -398,7 +398,7 @@ class LearningState:
         return state
 
 
-def _new_policy(settings: Settings, fmap: FeatureMap) -> Policy:
+def new_policy(settings: Settings, fmap: FeatureMap) -> Policy:
     b = settings.bandit
     hyper: dict[str, Any] = {"lam": b.lam, "gamma": b.gamma}
     if b.algorithm in ("linucb", "hybrid_linucb"):

@@ -57,16 +57,23 @@ class DeployedAgent:
     """The worker's learning path as a simulation agent (see module doc).
 
     ``bandit``: overrides of the ``[bandit]`` settings (algorithm and its knobs).
+    ``replay_rows``: keep up to that many learned rows in the state's replay buffer
+    (``state.buffer``, as a worker with the fine-tune on does; 0 keeps none). The
+    agent itself never fine-tunes.
     """
 
     def __init__(self, name: str, world: EvalWorld, bandit: dict[str, Any], seed: int = 0,
                  controller: ExposureController | None = None,
-                 settings: Settings | None = None, publish_every: int | None = None) -> None:
+                 settings: Settings | None = None, publish_every: int | None = None,
+                 replay_rows: int = 0) -> None:
         base = settings or Settings()
         self.name = name
         self.controller = controller
-        self.settings = base.replace(bandit={**bandit, "seed": seed},
-                                     finetune={"enabled": False},
+        finetune: dict[str, Any] = {"enabled": replay_rows > 0}
+        if replay_rows > 0:
+            finetune |= {"buffer_capacity": replay_rows,
+                         "validation_rows": min(replay_rows, base.finetune.validation_rows)}
+        self.settings = base.replace(bandit={**bandit, "seed": seed}, finetune=finetune,
                                      features={"dim": world.dim, "seed": seed})
         self._world = world
         self._encoder = _Embedded(world)

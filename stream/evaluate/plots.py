@@ -85,7 +85,8 @@ def write_plots(out_dir: Path, curves: dict[str, dict[str, np.ndarray]],
         for p in tradeoff:
             ax.annotate(f"λ={p['lam']:g}", (p["tail_exposure_disparity"], p["mean_reward"]),
                         fontsize=8, xytext=(4, 4), textcoords="offset points")
-        ax.set(title=f"Reward vs tail-exposure disparity ({tradeoff[0]['policy']})")
+        ax.set(title=f"Reward vs tail-exposure disparity ({tradeoff[0]['policy']}, "
+                     f"target {tradeoff[0].get('target', 'merit')})")
     ax.set(xlabel="|tail exposure share − tail share among candidates|", ylabel="mean reward")
     paths.append(_save(plt, fig, out_dir / "tradeoff.png"))
     return paths

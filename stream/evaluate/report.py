@@ -143,7 +143,8 @@ def render_report(results: dict[str, Any]) -> str:
             tried = "; ".join(f"`{c}` {m:.4f}" for c, m in zip(t["configs"], t["mean_reward"],
                                                                 strict=True))
             lines.append(f"| {f} | {tried} | `{t['best']}` |")
-    lines += ["", "## Trade-off (exposure controller strength λ)", "",
+    target = results["config"].get("exposure_target", "merit")
+    lines += ["", f"## Trade-off (exposure controller strength λ, target {target!r})", "",
               "| λ | mean reward | tail exposure disparity | tail exposure share |",
               "|---|---|---|---|"]
     for p in results["tradeoff"]:

@@ -28,6 +28,7 @@ from stream.evaluate.suite import (
     VW_SLATE_CONFIGS,
     is_peer,
     make_agents,
+    split_fair,
 )
 from stream.evaluate.tradeoff import (
     DEFAULT_LAMBDAS,
@@ -76,13 +77,8 @@ def describe(name: str, hyper: dict[str, Any] = HYPER,
         return (f"river.bandit.{what}, context-free with one arm per item id; slate = k "
                 "successive pulls over the candidates not yet chosen; update(arm, reward) "
                 "for every shown item.")
-    fair = ""
-    base = name
-    if name.endswith("_fair"):
-        base, fair = name.removesuffix("_fair"), f" + ExposureController(λ={hyper['fair_lam']})"
-    elif "_lam" in name:
-        base, lam = name.rsplit("_lam", 1)
-        fair = f" + ExposureController(λ={lam})"
+    base, lam, target = split_fair(name, hyper)
+    fair = f" + ExposureController(λ={lam:g}, target={target!r})" if lam > 0 else ""
     if base == "deployed":
         return (f"The worker's own LearningState (bandit.algorithm = hybrid_linucb, "
                 f"{hyper['hybrid_linucb']}, item_context = attributes): φ from profiles it "
@@ -218,7 +214,8 @@ def run_eval_sim(settings_or_cache_dir: Any, events: int = 20_000, seeds: int = 
                  out_dir: str | Path = "runs/eval-sim", json_path: str | Path | None = None,
                  progress: bool = True, *, peers: Sequence[str] | None = None,
                  fairstream: Sequence[str] | None = None, tradeoff_policy: str = "hybrid_linucb",
-                 lambdas: Sequence[float] = DEFAULT_LAMBDAS, k: int = 5,
+                 lambdas: Sequence[float] = DEFAULT_LAMBDAS, exposure_target: str = "candidates",
+                 k: int = 5,
                  n_candidates: int = 20, workers: int | None = None, encoder: Any = None,
                  hyper: dict[str, Any] | None = None, grids: dict[str, list[Any]] | None = None,
                  tune_events: int | None = None, holdout: float = 0.2,
@@ -229,6 +226,9 @@ def run_eval_sim(settings_or_cache_dir: Any, events: int = 20_000, seeds: int = 
     directory. ``grids`` (default :data:`~stream.evaluate.suite.TUNING_GRIDS`; ``{}``
     for none) are searched first with :func:`stream.evaluate.tuning.tune`;
     ``holdout`` is the share of items held back until the midpoint (cold start).
+    ``exposure_target`` is the controller target the λ sweep uses: "candidates", the
+    default, pushes exposure toward the tail's share of the candidates, which is what
+    the sweep's tail-exposure disparity measures; "merit" follows the policy's merit.
     Returns the results dict (also written to ``out_dir/results.json`` and, when
     given, ``json_path``).
     """
@@ -240,7 +240,7 @@ def run_eval_sim(settings_or_cache_dir: Any, events: int = 20_000, seeds: int = 
     hyper = hyper or HYPER
     peers = list(DEFAULT_PEERS if peers is None else peers)
     fs = list(FAIRSTREAM if fairstream is None else fairstream)
-    sweep = sweep_names(tradeoff_policy, lambdas) if lambdas else []
+    sweep = sweep_names(tradeoff_policy, lambdas, exposure_target) if lambdas else []
     names = list(dict.fromkeys(fs + [n for n in sweep if n not in fs] + peers))
     seed_list = list(range(seeds))
     if workers is None:
@@ -261,7 +261,8 @@ def run_eval_sim(settings_or_cache_dir: Any, events: int = 20_000, seeds: int = 
     per_seed = run_worlds(world, names, seed_list, k=k, n_candidates=n_candidates, hyper=hyper,
                           vw_configs=vw_configs, workers=workers, progress=progress)
     policies, curves = _aggregate(per_seed, names, hyper, vw_configs)
-    sweep_pts = tradeoff_points(tradeoff_policy, lambdas, policies) if sweep else []
+    sweep_pts = (tradeoff_points(tradeoff_policy, lambdas, policies, exposure_target)
+                 if sweep else [])
 
     fs_names = [n for n in names if not is_peer(n) and n in fs]
     fs_best = max(fs_names, key=lambda n: policies[n]["mean_reward"]) if fs_names else None
@@ -314,7 +315,8 @@ def run_eval_sim(settings_or_cache_dir: Any, events: int = 20_000, seeds: int = 
         "from its own slate only.",
         "Profiles = decayed mean of embeddings of items the user logged a rating ≥ 4 for "
         "before the arrival (policy-independent, so φ is identical for every policy).",
-        f"Sweep policy: {tradeoff_policy}; best fairstream policy in this run: {fs_best}.",
+        f"Sweep policy: {tradeoff_policy} with ExposureController(target="
+        f"{exposure_target!r}); best fairstream policy in this run: {fs_best}.",
         (f"Tuning (same protocol and budget for fairstream and VW): every tuned family "
          f"searched {tuning.get('configs_per_family', 0)} configurations on one tuning stream "
          f"(candidate seed {tuning.get('seed')}, not a reported seed; the first "
@@ -336,6 +338,7 @@ def run_eval_sim(settings_or_cache_dir: Any, events: int = 20_000, seeds: int = 
     results: dict[str, Any] = {
         "config": {"events": world.n_arrivals, "seeds": seed_list, "k": k,
                    "n_candidates": n_candidates, "dim": world.dim, "lambdas": list(lambdas),
+                   "exposure_target": exposure_target,
                    "tradeoff_policy": tradeoff_policy, "hyper": hyper,
                    "vw_configs": {n: f"--cb_explore_adf {a}" for n, a in vw_configs.items()
                                   if n in names},
@@ -372,5 +375,17 @@ def _short_report(results: dict[str, Any]) -> str:
     """A headline-only report for partial rosters (no VW, no sweep, ...)."""
     from stream.evaluate.report import format_table
 
-    return "\n".join(["# fairstream eval sim", "", "## Headline (sorted by mean reward)", "",
-                      format_table(results)]) + "\n"
+    lines = ["# fairstream eval sim", "", "## Headline (sorted by mean reward)", "",
+             format_table(results)]
+    if results["tradeoff"]:
+        op = results["targets"]["exposure_controller"]
+        lines += ["", f"## Trade-off (target {results['config']['exposure_target']!r})", "",
+                  "| λ | mean reward | tail exposure disparity | tail exposure share |",
+                  "|---|---|---|---|"]
+        lines += [f"| {p['lam']:g} | {p['mean_reward']:.4f} ± {p['mean_reward_std']:.4f} | "
+                  f"{p['tail_exposure_disparity']:.4f} | {p['tail_exposure_share']:.3f} |"
+                  for p in results["tradeoff"]]
+        lines += ["", f"Best operating point within 2 % reward: λ = {op['lam']:g}, disparity "
+                  f"cut {op['disparity_cut']:.1%}, reward loss {op['relative_reward_loss']:.2%} "
+                  f"(target: cut ≥ 50 %, {'met' if op['met'] else 'not met'})."]
+    return "\n".join(lines) + "\n"

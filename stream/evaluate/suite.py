@@ -87,13 +87,16 @@ def is_peer(name: str) -> bool:
     return name.startswith(PEER_PREFIXES)
 
 
-def _split_fair(name: str, hyper: dict[str, Any]) -> tuple[str, float]:
+def split_fair(name: str, hyper: dict[str, Any]) -> tuple[str, float, str]:
+    """``(policy, λ, controller target)`` of a roster name (see stream.evaluate.tradeoff)."""
     if name.endswith("_fair"):
-        return name.removesuffix("_fair"), float(hyper["fair_lam"])
-    if "_lam" in name:
-        base, lam = name.rsplit("_lam", 1)
-        return base, float(lam)
-    return name, 0.0
+        return (name.removesuffix("_fair"), float(hyper["fair_lam"]),
+                hyper.get("fair_target", "merit"))
+    for tag, target in (("_clam", "candidates"), ("_lam", "merit")):
+        if tag in name:
+            base, lam = name.rsplit(tag, 1)
+            return base, float(lam), target
+    return name, 0.0, "merit"
 
 
 def make_agent(name: str, world: EvalWorld, seed: int,
@@ -114,8 +117,8 @@ def make_agent(name: str, world: EvalWorld, seed: int,
         return VWSlateAgent(name, world, VW_SLATE_CONFIGS[name], seed=seed)
     if name.startswith("river_"):
         return RiverAgent(name, river_policy(name.removeprefix("river_"), seed))
-    base, lam = _split_fair(name, hyper)
-    controller = ExposureController(lam) if lam > 0 else None
+    base, lam, target = split_fair(name, hyper)
+    controller = ExposureController(lam, target=target) if lam > 0 else None
     if base == "linucb":
         h = hyper["linucb"]
         return PolicyAgent(name, LinUCB(dim, alpha=h["alpha"], lam=h["lam"], feature_space=fs,

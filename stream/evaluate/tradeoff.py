@@ -1,7 +1,9 @@
 """Fairness/reward trade-off: the exposure controller's strength λ against reward.
 
-For one fairstream policy the sweep runs ``<base>_lam<λ>`` agents in the same
-pass (λ = 0 is the policy itself) and records, per λ, the seeds' mean reward
+For one fairstream policy the sweep runs ``<base>_lam<λ>`` agents (the controller's
+merit target) or ``<base>_clam<λ>`` agents (its candidates target, see
+:class:`bandits.ExposureController`) in the same pass (λ = 0 is the policy
+itself) and records, per λ, the seeds' mean reward
 and tail-exposure disparity ``|tail exposure share − tail candidate share|``
 (the tail's share among the candidates). The operating point is the λ with
 the largest disparity cut whose relative reward loss stays within a budget.
@@ -17,18 +19,24 @@ __all__ = ["DEFAULT_LAMBDAS", "best_operating_point", "sweep_names", "tradeoff_p
 DEFAULT_LAMBDAS = (0.0, 1e-05, 2e-05, 4e-05, 0.0001, 0.001, 0.01)
 
 
-def sweep_names(base: str, lambdas: Sequence[float]) -> list[str]:
-    """Agent names of the sweep (λ = 0 maps to ``base`` itself)."""
-    return [base if lam == 0 else f"{base}_lam{lam:g}" for lam in lambdas]
+def sweep_names(base: str, lambdas: Sequence[float], target: str = "merit") -> list[str]:
+    """Agent names of the sweep (λ = 0 maps to ``base`` itself).
+
+    >>> sweep_names("hybrid_linucb", [0.0, 1e-05], target="candidates")
+    ['hybrid_linucb', 'hybrid_linucb_clam1e-05']
+    """
+    tag = {"merit": "lam", "candidates": "clam"}[target]
+    return [base if lam == 0 else f"{base}_{tag}{lam:g}" for lam in lambdas]
 
 
 def tradeoff_points(base: str, lambdas: Sequence[float],
-                    policies: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+                    policies: dict[str, dict[str, Any]], target: str = "merit"
+                    ) -> list[dict[str, Any]]:
     """One point per λ from the aggregated per-policy results."""
     out = []
-    for lam, name in zip(lambdas, sweep_names(base, lambdas), strict=True):
+    for lam, name in zip(lambdas, sweep_names(base, lambdas, target), strict=True):
         p = policies[name]
-        out.append({"policy": base, "lam": float(lam), "name": name,
+        out.append({"policy": base, "target": target, "lam": float(lam), "name": name,
                     "mean_reward": p["mean_reward"], "mean_reward_std": p["mean_reward_std"],
                     "tail_exposure_disparity": p["tail_exposure_disparity"],
                     "tail_exposure_disparity_std": p["tail_exposure_disparity_std"],

@@ -63,7 +63,8 @@ class ServeRuntime:
                                   capacity=feat.profile_capacity),
             max_candidates=self.serve.max_candidates, max_k=self.serve.max_k,
             feedback_weights={"click": ev.click_weight, "purchase": ev.purchase_weight},
-            exposure=ExposureController(lam=settings.fairness.exposure_strength))
+            exposure=ExposureController(lam=settings.fairness.exposure_strength,
+                                        target=settings.fairness.exposure_target))
         self.policies = PolicyFollower(settings, self.recommender, self.metrics,
                                        keep_versions=self.serve.keep_versions)
         self.catalog = CatalogFollower(settings, self.recommender, self.metrics, self.encoder)

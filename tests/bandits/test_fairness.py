@@ -126,6 +126,25 @@ def test_controller_off_gives_zero_bonus_and_hand_computed_deficit():
     np.testing.assert_allclose(c2.bonus(["h", "t", "new"]), [0.0, 1.5, 0.0])
 
 
+def test_candidates_target_deficit_is_candidate_share_minus_exposure():
+    """Closed form: D_g = Σ_requests (n_g / n) · Σ_j w_j − E_g, whatever the merits say."""
+    c = ExposureController(lam=1.0, target="candidates")
+    w = position_weights(2)
+    c.observe(["h", "h", "t", "t"], shown=[0, 1], merit=np.array([5.0, 5.0, 0.0, 0.0]))
+    c.observe(["h", "t", "t", "t"], shown=[1, 0], merit=np.array([0.0, 9.0, 9.0, 9.0]))
+    want_t = (0.5 + 0.75) * w.sum() - w[0]  # the tail was shown once, first
+    assert c.deficit == pytest.approx({"t": want_t, "h": -want_t})
+    np.testing.assert_allclose(c.bonus(["h", "t"]), [0.0, want_t])
+    merit = ExposureController(lam=1.0)  # the merit target follows the merits instead
+    merit.observe(["h", "h", "t", "t"], shown=[0, 1], merit=np.array([5.0, 5.0, 0.0, 0.0]))
+    assert merit.deficit == pytest.approx({"h": 0.0, "t": 0.0})
+
+
+def test_controller_rejects_an_unknown_target():
+    with pytest.raises(InvalidInput, match="target"):
+        ExposureController(lam=1.0, target="popularity")
+
+
 def run_stream(lam: float, rounds: int = 300, seed: int = 0):
     """Two groups, 10 candidates each; head items are somewhat more relevant.
 
