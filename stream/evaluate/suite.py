@@ -50,6 +50,7 @@ HYPER: dict[str, dict[str, Any]] = {
     "hybrid_linucb": {"alpha": 0.3, "lam": 1.0},
     "hybrid_ts": {"v": 0.05, "lam": 1.0, "mc_samples": 16},
     "fair_lam": 4e-05,
+    "fair_target": "candidates",
 }
 
 #: The ``-q`` crosses of the id-based VW peers: user×item, history×item, attributes×genres.

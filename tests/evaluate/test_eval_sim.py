@@ -161,7 +161,7 @@ def test_report_shape_tiny_run(data_cache, encoder, tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["config"] == data["config"]
     pol = data["policies"]
     assert {"deployed", "hybrid_linucb", "linucb", "neural_linear", "linucb_fair",
-            "hybrid_linucb_lam0.01", "random", "popular", "vw_squarecb", "river_ts"} <= set(pol)
+            "hybrid_linucb_clam0.01", "random", "popular", "vw_squarecb", "river_ts"} <= set(pol)
     for name, p in pol.items():
         for key in ("mean_reward", "mean_reward_std", "regret", "reward_by_user_group",
                     "tail_exposure_share", "exposure_disparity"):
@@ -170,6 +170,7 @@ def test_report_shape_tiny_run(data_cache, encoder, tmp_path):
         assert p["regret"] >= 0
     assert pol["neural_linear"]["finetunes_per_seed"] == 2
     assert [p["lam"] for p in data["tradeoff"]] == [0.0, 0.01]
+    assert {p["target"] for p in data["tradeoff"]} == {"candidates"}  # the default sweep
     assert "neural_vs_fixed_second_half" in data and "met" in data["neural_vs_fixed_second_half"]
     assert data["config"]["events"] == 300
     report = (out / "report.md").read_text()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from learners import (
     Adapter,
@@ -378,3 +379,31 @@ def test_warm_up_runs_the_thread_path_and_leaves_the_tuner_as_it_was():
     assert tuner.due(99, now=0.0) is None  # its triggers are untouched
     assert fmap.adapter.to_bytes() == adapter_before  # trains a clone, never the live map
     assert FineTuner(device="cpu").warm_up(fmap) == 0.0  # a child warms nothing here
+
+
+def test_item_id_embeddings_learn_what_the_text_cannot_see():
+    """Items with identical embeddings but opposite rewards: only an id can tell them apart.
+
+    The table starts at zero (so ``loss_before`` is the plain φ's), trains only the
+    rows of items that appear, and lowers the loss where the adapter alone cannot."""
+    from learners.training import train_adapter
+
+    rng = np.random.default_rng(0)
+    n, n_items = 4000, 6  # items 0..4 appear; item 5 never does
+    base = rng.normal(size=384).astype(np.float32)
+    item_rows = rng.integers(0, 5, n)
+    buf = ReplayBuffer(n, seed=0, emb_dim=384)
+    buf.add_batch(np.tile(base, (n, 1)), rng.normal(size=(n, 384)).astype(np.float32),
+                  np.zeros(n, np.int64), np.zeros(n, np.int64),
+                  (item_rows % 2 == 0).astype(np.float64), item_rows=item_rows)
+    rows = buf.snapshot()
+    adapter = Adapter.from_pca(rng.normal(size=(50, 384)), out_dim=FeatureMap.adapter_dim(64))
+    spec = TrainSpec(steps=150, batch_size=128, lr=5e-2, seed=0)
+    plain = train_adapter(rows, adapter, 64, spec, torch.device("cpu"))
+    ids = train_adapter(rows, adapter, 64, spec, torch.device("cpu"), item_ids=n_items)
+    assert plain.item_table is None and ids.item_table.shape == (n_items, 18)
+    assert ids.loss_before == pytest.approx(plain.loss_before, abs=1e-6)
+    assert ids.loss_after < 0.5 * plain.loss_after  # the ids separate what text cannot
+    assert np.abs(ids.item_table[:5]).max() > 0 and not ids.item_table[5].any()
+    with pytest.raises(FineTuneError, match="item_ids"):
+        train_adapter(rows, adapter, 64, spec, torch.device("cpu"), item_ids=3)
