@@ -291,8 +291,10 @@ class Recommender:
         slate = policy.select(X, int(k), rng=rng, bonus=bonus if control else None,
                               item_ids=by_id)
         if control:
-            # Merit = the model's estimated relevance of every candidate (FairCo).
-            merit = predicted_reward(policy, X, by_id)
+            # Merit = the model's estimated relevance of every candidate (FairCo); the
+            # candidates target counts every candidate alike and needs no prediction.
+            merit = (predicted_reward(policy, X, by_id) if self.exposure.target == "merit"
+                     else np.ones(len(ids)))
             self.exposure.observe(groups, slate.indices, merit)
         rec = Recommendation([ids[i] for i in slate.indices.tolist()], slate.scores.tolist(),
                              slate.propensities.tolist(), v.version, request_id)
