@@ -211,6 +211,13 @@ class ServeSettings(_Section):
     log_queue_size: int = 10_000
     #: per-request rng = default_rng([seed, request id]): reproducible from the log
     seed: int = 0
+    #: Impression discounting (stream.core.recent): an item this server showed a user, not
+    #: clicked since, loses this much score for impression_discount_ttl_s seconds (0 = off).
+    #: Scores are rewards in [0, 1] plus exploration, so 1.0 all but excludes it.
+    impression_discount: float = 1.0
+    impression_discount_ttl_s: float = 86_400.0
+    impression_discount_items: int = 50      # per user, newest kept
+    impression_discount_users: int = 20_000  # least recently served dropped first
     #: verified bundles kept in memory for POST /admin/pin
     keep_versions: int = 16
     #: an event not acknowledged by Kafka within this is a failed send (kafka-python's
@@ -294,6 +301,9 @@ def _check_ranges(s: Settings) -> None:
         "serve.body_timeout_s": s.serve.body_timeout_s,
         "serve.log_queue_size": s.serve.log_queue_size,
         "serve.keep_versions": s.serve.keep_versions,
+        "serve.impression_discount_ttl_s": s.serve.impression_discount_ttl_s,
+        "serve.impression_discount_items": s.serve.impression_discount_items,
+        "serve.impression_discount_users": s.serve.impression_discount_users,
         "serve.produce_failures_unready": s.serve.produce_failures_unready,
     }
     for key, value in positive.items():
@@ -303,6 +313,9 @@ def _check_ranges(s: Settings) -> None:
     for key, value in unit.items():
         if not 0.0 < value <= 1.0:
             raise ConfigError(f"{key} must be in (0, 1], got {value}")
+    if not s.serve.impression_discount >= 0:
+        raise ConfigError("serve.impression_discount must be >= 0, got "
+                          f"{s.serve.impression_discount}")
     if not 0.0 <= s.bandit.epsilon <= 1.0:
         raise ConfigError(f"bandit.epsilon must be in [0, 1], got {s.bandit.epsilon}")
     if s.fairness.exposure_strength < 0:

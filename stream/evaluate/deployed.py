@@ -13,6 +13,9 @@ it with the same calls the worker and the server make:
   ``n`` learned rows (a hybrid as its serving view,
   :meth:`bandits.HybridLinUCB.serving_view`), which measures what publishing
   staleness costs;
+* impression discounting: as the server, items shown to the user and not clicked
+  lose ``serve.impression_discount`` of score for ``serve.impression_discount_ttl_s``
+  (time here is the arrival number, so over a 20,000-arrival run it never expires);
 * ``learn``: the slate becomes a closed :class:`~stream.core.join.Pending`
   impression with the rewards it got, and :meth:`LearningState.learn` takes it
   (profile walk, batched policy update, replay buffer, fairness sums).
@@ -33,6 +36,7 @@ import numpy as np
 from bandits import ExposureController, Policy, predicted_reward
 from stream.core.catalog import Catalog
 from stream.core.join import Pending
+from stream.core.recent import recent_impressions
 from stream.core.state import LearningState
 from stream.evaluate.simulation import Arrival, EvalWorld
 from stream.events import CatalogItem
@@ -84,6 +88,8 @@ class DeployedAgent:
         self._add(catalog, [i for i, n in zip(world.item_ids, new.tolist(), strict=True)
                             if not n])
         self.state = LearningState.fresh(self.settings, catalog)
+        # What the server does between policies: discount what it showed and was not clicked.
+        self.recent = recent_impressions(self.settings)
         self.publish_every = publish_every
         self._since_publish = 0
         self._published = self._publish() if publish_every else None
@@ -118,10 +124,19 @@ class DeployedAgent:
         X = state.features(user_id, arr.attrs, arr.item_ids, now=float(arr.t))
         ids = list(arr.item_ids) if policy.uses_item_ids else None
         bonus = c.bonus(arr.groups) if c is not None and c.lam > 0 else None
-        slate = policy.select(X, k, rng=rng, bonus=bonus, item_ids=ids)
+        offset = bonus
+        if self.recent is not None:
+            seen = self.recent.penalties(user_id, arr.item_ids, float(arr.t))
+            if seen is not None:
+                offset = seen if offset is None else offset + seen
+        slate = policy.select(X, k, rng=rng, bonus=offset, item_ids=ids)
         if bonus is not None:
-            c.observe(arr.groups, slate.indices,
-                      np.maximum(predicted_reward(policy, X, ids), 0.0))
+            merit = (np.maximum(predicted_reward(policy, X, ids), 0.0) if c.target == "merit"
+                     else np.ones(len(arr.item_ids)))
+            c.observe(arr.groups, slate.indices, merit)
+        if self.recent is not None:
+            self.recent.shown(user_id, [arr.item_ids[j] for j in slate.indices.tolist()],
+                              float(arr.t))
         self._req += 1
         self._pending = Pending(f"r{self._req}", user_id, float(arr.t),
                                 tuple(arr.item_ids[j] for j in slate.indices.tolist()),
@@ -132,6 +147,10 @@ class DeployedAgent:
         pending, self._pending = self._pending, None
         assert pending is not None and [arr.item_ids[j] for j in shown] == list(pending.items)
         pending.rewards = [float(r) for r in rewards]
+        if self.recent is not None:
+            for item, r in zip(pending.items, pending.rewards, strict=True):
+                if r > 0:
+                    self.recent.clicked(pending.user_id, item)
         self._since_publish += self.state.learn([pending]).rows
         if self.publish_every and self._since_publish >= self.publish_every:
             self._published, self._since_publish = self._publish(), 0

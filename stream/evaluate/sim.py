@@ -79,13 +79,19 @@ def describe(name: str, hyper: dict[str, Any] = HYPER,
                 "for every shown item.")
     base, lam, target = split_fair(name, hyper)
     fair = f" + ExposureController(λ={lam:g}, target={target!r})" if lam > 0 else ""
+    discount = ("; items shown to the user and not clicked lose serve.impression_discount "
+                "of score, as the server does (stream.core.recent)")
     if base == "deployed":
         return (f"The worker's own LearningState (bandit.algorithm = hybrid_linucb, "
                 f"{hyper['hybrid_linucb']}, item_context = attributes): φ from profiles it "
-                f"learnt from its own clicks, LearningState.learn after every slate{fair}.")
+                f"learnt from its own clicks, LearningState.learn after every slate"
+                f"{discount}{fair}.")
     if base == "deployed_published":
         return (f"As `deployed`, but slates come from the serving view the worker would have "
-                f"published, refreshed every policy.publish_every_updates rows{fair}.")
+                f"published, refreshed every policy.publish_every_updates rows{discount}{fair}.")
+    if base == "deployed_published_plain":
+        return (f"As `deployed_published`, without the impression discount "
+                f"(serve.impression_discount = 0){fair}.")
     if base == "hybrid_linucb":
         return (f"bandits.HybridLinUCB({hyper['hybrid_linucb']}, z = attribute one-hots + bias) "
                 f"on the fixed PCA φ{fair}.")

@@ -4,7 +4,9 @@ Names starting with ``vw``, ``random``, ``popular`` or ``river`` are peers;
 the rest are fairstream: ``deployed`` (the worker's own :class:`LearningState`
 with the hybrid LinUCB, see :mod:`stream.evaluate.deployed`; ``deployed_published``
 selects with what the worker would have published, every
-``policy.publish_every_updates`` rows, as a server does), the policies alone
+``policy.publish_every_updates`` rows, as a server does; both discount what they
+showed a user and was not clicked, as the server does, and ``deployed_published_plain``
+is ``deployed_published`` without that), the policies alone
 on the world's fixed φ (``hybrid_linucb``, ``hybrid_ts``, ``linucb``, ``ts``,
 ``neural_linear``), each with a ``_fair`` variant that adds the exposure
 controller, and ``<base>_lam<λ>`` for the trade-off sweep. ``vw_dense_phi*``
@@ -79,9 +81,9 @@ TUNING_GRIDS: dict[str, list[Any]] = {
 
 DEFAULT_PEERS = ("random", "popular", "vw_squarecb", "vw_epsilon", "vw_dense_phi_squarecb",
                  "river_eps", "river_ucb", "river_ts")
-FAIRSTREAM = ("deployed", "deployed_published", "hybrid_linucb", "hybrid_ts", "linucb", "ts",
-              "neural_linear", "deployed_fair", "hybrid_linucb_fair", "linucb_fair",
-              "neural_linear_fair")
+FAIRSTREAM = ("deployed", "deployed_published", "deployed_published_plain", "hybrid_linucb",
+              "hybrid_ts", "linucb", "ts", "neural_linear", "deployed_fair",
+              "hybrid_linucb_fair", "linucb_fair", "neural_linear_fair")
 
 
 def is_peer(name: str) -> bool:
@@ -139,12 +141,15 @@ def make_agent(name: str, world: EvalWorld, seed: int,
         return PolicyAgent(name, HybridTS(dim, v=h["v"], lam=h["lam"], mc_samples=h["mc_samples"],
                                           z=context_columns(dim), feature_space=fs, seed=seed),
                            controller, needs_ids=True)
-    if base in ("deployed", "deployed_published"):
+    if base in ("deployed", "deployed_published", "deployed_published_plain"):
         h = hyper["hybrid_linucb"]
-        every = Settings().policy.publish_every_updates if base == "deployed_published" else None
+        every = None if base == "deployed" else Settings().policy.publish_every_updates
+        settings = Settings().replace(serve={"impression_discount": 0.0}) \
+            if base.endswith("_plain") else None
         return DeployedAgent(name, world, {"algorithm": "hybrid_linucb", "alpha": h["alpha"],
                                            "lam": h["lam"], "item_context": "attributes"},
-                             seed=seed, controller=controller, publish_every=every)
+                             seed=seed, controller=controller, publish_every=every,
+                             settings=settings)
     if base == "neural_linear":
         h = dict(hyper["neural_linear"])
         alpha, lam_r = h.pop("alpha"), h.pop("lam")

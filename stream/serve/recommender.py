@@ -58,6 +58,7 @@ import numpy as np
 from bandits import ExposureController, predicted_reward
 from learners import ProfileStore, user_groups
 from stream.core.bundle import PolicyBundle
+from stream.core.recent import RecentImpressions
 from stream.serve.exceptions import BadRequest, NotReady
 from stream.settings import MAX_K
 
@@ -116,7 +117,8 @@ class Recommender:
                  max_candidates: int = 1000, max_k: int = MAX_K,
                  impressions: ImpressionSink | None = None,
                  exposure: ExposureController | None = None,
-                 feedback_weights: Mapping[str, float] | None = None) -> None:
+                 feedback_weights: Mapping[str, float] | None = None,
+                 recent: RecentImpressions | None = None) -> None:
         self.seed = int(seed)
         self.profiles = profiles or ProfileStore()
         self.max_candidates = int(max_candidates)
@@ -125,6 +127,9 @@ class Recommender:
         #: FairCo-style exposure control (``fairness.exposure_strength``; None or λ = 0: off).
         #: Its deficits are per server process, accumulated over the requests it answers.
         self.exposure = exposure
+        #: Impression discounting (``serve.impression_discount``; None or 0: off): items this
+        #: process showed a user and the user has not clicked rank lower for a while.
+        self.recent = recent
         self._groups: list[str] = []
         self.feedback_weights = dict(feedback_weights or {"click": 1.0, "purchase": 1.0})
         self._view = _View(None, "", [], {}, np.zeros((0, self.profiles.emb_dim), np.float32),
@@ -215,6 +220,8 @@ class Recommender:
         with self._profile_lock:
             self.profiles.observe(user_id, v.emb[row], self.feedback_weights.get(kind, 1.0),
                                   now=ts)
+        if self.recent is not None:
+            self.recent.clicked(user_id, item_id)
         return True
 
     def _canonical(self, user: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -288,8 +295,14 @@ class Recommender:
             groups = [self._groups[r] for r in all_rows]
             bonus = self.exposure.bonus(groups)
         by_id = ids if policy.uses_item_ids else None
-        slate = policy.select(X, int(k), rng=rng, bonus=bonus if control else None,
-                              item_ids=by_id)
+        at = time.time() if now is None else now
+        offset = bonus if control else None
+        if self.recent is not None:
+            seen = self.recent.penalties(user_id, ids, at,
+                                         index=v.index if candidates is None else None)
+            if seen is not None:
+                offset = seen if offset is None else offset + seen
+        slate = policy.select(X, int(k), rng=rng, bonus=offset, item_ids=by_id)
         if control:
             # Merit = the model's estimated relevance of every candidate (FairCo); the
             # candidates target counts every candidate alike and needs no prediction.
@@ -298,6 +311,8 @@ class Recommender:
             self.exposure.observe(groups, slate.indices, merit)
         rec = Recommendation([ids[i] for i in slate.indices.tolist()], slate.scores.tolist(),
                              slate.propensities.tolist(), v.version, request_id)
+        if self.recent is not None:
+            self.recent.shown(user_id, rec.items, at)
         if self.impressions is not None:
-            self.impressions(rec, user_id, user or {}, time.time() if now is None else now)
+            self.impressions(rec, user_id, user or {}, at)
         return rec

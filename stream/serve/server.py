@@ -26,6 +26,7 @@ from kafka import KafkaProducer
 
 from bandits import ExposureController
 from learners import Encoder, ProfileStore
+from stream.core.recent import recent_impressions
 from stream.events import EventCodec
 from stream.kafka.topics import ensure_topics
 from stream.metrics import ServeMetrics
@@ -64,7 +65,8 @@ class ServeRuntime:
             max_candidates=self.serve.max_candidates, max_k=self.serve.max_k,
             feedback_weights={"click": ev.click_weight, "purchase": ev.purchase_weight},
             exposure=ExposureController(lam=settings.fairness.exposure_strength,
-                                        target=settings.fairness.exposure_target))
+                                        target=settings.fairness.exposure_target),
+            recent=recent_impressions(settings))
         self.policies = PolicyFollower(settings, self.recommender, self.metrics,
                                        keep_versions=self.serve.keep_versions)
         self.catalog = CatalogFollower(settings, self.recommender, self.metrics, self.encoder)
