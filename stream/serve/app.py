@@ -294,6 +294,7 @@ def create_app(ctx: ServeContext) -> RecommendFastPath:
                              f"({ctx.health.reason}); retry later", 503)
         if ctx.event_log is None or not ctx.event_log.submit(event):
             raise BadRequest("queue_full", "event log is full or absent; retry later", 503)
+        rec.note_click(req.user_id, req.item_id)
         return _json({"accepted": True, "event_id": event.event_id}, 202)
 
     async def healthz(_request: Request) -> Response:

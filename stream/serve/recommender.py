@@ -210,6 +210,13 @@ class Recommender:
         self._tables[fs] = table
         return table
 
+    def note_click(self, user_id: str, item_id: str) -> None:
+        """A click or purchase reported to this server (``POST /feedback``): the item stops
+        being discounted at once. The profile changes when the event comes back from
+        Kafka (:meth:`observe_feedback`), so it is counted once whichever way it came."""
+        if self.recent is not None:
+            self.recent.clicked(user_id, item_id)
+
     def observe_feedback(self, user_id: str, item_id: str, kind: str,
                          ts: float | None = None) -> bool:
         """Fold a raw click/purchase into the user's profile; False if the item is unknown."""

@@ -20,7 +20,7 @@ import numpy as np
 from kafka import KafkaProducer
 
 from stream import data
-from stream.events import Event, EventCodec
+from stream.events import Click, Event, EventCodec
 from stream.kafka.broker import EmbeddedBroker
 from stream.kafka.producers import catalog_items, make_producer, popularity_group, publish_catalog
 from stream.kafka.topics import ensure_topics
@@ -94,6 +94,8 @@ def run_demo(settings: Settings, events: int | None = None, out_dir: str | Path 
             producer.send(settings.topics.events, key=event.user_id.encode(),
                           value=codec.encode(event))
             published += 1
+            if isinstance(event, Click):  # as a client app's POST /feedback tells the server
+                server.recommender.note_click(event.user_id, event.item_id)
 
         def recommend(user, attrs, cands, k, rng, now):
             rec = server.recommender.recommend(user, attrs, cands, k, rng=rng, now=now)

@@ -121,6 +121,9 @@ def test_hot_swap_rejection_and_impressions_on_the_broker(server, ml_catalog):
     r = client.post("/feedback", json={"type": "click", "user_id": "imp-u0",
                                        "request_id": answers[0]["request_id"], "item_id": item})
     assert r.status_code == 202, r.text
+    # ... and stops the clicked item's impression discount at once (the rest stay discounted)
+    pen = runtime.recommender.recent.penalties("imp-u0", answers[0]["items"], now=time.time())
+    assert pen.tolist() == [0.0] + [-runtime.recommender.recent.strength] * 4
     wait_for(lambda: "imp-u0" in runtime.recommender.profiles, 5.0, "profile update")
     clicks = [(k, e) for k, e in read_events(settings, want=len(answers) + 1)
               if isinstance(e, Click)]

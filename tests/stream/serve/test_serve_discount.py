@@ -47,3 +47,15 @@ def test_the_whole_catalog_path_discounts_too(ml_catalog):
     first = rec.recommend("u", {}, None, 5, now=0.0)
     second = rec.recommend("u", {}, None, 5, now=1.0)
     assert not set(first.items) & set(second.items)
+
+
+def test_a_click_reported_to_the_server_clears_the_discount_at_once(ml_catalog):
+    """POST /feedback calls note_click: no wait for the event's round trip through Kafka,
+    and the profile is left to that round trip (counted once)."""
+    rec = _recommender(ml_catalog, RecentImpressions(strength=1.0, ttl_s=60.0))
+    first = rec.recommend("u", {}, list(ml_catalog.ids[:12]), 5, now=0.0)
+    before = len(rec.profiles)
+    rec.note_click("u", first.items[2])
+    pen = rec.recent.penalties("u", first.items, now=1.0)
+    assert pen.tolist() == [-1.0, -1.0, 0.0, -1.0, -1.0]
+    assert len(rec.profiles) == before
