@@ -146,8 +146,15 @@ class WorkerSettings(_Section):
     offset_out_of_range: Literal["fail", "earliest"] = "fail"
 
 
+#: The built-in signing key: for ``fairstream demo`` and the tests only (the worker and
+#: the server refuse it, :func:`stream.core.keys.refuse_dev_key`).
+DEV_SIGNING_KEY = "fairstream-dev-key-change-me"
+
+
 class PolicySettings(_Section):
-    signing_key: str = "fairstream-dev-key-change-me"
+    signing_key: str = DEV_SIGNING_KEY
+    # Comma-separated keys also accepted when verifying (a rotation's old or next key).
+    verify_keys: str = ""
     # Largest signed bundle the worker may publish (producer request size and the
     # policies topic's max.message.bytes); checked against bandit.max_items at start.
     max_bundle_bytes: int = 16 * 1024 * 1024

@@ -32,6 +32,7 @@ from kafka import KafkaConsumer, TopicPartition
 from learners import Encoder
 from stream.core.bundle import BundleError, PolicyBundle, load_bundle
 from stream.core.catalog import Catalog
+from stream.core.keys import KeyRing
 from stream.events import Click, EventCodec, Purchase
 from stream.exceptions import InvalidEvent
 from stream.kafka.catalog_feed import CatalogFeed
@@ -128,6 +129,7 @@ class PolicyFollower(_Follower):
         self._lock = threading.Lock()
         self._reload = threading.Event()
         self._tp = TopicPartition(settings.topics.policies, 0)
+        self._keys = KeyRing.from_settings(settings.policy)  # the current key and the old
 
     def _open(self) -> KafkaConsumer:
         return self._from_start("policies", self._tp)
@@ -160,8 +162,7 @@ class PolicyFollower(_Follower):
         if value is None:  # a compaction tombstone
             return False
         try:
-            bundle = load_bundle(value, key=self.settings.policy.signing_key.encode(),
-                                 dim=self.settings.features.dim)
+            bundle = load_bundle(value, key=self._keys, dim=self.settings.features.dim)
         except BundleError as exc:
             self.rejected += 1
             self.metrics.policy_rejected.labels(reason=exc.reason).inc()

@@ -26,6 +26,7 @@ from kafka import KafkaProducer
 
 from bandits import ExposureController
 from learners import Encoder, ProfileStore
+from stream.core.keys import refuse_dev_key
 from stream.events import EventCodec
 from stream.kafka.topics import ensure_topics
 from stream.metrics import ServeMetrics
@@ -219,8 +220,10 @@ def run_server(settings: Settings, host: str | None = None, port: int | None = N
                serve: ServeSettings | None = None) -> int:
     """``fairstream serve``: block until SIGTERM/SIGINT, shut down gracefully, return 0.
 
-    ``host``/``port`` default to ``serve.host``/``serve.port``.
+    ``host``/``port`` default to ``serve.host``/``serve.port``. Refuses the built-in
+    signing key (ConfigError).
     """
+    refuse_dev_key(settings, "fairstream serve")
     serve = serve or settings.serve
     host = serve.host if host is None else host
     port = serve.port if port is None else port

@@ -136,7 +136,8 @@ def test_run_server_exits_0_on_sigterm(make_settings, tmp_path):
            "FAIRSTREAM_KAFKA__BOOTSTRAP": settings.kafka.bootstrap,
            "FAIRSTREAM_TOPICS__PREFIX": settings.topics.prefix,
            "FAIRSTREAM_MODEL__DEVICE": "cpu",
-           "FAIRSTREAM_MODEL__EMBEDDING_CACHE": settings.model.embedding_cache}
+           "FAIRSTREAM_MODEL__EMBEDDING_CACHE": settings.model.embedding_cache,
+           "FAIRSTREAM_POLICY__SIGNING_KEY": settings.policy.signing_key}
     code = ("import sys; from stream.settings import load_settings; "
             "from stream.serve import run_server; "
             f"sys.exit(run_server(load_settings(), '127.0.0.1', {port}))")
