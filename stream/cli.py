@@ -60,11 +60,13 @@ def cmd_produce_catalog(args: argparse.Namespace) -> int:
 
 def cmd_produce_replay(args: argparse.Namespace) -> int:
     from stream import data
+    from stream.core.pseudonym import Pseudonymizer
     from stream.kafka.producers import publish_events, replay_events
 
     settings = _settings(args)
     ml = data.load_movielens(settings.data.cache_dir)
-    n = publish_events(settings, replay_events(ml, args.limit), rate=args.rate)
+    edge = Pseudonymizer.from_settings(settings.privacy)
+    n = publish_events(settings, replay_events(ml, args.limit, edge), rate=args.rate)
     print(f"published {n} events to {settings.topics.events}")
     return 0
 

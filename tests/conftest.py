@@ -71,6 +71,7 @@ def make_settings(broker, data_cache, embedding_cache, tmp_path):
             finetune={"enabled": False},
             # Not the built-in key: `fairstream worker` / `serve` processes refuse that one.
             policy={"signing_key": "fairstream-test-signing-key"},
+            privacy={"pseudonym_key": "fairstream-test-pseudonym-key"},
         )
         return base.replace(**sections) if sections else base
 

@@ -72,11 +72,13 @@ class Replay(PacedLoad):
         self.events = self._events()
 
     def _events(self):
+        from stream.core.pseudonym import Pseudonymizer
         from stream.events import Click
         from stream.kafka.producers import replay_events
 
+        edge = Pseudonymizer.from_settings(self.settings.privacy)  # the server's pseudonyms
         while True:
-            for e in replay_events(self.ml):
+            for e in replay_events(self.ml, pseudonyms=edge):
                 # A click follows its impression by 1 s of event time, as in the replay.
                 yield msgspec.structs.replace(
                     e, event_id=f"soak{self.lap}-{e.event_id}",

@@ -38,12 +38,13 @@ import secrets
 from dataclasses import dataclass, field
 
 from stream.exceptions import ConfigError
-from stream.settings import DEV_SIGNING_KEY, PolicySettings, Settings
+from stream.settings import DEV_PSEUDONYM_KEY, DEV_SIGNING_KEY, PolicySettings, Settings
 
 _DIGEST = 32
 
 #: What an operator runs to make a key (the refusal message quotes it).
 HOW_TO_SET = "export FAIRSTREAM_POLICY__SIGNING_KEY=$(openssl rand -hex 32)"
+HOW_TO_SET_PSEUDONYM = "export FAIRSTREAM_PRIVACY__PSEUDONYM_KEY=$(openssl rand -hex 32)"
 
 
 @dataclass(frozen=True)
@@ -80,19 +81,27 @@ class KeyRing:
         return f"KeyRing(signs with 1 key, verifies with {len(self.accepted)})"
 
 
-def refuse_dev_key(settings: Settings, role: str) -> None:
+def refuse_dev_key(settings: Settings, role: str, edge: bool = False) -> None:
     """Raise :class:`ConfigError` (one line, saying how to set a key) if ``role`` would
-    sign or verify with the built-in development key."""
+    sign or verify with the built-in development key, or, at the ``edge`` (the server),
+    pseudonymise users with the built-in pseudonym key."""
     ring = KeyRing.from_settings(settings.policy)
     if DEV_SIGNING_KEY.encode() in ring.accepted:
         raise ConfigError(
             f"{role} refuses the built-in development signing key (it is public: anyone "
             f"could forge a policy); set one: {HOW_TO_SET} (the same on workers and servers)")
+    if edge and settings.privacy.pseudonym_key == DEV_PSEUDONYM_KEY:
+        raise ConfigError(
+            f"{role} refuses the built-in pseudonym key (it is public: anyone could link "
+            f"pseudonyms to user ids); set one: {HOW_TO_SET_PSEUDONYM} (the same on every "
+            "server and producer, never on workers)")
 
 
 def run_key(settings: Settings) -> Settings:
-    """``settings`` with a fresh random signing key if they hold the built-in one: for runs
-    that start ``fairstream worker`` / ``serve`` processes of their own (the benches)."""
-    if settings.policy.signing_key != DEV_SIGNING_KEY:
-        return settings
-    return settings.replace(policy={"signing_key": secrets.token_hex(32)})
+    """``settings`` with fresh random keys where they hold a built-in one: for runs that
+    start ``fairstream worker`` / ``serve`` processes of their own (the benches)."""
+    if settings.policy.signing_key == DEV_SIGNING_KEY:
+        settings = settings.replace(policy={"signing_key": secrets.token_hex(32)})
+    if settings.privacy.pseudonym_key == DEV_PSEUDONYM_KEY:
+        settings = settings.replace(privacy={"pseudonym_key": secrets.token_hex(32)})
+    return settings

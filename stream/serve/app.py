@@ -53,13 +53,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from stream.core.pseudonym import Pseudonymizer
 from stream.events import Click, EventCodec, Purchase
 from stream.exceptions import InvalidEvent
 from stream.metrics import ServeMetrics
 from stream.serve.exceptions import BadRequest, ServeError, Unauthorized
 from stream.serve.impressions import EventLog, ProducerHealth
 from stream.serve.recommender import Recommender
-from stream.settings import EventSettings, ServeSettings
+from stream.settings import EventSettings, PrivacySettings, ServeSettings
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,9 @@ class ServeContext:
     reload: Callable[[], None] | None = None
     pin: Callable[[int | None], Any] | None = None
     health: ProducerHealth | None = None
+    #: the edge: raw user ids and attributes stop here (see stream.core.pseudonym)
+    edge: Pseudonymizer = field(
+        default_factory=lambda: Pseudonymizer.from_settings(PrivacySettings()))
 
 
 _JSON = "application/json"
@@ -238,7 +242,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 def create_app(ctx: ServeContext) -> RecommendFastPath:
     """The ASGI app over ``ctx`` (pure: no Kafka here, so it tests with TestClient)."""
-    m, rec, limits = ctx.metrics, ctx.recommender, ctx.settings
+    m, rec, limits, edge = ctx.metrics, ctx.recommender, ctx.settings, ctx.edge
 
     def instrumented(endpoint: str, fn: Handler) -> Handler:
         async def handle(request: Request) -> Response:
@@ -269,14 +273,16 @@ def create_app(ctx: ServeContext) -> RecommendFastPath:
 
     def recommend(body: bytes) -> bytes:
         req: RecommendRequest = _decode(_recommend_decoder, body)
-        return _encode(rec.recommend(req.user_id, req.user, req.candidates,
+        return _encode(rec.recommend(edge.user(req.user_id), edge.attrs(req.user),
+                                     req.candidates,
                                      ctx.default_k if req.k is None else req.k))
 
     async def feedback(request: Request) -> Response:
         req: FeedbackRequest = _decode(_feedback_decoder,
                                        await _body(request, limits))
         common = {"event_id": req.event_id or uuid.uuid4().hex, "request_id": req.request_id,
-                  "ts": time.time() if req.ts is None else req.ts, "user_id": req.user_id,
+                  "ts": time.time() if req.ts is None else req.ts,
+                  "user_id": edge.user(req.user_id),
                   "item_id": req.item_id}
         if req.type == "purchase":
             if req.value is None:

@@ -27,6 +27,7 @@ from kafka import KafkaProducer
 from bandits import ExposureController
 from learners import Encoder, ProfileStore
 from stream.core.keys import refuse_dev_key
+from stream.core.pseudonym import Pseudonymizer
 from stream.events import EventCodec
 from stream.kafka.topics import ensure_topics
 from stream.metrics import ServeMetrics
@@ -77,7 +78,8 @@ class ServeRuntime:
                             metrics=self.metrics, event_log=None, codec=self.codec,
                             default_k=min(self.settings.bandit.slate_size, self.serve.max_k),
                             ready=self.readiness, reload=self.policies.request_reload,
-                            pin=self.policies.pin, health=self.health)
+                            pin=self.policies.pin, health=self.health,
+                            edge=Pseudonymizer.from_settings(self.settings.privacy))
 
     def start(self) -> ServeRuntime:
         s = self.settings
@@ -221,9 +223,9 @@ def run_server(settings: Settings, host: str | None = None, port: int | None = N
     """``fairstream serve``: block until SIGTERM/SIGINT, shut down gracefully, return 0.
 
     ``host``/``port`` default to ``serve.host``/``serve.port``. Refuses the built-in
-    signing key (ConfigError).
+    signing and pseudonym keys (ConfigError).
     """
-    refuse_dev_key(settings, "fairstream serve")
+    refuse_dev_key(settings, "fairstream serve", edge=True)
     serve = serve or settings.serve
     host = serve.host if host is None else host
     port = serve.port if port is None else port

@@ -20,6 +20,7 @@ import numpy as np
 from kafka import KafkaProducer
 
 from stream import data
+from stream.core.pseudonym import Pseudonymizer
 from stream.events import Event, EventCodec
 from stream.kafka.broker import EmbeddedBroker
 from stream.kafka.producers import catalog_items, make_producer, popularity_group, publish_catalog
@@ -84,6 +85,9 @@ def run_demo(settings: Settings, events: int | None = None, out_dir: str | Path 
         server.wait_ready(timeout_s=120)
 
         codec = EventCodec(settings.events.max_bytes, settings.events.max_slate)
+        # The simulator plays the apps: it is an edge, so its users reach the server and
+        # Kafka as pseudonyms with their gender code and age bucket only.
+        edge = Pseudonymizer.from_settings(settings.privacy)
         producer = make_producer(settings)
         malformed = _publish_malformed(settings, producer)
         published = 0
@@ -91,12 +95,14 @@ def run_demo(settings: Settings, events: int | None = None, out_dir: str | Path 
 
         def publish(event: Event) -> None:
             nonlocal published
+            event = edge.event(event)
             producer.send(settings.topics.events, key=event.user_id.encode(),
                           value=codec.encode(event))
             published += 1
 
         def recommend(user, attrs, cands, k, rng, now):
-            rec = server.recommender.recommend(user, attrs, cands, k, rng=rng, now=now)
+            rec = server.recommender.recommend(edge.user(user), edge.attrs(attrs), cands, k,
+                                               rng=rng, now=now)
             if not versions or versions[-1][1] != int(rec.policy_version):
                 versions.append((sim_arrivals(), int(rec.policy_version)))
             return rec.items, np.asarray(rec.propensities), rec.policy_version
