@@ -77,6 +77,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(_settings(args), exit_when_idle=args.exit_when_idle)
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    from stream.core.keys import refuse_dev_key
+    from stream.kafka.erasure import publish_erasure
+
+    settings = _settings(args)
+    refuse_dev_key(settings, "fairstream forget", edge=True, signing=False)
+    markers = publish_erasure(settings, args.user_id)
+    print(f"erasure published on {settings.topics.erasure} for {len(markers)} pseudonym(s); "
+          "workers and servers forget the user as they read it")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from stream.sim.demo import run_demo
 
@@ -249,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--exit-when-idle", type=float, metavar="SECONDS",
                    help="exit once caught up and idle this long (batch runs)")
     w.set_defaults(func=cmd_worker)
+
+    fg = sub.add_parser("forget", help="erase a user: markers on the erasure topic make every "
+                                       "worker and server drop the user's profile")
+    fg.add_argument("user_id", metavar="USER_ID", help="the user's id as the apps know it")
+    fg.add_argument("--bootstrap")
+    fg.set_defaults(func=cmd_forget)
 
     bench = sub.add_parser("bench", help="benchmarks (figures beside a same-run baseline)")
     bsub = bench.add_subparsers(dest="what", required=True)

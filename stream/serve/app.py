@@ -12,7 +12,12 @@
 ``GET /metrics``       Prometheus text, the app's own registry
 ``POST /admin/reload`` re-read fairstream.policies from the start (admin token)
 ``POST /admin/pin``    ``{version: int | null}``: serve a kept version / unpin (admin token)
+``POST /admin/forget`` ``{user_id}``: erase a user (admin token): erasure markers on
+                       fairstream.erasure, acknowledged, cached profile dropped → 202
 =====================  ==========================================================
+
+User ids stop here: the handlers pass on only their pseudonyms, and of the attributes
+only the gender code and age bucket (:mod:`stream.core.pseudonym`).
 
 Every refusal is JSON ``{"error": reason, "detail": ...}`` with a 4xx (503 when
 not ready or the log queue is full), never a 500 for bad input. Bodies are
@@ -45,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import msgspec
+from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -91,6 +97,10 @@ class PinRequest(msgspec.Struct, forbid_unknown_fields=True):
     version: int | None
 
 
+class ForgetRequest(msgspec.Struct, forbid_unknown_fields=True):
+    user_id: Id
+
+
 @dataclass
 class ServeContext:
     """What the handlers need; :class:`stream.serve.server.ServeRuntime` builds the real one."""
@@ -106,6 +116,7 @@ class ServeContext:
     reload: Callable[[], None] | None = None
     pin: Callable[[int | None], Any] | None = None
     health: ProducerHealth | None = None
+    forget: Callable[[str], int] | None = None
     #: the edge: raw user ids and attributes stop here (see stream.core.pseudonym)
     edge: Pseudonymizer = field(
         default_factory=lambda: Pseudonymizer.from_settings(PrivacySettings()))
@@ -116,6 +127,7 @@ _encode = msgspec.json.Encoder().encode
 _recommend_decoder = msgspec.json.Decoder(RecommendRequest)
 _feedback_decoder = msgspec.json.Decoder(FeedbackRequest)
 _pin_decoder = msgspec.json.Decoder(PinRequest)
+_forget_decoder = msgspec.json.Decoder(ForgetRequest)
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -329,6 +341,17 @@ def create_app(ctx: ServeContext) -> RecommendFastPath:
         return _json({"pinned": req.version,
                       "policy_version": rec.bundle.version if rec.bundle else None})
 
+    async def forget(request: Request) -> Response:
+        req: ForgetRequest = _decode(_forget_decoder, await _body(request, limits))
+        if ctx.forget is None:
+            raise BadRequest("not_found", "no erasure topic to publish to", 404)
+        try:  # publishing waits for Kafka's acknowledgement, off the event loop
+            markers = await asyncio.to_thread(ctx.forget, req.user_id)
+        except KafkaError as exc:
+            raise BadRequest("kafka_unavailable", f"erasure not written ({exc}); retry",
+                             503) from None
+        return _json({"forgotten": True, "markers": markers}, 202)
+
     async def not_found(request: Request, exc: Exception) -> Response:
         code = getattr(exc, "status_code", 404)
         reason = "method_not_allowed" if code == 405 else "not_found"
@@ -352,6 +375,7 @@ def create_app(ctx: ServeContext) -> RecommendFastPath:
         Route("/metrics", instrumented("metrics", metrics), methods=["GET"]),
         Route("/admin/reload", instrumented("admin", admin(reload)), methods=["POST"]),
         Route("/admin/pin", instrumented("admin", admin(pin)), methods=["POST"]),
+        Route("/admin/forget", instrumented("admin", admin(forget)), methods=["POST"]),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: not_found})
     return RecommendFastPath(app, ctx, recommend)

@@ -32,6 +32,7 @@ from kafka import KafkaConsumer, TopicPartition
 from learners import Encoder
 from stream.core.bundle import BundleError, PolicyBundle, load_bundle
 from stream.core.catalog import Catalog
+from stream.core.erasure import Erasures
 from stream.core.keys import KeyRing
 from stream.events import Click, EventCodec, Purchase
 from stream.exceptions import InvalidEvent
@@ -249,6 +250,7 @@ class FeedbackFollower(_Follower):
         self.codec = EventCodec(settings.events.max_bytes, settings.events.max_slate,
                                 settings.events.max_clock_skew_s)
         self.observed = 0
+        self.erasures: Erasures | None = None  # the erasure follower's, once wired
 
     def _open(self) -> KafkaConsumer:
         # fairstream.events carries this server's own impressions too: fetch in large
@@ -286,6 +288,8 @@ class FeedbackFollower(_Follower):
         except InvalidEvent:
             return False  # the worker dead-letters it; the server just ignores it
         if isinstance(event, Click | Purchase):
+            if self.erasures is not None and self.erasures.blocks(event.user_id, event.ts):
+                return False  # an erased user's feedback from before the erasure
             kind = "click" if isinstance(event, Click) else "purchase"
             if self.recommender.observe_feedback(event.user_id, event.item_id, kind, event.ts):
                 self.observed += 1

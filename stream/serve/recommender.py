@@ -49,7 +49,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -216,6 +216,11 @@ class Recommender:
             self.profiles.observe(user_id, v.emb[row], self.feedback_weights.get(kind, 1.0),
                                   now=ts)
         return True
+
+    def forget_profiles(self, erased: Callable[[Iterable[str]], set[str]]) -> int:
+        """Drop the profiles of the users ``erased`` picks out of those held (erasure)."""
+        with self._profile_lock:
+            return self.profiles.forget(erased(self.profiles.users()))
 
     def _canonical(self, user: Mapping[str, Any] | None) -> dict[str, Any]:
         """φ reads gender and age bucket only; map raw values once (an age → its bucket)."""

@@ -33,6 +33,7 @@ from stream.kafka.topics import ensure_topics
 from stream.metrics import ServeMetrics
 from stream.serve.app import ServeContext, create_app
 from stream.serve.follower import CatalogFollower, FeedbackFollower, PolicyFollower
+from stream.serve.forget import ErasureFollower
 from stream.serve.impressions import EventLog, ProducerHealth, kafka_send
 from stream.serve.recommender import Recommender
 from stream.settings import ServeSettings, Settings
@@ -70,6 +71,8 @@ class ServeRuntime:
                                        keep_versions=self.serve.keep_versions)
         self.catalog = CatalogFollower(settings, self.recommender, self.metrics, self.encoder)
         self.feedback = FeedbackFollower(settings, self.recommender, self.metrics)
+        self.erasure = ErasureFollower(settings, self.recommender, self.metrics)
+        self.feedback.erasures = self.erasure.erasures
         self.ctx = self._context()
         self.app = create_app(self.ctx)
 
@@ -79,7 +82,8 @@ class ServeRuntime:
                             default_k=min(self.settings.bandit.slate_size, self.serve.max_k),
                             ready=self.readiness, reload=self.policies.request_reload,
                             pin=self.policies.pin, health=self.health,
-                            edge=Pseudonymizer.from_settings(self.settings.privacy))
+                            edge=Pseudonymizer.from_settings(self.settings.privacy),
+                            forget=self.erasure.forget)
 
     def start(self) -> ServeRuntime:
         s = self.settings
@@ -104,14 +108,15 @@ class ServeRuntime:
                                   metrics=self.metrics, codec=self.codec).start()
         self.recommender.impressions = self.event_log.log_impression
         self.ctx.event_log = self.event_log
-        for follower in (self.feedback, self.catalog, self.policies):
+        self.erasure.producer = self.producer
+        for follower in (self.erasure, self.feedback, self.catalog, self.policies):
             follower.start()
         return self
 
     def readiness(self) -> dict[str, Any]:
         rec = self.recommender
-        errors = {f.name: repr(f.error) for f in (self.policies, self.catalog, self.feedback)
-                  if f.error is not None}
+        errors = {f.name: repr(f.error) for f in (self.policies, self.catalog, self.feedback,
+                                                  self.erasure) if f.error is not None}
         if not self.health.producing:
             errors["events_producer"] = self.health.reason
         state = {
@@ -138,7 +143,7 @@ class ServeRuntime:
         gc.freeze()
 
     def close(self) -> None:
-        for follower in (self.policies, self.catalog, self.feedback):
+        for follower in (self.policies, self.catalog, self.feedback, self.erasure):
             follower.stop()
         if self.event_log is not None:
             self.event_log.close()
