@@ -60,8 +60,8 @@ def cmd_produce_catalog(args: argparse.Namespace) -> int:
 
 def cmd_produce_replay(args: argparse.Namespace) -> int:
     from stream import data
-    from stream.core.pseudonym import Pseudonymizer
     from stream.kafka.producers import publish_events, replay_events
+    from stream.privacy import Pseudonymizer
 
     settings = _settings(args)
     ml = data.load_movielens(settings.data.cache_dir)

@@ -72,9 +72,9 @@ class Replay(PacedLoad):
         self.events = self._events()
 
     def _events(self):
-        from stream.core.pseudonym import Pseudonymizer
         from stream.events import Click
         from stream.kafka.producers import replay_events
+        from stream.privacy import Pseudonymizer
 
         edge = Pseudonymizer.from_settings(self.settings.privacy)  # the server's pseudonyms
         while True:

@@ -14,8 +14,8 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from stream.core.erasure import decode_marker, encode_marker, token
-from stream.core.pseudonym import Pseudonymizer
 from stream.exceptions import InvalidEvent
+from stream.privacy import Pseudonymizer
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)

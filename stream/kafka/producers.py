@@ -9,9 +9,9 @@ import numpy as np
 from kafka import KafkaProducer
 from tqdm import tqdm
 
-from stream.core.pseudonym import Pseudonymizer, is_pseudonym
 from stream.data import MovieLens
 from stream.events import CatalogItem, Click, Event, EventCodec, Impression, encode_catalog_item
+from stream.privacy import Pseudonymizer, is_pseudonym
 from stream.settings import PrivacySettings, Settings
 
 #: Share of items, by rating count, that form the popularity "head" group.
@@ -93,7 +93,7 @@ def replay_events(ml: MovieLens, limit: int | None = None,
 def publish_events(settings: Settings, events: Iterator[Event], rate: float | None = None,
                    total: int | None = None, progress: bool = True) -> int:
     """Send events keyed by user_id, optionally throttled to ``rate`` events/s. Their
-    users must be pseudonyms already (:mod:`stream.core.pseudonym`): a raw id raises
+    users must be pseudonyms already (:mod:`stream.privacy`): a raw id raises
     ``ValueError`` before it reaches Kafka."""
     codec = EventCodec(settings.events.max_bytes, settings.events.max_slate)
     producer = make_producer(settings)
@@ -104,7 +104,7 @@ def publish_events(settings: Settings, events: Iterator[Event], rate: float | No
                           desc="publishing"):
             if not is_pseudonym(event.user_id):
                 raise ValueError(f"event {event.event_id!r} names a user by a raw id; "
-                                 "pseudonymise it at the edge (stream.core.pseudonym)")
+                                 "pseudonymise it at the edge (stream.privacy)")
             producer.send(settings.topics.events, key=event.user_id.encode(),
                           value=codec.encode(event))
             sent += 1

@@ -17,7 +17,7 @@
 =====================  ==========================================================
 
 User ids stop here: the handlers pass on only their pseudonyms, and of the attributes
-only the gender code and age bucket (:mod:`stream.core.pseudonym`).
+only the gender code and age bucket (:mod:`stream.privacy`).
 
 Every refusal is JSON ``{"error": reason, "detail": ...}`` with a 4xx (503 when
 not ready or the log queue is full), never a 500 for bad input. Bodies are
@@ -59,10 +59,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from stream.core.pseudonym import Pseudonymizer
 from stream.events import Click, EventCodec, Purchase
 from stream.exceptions import InvalidEvent
 from stream.metrics import ServeMetrics
+from stream.privacy import Pseudonymizer
 from stream.serve.exceptions import BadRequest, ServeError, Unauthorized
 from stream.serve.impressions import EventLog, ProducerHealth
 from stream.serve.recommender import Recommender
@@ -117,7 +117,7 @@ class ServeContext:
     pin: Callable[[int | None], Any] | None = None
     health: ProducerHealth | None = None
     forget: Callable[[str], int] | None = None
-    #: the edge: raw user ids and attributes stop here (see stream.core.pseudonym)
+    #: the edge: raw user ids and attributes stop here (see stream.privacy)
     edge: Pseudonymizer = field(
         default_factory=lambda: Pseudonymizer.from_settings(PrivacySettings()))
 

@@ -27,10 +27,10 @@ from kafka import KafkaProducer
 from bandits import ExposureController
 from learners import Encoder, ProfileStore
 from stream.core.keys import refuse_dev_key
-from stream.core.pseudonym import Pseudonymizer
 from stream.events import EventCodec
 from stream.kafka.topics import ensure_topics
 from stream.metrics import ServeMetrics
+from stream.privacy import Pseudonymizer
 from stream.serve.app import ServeContext, create_app
 from stream.serve.follower import CatalogFollower, FeedbackFollower, PolicyFollower
 from stream.serve.forget import ErasureFollower

@@ -20,11 +20,11 @@ import numpy as np
 from kafka import KafkaProducer
 
 from stream import data
-from stream.core.pseudonym import Pseudonymizer
 from stream.events import Event, EventCodec
 from stream.kafka.broker import EmbeddedBroker
 from stream.kafka.producers import catalog_items, make_producer, popularity_group, publish_catalog
 from stream.kafka.topics import ensure_topics
+from stream.privacy import Pseudonymizer
 from stream.serve import ServeRuntime
 from stream.settings import Settings
 from stream.sim.simulator import MovieLensSimulator, SimulationResult, throttle

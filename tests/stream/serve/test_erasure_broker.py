@@ -19,10 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stream.core.pseudonym import Pseudonymizer
 from stream.events import Click, EventCodec, Impression
 from stream.kafka.producers import make_producer, publish_catalog
 from stream.kafka.topics import ensure_topics
+from stream.privacy import Pseudonymizer
 from stream.serve import ServerThread, ServeRuntime
 from stream.settings import ServeSettings
 from stream.worker import Worker, WorkerThread

@@ -12,10 +12,10 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import generate_latest
 
-from stream.core.pseudonym import Pseudonymizer, is_pseudonym
 from stream.events import EventCodec, Impression
 from stream.kafka.producers import publish_catalog, publish_events
 from stream.kafka.topics import ensure_topics
+from stream.privacy import Pseudonymizer, is_pseudonym
 from stream.serve import ServerThread, ServeRuntime
 from stream.worker import Worker, WorkerThread
 from tests.stream.serve.test_serve_broker import wait_for

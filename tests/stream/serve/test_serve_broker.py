@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from stream.core.pseudonym import Pseudonymizer
 from stream.events import Click, EventCodec, Impression
 from stream.kafka.producers import make_producer, publish_catalog
 from stream.kafka.topics import ensure_topics
+from stream.privacy import Pseudonymizer
 from stream.serve import ServerThread, ServeRuntime, request_rng
 from stream.settings import ServeSettings
 from tests.stream.serve.conftest import make_bundle, open_bundle

@@ -1,4 +1,4 @@
-"""Pseudonyms and minimal attributes: what the edge makes of a user before Kafka sees it.
+"""Privacy at the edge: pseudonyms and minimal attributes, made before Kafka sees a user.
 
 The edge (``fairstream serve``, the replay producer, the demo's simulator, ``fairstream
 forget``) holds ``privacy.pseudonym_key``; nothing behind it does. It replaces each user
@@ -32,7 +32,6 @@ from typing import Any
 
 import msgspec
 
-from learners.features import AGE_BUCKETS, GENDERS, age_code, gender_code
 from stream.events import Event, Impression
 from stream.settings import PrivacySettings
 
@@ -78,6 +77,10 @@ class Pseudonymizer:
         """The gender code and age bucket of ``user``, and nothing else."""
         if not user:
             return {}
+        # Imported here: the replay producer lives in stream.kafka, which the worker's fetch
+        # process imports and which must not load the learning stack (torch) for it.
+        from learners.features import AGE_BUCKETS, GENDERS, age_code, gender_code
+
         out: dict[str, str | int] = {}
         g = gender_code(user.get("gender"))
         if g >= 0:

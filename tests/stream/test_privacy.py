@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.core.pseudonym import Pseudonymizer, is_pseudonym
 from stream.events import Click, Impression
 from stream.kafka.producers import replay_events
+from stream.privacy import Pseudonymizer, is_pseudonym
 from stream.settings import Settings
 
 edge = Pseudonymizer(b"k1")
