@@ -80,9 +80,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_forget(args: argparse.Namespace) -> int:
     from stream.core.keys import refuse_dev_key
     from stream.kafka.erasure import publish_erasure
+    from stream.kafka.topics import ensure_topics
 
     settings = _settings(args)
     refuse_dev_key(settings, "fairstream forget", edge=True, signing=False)
+    ensure_topics(settings)  # a deployment older than the erasure topic gets it here
     markers = publish_erasure(settings, args.user_id)
     print(f"erasure published on {settings.topics.erasure} for {len(markers)} pseudonym(s); "
           "workers and servers forget the user as they read it")

@@ -12,9 +12,10 @@ import time
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
 
 from stream.core.erasure import decode_marker, encode_marker, token
-from stream.exceptions import InvalidEvent
+from stream.exceptions import ErasureNotWritten, InvalidEvent
 from stream.privacy import Pseudonymizer
 from stream.settings import Settings
 
@@ -45,6 +46,9 @@ def publish_erasure(settings: Settings, user_id: str, producer: KafkaProducer | 
         producer.flush(timeout=timeout_s)
         for future in futures:
             future.get(timeout=timeout_s)  # raises what the broker answered
+    except KafkaError as exc:
+        raise ErasureNotWritten(f"erasure markers not acknowledged by Kafka ({exc}); "
+                                "the user is not forgotten yet: retry") from None
     finally:
         if own:
             producer.close()

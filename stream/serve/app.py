@@ -50,7 +50,6 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import msgspec
-from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -60,7 +59,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stream.events import Click, EventCodec, Purchase
-from stream.exceptions import InvalidEvent
+from stream.exceptions import ErasureNotWritten, InvalidEvent
 from stream.metrics import ServeMetrics
 from stream.privacy import Pseudonymizer
 from stream.serve.exceptions import BadRequest, ServeError, Unauthorized
@@ -347,9 +346,8 @@ def create_app(ctx: ServeContext) -> RecommendFastPath:
             raise BadRequest("not_found", "no erasure topic to publish to", 404)
         try:  # publishing waits for Kafka's acknowledgement, off the event loop
             markers = await asyncio.to_thread(ctx.forget, req.user_id)
-        except KafkaError as exc:
-            raise BadRequest("kafka_unavailable", f"erasure not written ({exc}); retry",
-                             503) from None
+        except ErasureNotWritten as exc:
+            raise BadRequest("kafka_unavailable", str(exc), 503) from None
         return _json({"forgotten": True, "markers": markers}, 202)
 
     async def not_found(request: Request, exc: Exception) -> Response:

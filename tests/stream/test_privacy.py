@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -62,3 +66,17 @@ def test_the_replay_producer_sends_pseudonyms_and_buckets_only(movielens):
     for e in events:
         if isinstance(e, Impression):
             assert set(e.user) <= {"gender", "age"} and isinstance(e.user.get("age", ""), str)
+
+
+@pytest.mark.parametrize("args", [["forget", "someone@example.com"], ["serve"]])
+def test_the_edge_refuses_the_built_in_pseudonym_key_in_one_line(args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAIRSTREAM_")}
+    env |= {"FAIRSTREAM_KAFKA__BOOTSTRAP": "127.0.0.1:1",  # nobody there: refused before
+            "FAIRSTREAM_POLICY__SIGNING_KEY": "a-real-signing-key"}
+    done = subprocess.run([sys.executable, "-m", "stream.cli", *args], text=True, env=env,
+                          capture_output=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr[-2000:]
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("fairstream: error:") and "built-in pseudonym key" in line
+    assert "export FAIRSTREAM_PRIVACY__PSEUDONYM_KEY=$(openssl rand -hex 32)" in line
+    assert "someone@example.com" not in done.stderr + done.stdout
