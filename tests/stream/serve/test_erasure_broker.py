@@ -127,7 +127,9 @@ def test_forgotten_users_leave_every_file_and_compacted_topic(make_settings, ml_
                  "open impressions")
         assert _holds(running.worker, erased) == erased
 
-        # Forget Alice through the server, Bob through the command line.
+        # Forget Alice through the server (behind the admin token), Bob through the CLI.
+        r = client.post("/admin/forget", json={"user_id": ALICE})
+        assert r.status_code == 401 and pseudonyms[ALICE] in runtime.recommender.profiles
         r = client.post("/admin/forget", json={"user_id": ALICE},
                         headers={"Authorization": f"Bearer {TOKEN}"})
         assert r.status_code == 202 and r.json() == {"forgotten": True, "markers": 1}, r.text
