@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -166,6 +166,18 @@ class ProfileStore:
         out = entry[0].view()
         out.setflags(write=False)
         return out
+
+    def users(self) -> list[Hashable]:
+        """Every user with a profile, least recently observed first (a copy)."""
+        return list(self._users)
+
+    def forget(self, user_ids: Iterable[Hashable]) -> int:
+        """Drop these users' profiles (erasure); returns how many there were."""
+        dropped = 0
+        for user_id in user_ids:
+            if self._users.pop(user_id, None) is not None:
+                dropped += 1
+        return dropped
 
     def expire(self, now: float | None = None) -> int:
         """Drop every user idle for more than ``ttl_seconds``; returns how many."""

@@ -61,10 +61,12 @@ def cmd_produce_catalog(args: argparse.Namespace) -> int:
 def cmd_produce_replay(args: argparse.Namespace) -> int:
     from stream import data
     from stream.kafka.producers import publish_events, replay_events
+    from stream.privacy import Pseudonymizer
 
     settings = _settings(args)
     ml = data.load_movielens(settings.data.cache_dir)
-    n = publish_events(settings, replay_events(ml, args.limit), rate=args.rate)
+    edge = Pseudonymizer.from_settings(settings.privacy)
+    n = publish_events(settings, replay_events(ml, args.limit, edge), rate=args.rate)
     print(f"published {n} events to {settings.topics.events}")
     return 0
 
@@ -73,6 +75,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from stream.worker import run_worker
 
     return run_worker(_settings(args), exit_when_idle=args.exit_when_idle)
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    from stream.core.keys import refuse_dev_key
+    from stream.kafka.erasure import publish_erasure
+    from stream.kafka.topics import ensure_topics
+
+    settings = _settings(args)
+    refuse_dev_key(settings, "fairstream forget", edge=True, signing=False)
+    ensure_topics(settings)  # a deployment older than the erasure topic gets it here
+    markers = publish_erasure(settings, args.user_id)
+    print(f"erasure published on {settings.topics.erasure} for {len(markers)} pseudonym(s); "
+          "workers and servers forget the user as they read it")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -259,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--exit-when-idle", type=float, metavar="SECONDS",
                    help="exit once caught up and idle this long (batch runs)")
     w.set_defaults(func=cmd_worker)
+
+    fg = sub.add_parser("forget", help="erase a user: markers on the erasure topic make every "
+                                       "worker and server drop the user's profile")
+    fg.add_argument("user_id", metavar="USER_ID", help="the user's id as the apps know it")
+    fg.add_argument("--bootstrap")
+    fg.set_defaults(func=cmd_forget)
 
     bench = sub.add_parser("bench", help="benchmarks (figures beside a same-run baseline)")
     bsub = bench.add_subparsers(dest="what", required=True)

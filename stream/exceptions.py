@@ -62,3 +62,7 @@ class BundleError(FairstreamError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
+
+
+class ErasureNotWritten(FairstreamError):
+    """Kafka did not acknowledge an erasure marker: the user is not forgotten yet."""

@@ -72,8 +72,13 @@ class TopicSettings(_Section):
     def stats(self) -> str:
         return f"{self.prefix}.stats"
 
+    @property
+    def erasure(self) -> str:
+        return f"{self.prefix}.erasure"
+
     def all(self) -> list[str]:
-        return [self.items, self.events, self.dlq, self.policies, self.fairness, self.stats]
+        return [self.items, self.events, self.dlq, self.policies, self.fairness, self.stats,
+                self.erasure]
 
 
 class EventSettings(_Section):
@@ -146,13 +151,37 @@ class WorkerSettings(_Section):
     offset_out_of_range: Literal["fail", "earliest"] = "fail"
 
 
+#: The built-in signing key: for ``fairstream demo`` and the tests only (the worker and
+#: the server refuse it, :func:`stream.core.keys.refuse_dev_key`).
+DEV_SIGNING_KEY = "fairstream-dev-key-change-me"
+
+
 class PolicySettings(_Section):
-    signing_key: str = "fairstream-dev-key-change-me"
+    signing_key: str = DEV_SIGNING_KEY
+    # Comma-separated keys also accepted when verifying (a rotation's old or next key).
+    verify_keys: str = ""
     # Largest signed bundle the worker may publish (producer request size and the
     # policies topic's max.message.bytes); checked against bandit.max_items at start.
     max_bundle_bytes: int = 16 * 1024 * 1024
     publish_every_updates: int = 5_000
     publish_every_s: float = 10.0
+
+
+#: The built-in pseudonym key: for ``fairstream demo`` and the tests only.
+DEV_PSEUDONYM_KEY = "fairstream-dev-pseudonym-key"
+
+
+class PrivacySettings(_Section):
+    """``[privacy]``: pseudonyms at the edge and how long raw events are kept (see the
+    README's "Privacy"). The key belongs to the edge (server, producers, ``fairstream
+    forget``) and never to workers."""
+
+    pseudonym_key: str = DEV_PSEUDONYM_KEY
+    #: comma-separated keys of before a rotation: ``fairstream forget`` erases the
+    #: pseudonyms they made too, until profiles under them have aged out
+    previous_pseudonym_keys: str = ""
+    #: retention.ms of fairstream.events and its DLQ (append-only: erasure cannot reach them)
+    events_retention_s: float = 7 * 86_400.0
 
 
 class FineTuneSettings(_Section):
@@ -240,6 +269,7 @@ class Settings(_Section):
     policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
     fairness: FairnessSettings = msgspec.field(default_factory=FairnessSettings)
     finetune: FineTuneSettings = msgspec.field(default_factory=FineTuneSettings)
+    privacy: PrivacySettings = msgspec.field(default_factory=PrivacySettings)
     serve: ServeSettings = msgspec.field(default_factory=ServeSettings)
 
     @property
@@ -305,6 +335,7 @@ def _check_ranges(s: Settings) -> None:
         "serve.impression_discount_items": s.serve.impression_discount_items,
         "serve.impression_discount_users": s.serve.impression_discount_users,
         "serve.produce_failures_unready": s.serve.produce_failures_unready,
+        "privacy.events_retention_s": s.privacy.events_retention_s,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -344,6 +375,8 @@ def _check_ranges(s: Settings) -> None:
                           f"got {s.serve.produce_timeout_ms}")
     if s.worker.dlq_retries < 0:
         raise ConfigError(f"worker.dlq_retries must be >= 0, got {s.worker.dlq_retries}")
+    if not s.privacy.pseudonym_key:
+        raise ConfigError("privacy.pseudonym_key must not be empty")
     if s.events.attribution_window_s < 0:
         raise ConfigError("events.attribution_window_s must be >= 0")
 

@@ -69,6 +69,9 @@ def make_settings(broker, data_cache, embedding_cache, tmp_path):
             # Background fine-tunes land at wall-clock moments; tests that compare exact
             # statistics run without them, and the fine-tune tests turn them on.
             finetune={"enabled": False},
+            # Not the built-in key: `fairstream worker` / `serve` processes refuse that one.
+            policy={"signing_key": "fairstream-test-signing-key"},
+            privacy={"pseudonym_key": "fairstream-test-pseudonym-key"},
         )
         return base.replace(**sections) if sections else base
 

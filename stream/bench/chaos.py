@@ -49,6 +49,7 @@ from stream.bench.hostile import SHAPES, hostile_messages
 from stream.core.bundle import load_bundle
 from stream.core.catalog import Catalog
 from stream.core.checkpoint import read_checkpoint
+from stream.core.keys import run_key
 from stream.core.state import LearningState
 from stream.data import MovieLens
 from stream.events import Event, EventCodec
@@ -249,7 +250,7 @@ def run_chaos(settings: Settings, ml: MovieLens, encoder: Any, out_dir: str | Pa
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(plan.seed)
     ck_path = str(out / "checkpoint.npz")
-    settings = settings.replace(
+    settings = run_key(settings).replace(
         worker={"checkpoint_path": ck_path, "checkpoint_every_events": plan.interval,
                 "checkpoint_every_s": 3600.0, "metrics_port": 0, "poll_max_records": 100},
         policy={"publish_every_updates": 10, "publish_every_s": 3600.0},

@@ -56,6 +56,7 @@ from stream.bench.hoststats import CpuWindow
 from stream.bench.procstats import alive, child_pids, cmdline, load_average, proc_sample
 from stream.bench.soakload import PacedLoad, Replay, Requests
 from stream.bench.soakreport import plot, summarize, targets
+from stream.core.keys import run_key
 from stream.exceptions import FairstreamError
 from stream.settings import Settings
 
@@ -189,7 +190,7 @@ def run_soak(settings: Settings, minutes: float, *, out_dir: str | os.PathLike[s
         broker = stack.enter_context(EmbeddedBroker(log_path=out / "broker.log"))
         metrics_port, serve_port = free_port(), free_port()
         tag = f"soak{os.getpid()}x{int(time.time()) % 10**6}"
-        settings = settings.replace(
+        settings = run_key(settings).replace(
             kafka={"bootstrap": broker.bootstrap, "group_id": f"{tag}-workers"},
             topics={"prefix": tag},
             events={"attribution_window_s": attribution_window_s,

@@ -74,9 +74,11 @@ class Replay(PacedLoad):
     def _events(self):
         from stream.events import Click
         from stream.kafka.producers import replay_events
+        from stream.privacy import Pseudonymizer
 
+        edge = Pseudonymizer.from_settings(self.settings.privacy)  # the server's pseudonyms
         while True:
-            for e in replay_events(self.ml):
+            for e in replay_events(self.ml, pseudonyms=edge):
                 # A click follows its impression by 1 s of event time, as in the replay.
                 yield msgspec.structs.replace(
                     e, event_id=f"soak{self.lap}-{e.event_id}",

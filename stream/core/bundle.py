@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from bandits import Policy, SnapshotError, dump_snapshot, load_snapshot
 from learners import Adapter, FeatureMap
+from stream.core.keys import KeyRing
 from stream.exceptions import BundleError
 
 MAGIC = b"FSBNDL1\n"
@@ -70,8 +71,9 @@ def dump_bundle(policy: Policy, fmap: FeatureMap, key: bytes, version: int) -> b
     return body + hmac.new(key, body, hashlib.sha256).digest()
 
 
-def load_bundle(data: bytes, key: bytes, dim: int) -> PolicyBundle:
-    """Verify and open a bundle; raises :class:`BundleError` on any failure."""
+def load_bundle(data: bytes, key: bytes | KeyRing, dim: int) -> PolicyBundle:
+    """Verify and open a bundle; raises :class:`BundleError` on any failure. With a
+    :class:`~stream.core.keys.KeyRing`, any of its accepted keys may have signed it."""
     data = bytes(data)
     if len(data) < len(MAGIC) + _U64.size + 2 * _DIGEST or not data.startswith(MAGIC):
         raise BundleError("format", "not a fairstream policy bundle")
@@ -79,6 +81,12 @@ def load_bundle(data: bytes, key: bytes, dim: int) -> PolicyBundle:
     content, checksum = body[:-_DIGEST], body[-_DIGEST:]
     if not hmac.compare_digest(hashlib.sha256(content).digest(), checksum):
         raise BundleError("checksum", "content does not match its SHA-256")
+    if isinstance(key, KeyRing):
+        found = key.key_for(data)
+        if found is None:
+            raise BundleError("signature", "HMAC does not verify with any accepted key "
+                              "(tampered, or signed with a key this process does not hold)")
+        key = found
     if not hmac.compare_digest(hmac.new(key, body, hashlib.sha256).digest(), signature):
         raise BundleError("signature", "HMAC does not verify (tampered, or another key)")
     (hlen,) = _U64.unpack_from(content, len(MAGIC))

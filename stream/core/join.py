@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -119,6 +120,21 @@ class RewardJoiner:
         for state in self._partitions.values():
             state.heap.clear()
         return [self._open.pop(request_id) for _, _, request_id in everything]
+
+    def drop_if(self, predicate: Callable[[Pending], bool]) -> int:
+        """Forget every open impression ``predicate`` holds for (erasure): it never closes,
+        so nothing of it is learnt. Returns how many were dropped."""
+        gone = {rid for rid, p in self._open.items() if predicate(p)}
+        if not gone:
+            return 0
+        for rid in gone:
+            del self._open[rid]
+        for state in self._partitions.values():
+            kept = [entry for entry in state.heap if entry[2] not in gone]
+            if len(kept) != len(state.heap):
+                heapq.heapify(kept)
+                state.heap = kept
+        return len(gone)
 
     def state(self) -> dict[str, Any]:
         """JSON-able state for checkpoints."""

@@ -100,6 +100,11 @@ class RecentImpressions:
             if seen is not None:
                 seen.pop(item, None)
 
+    def users(self) -> list[str]:
+        """The users something is remembered about (for erasure)."""
+        with self._lock:
+            return list(self._users)
+
     def forget(self, user_id: str) -> None:
         """Drop everything remembered about ``user_id``."""
         with self._lock:

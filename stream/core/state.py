@@ -41,6 +41,7 @@ from learners.features import AGE_BUCKETS, GENDERS, UNKNOWN, attr_codes, context
 from stream.core.catalog import Catalog
 from stream.core.checkpoint import Checkpoint
 from stream.core.join import Pending, RewardJoiner, SeenIds
+from stream.core.keys import KeyRing
 from stream.events import Click, Event, Feedback, Impression, Purchase, Shown
 from stream.settings import Settings
 
@@ -382,10 +383,13 @@ class LearningState:
     @classmethod
     def from_checkpoint(cls, settings: Settings, catalog: Catalog,
                         ck: Checkpoint) -> LearningState:
-        key = settings.policy.signing_key.encode()
+        snapshot = ck.arrays["policy"].tobytes()
+        # Written with the signing key of its day: any accepted key may open it (rotation).
+        key = KeyRing.from_settings(settings.policy).key_for(snapshot) \
+            or settings.policy.signing_key.encode()
         fmap = FeatureMap(Adapter.from_bytes(ck.arrays["adapter"].tobytes()),
                           dim=settings.features.dim)
-        policy = load_snapshot(ck.arrays["policy"].tobytes(), key=key)
+        policy = load_snapshot(snapshot, key=key)
         profile_state = dict(ck.header["profiles"])
         for name, value in ck.arrays.items():
             if name.startswith("profiles."):

@@ -11,7 +11,8 @@ from tqdm import tqdm
 
 from stream.data import MovieLens
 from stream.events import CatalogItem, Click, Event, EventCodec, Impression, encode_catalog_item
-from stream.settings import Settings
+from stream.privacy import Pseudonymizer, is_pseudonym
+from stream.settings import PrivacySettings, Settings
 
 #: Share of items, by rating count, that form the popularity "head" group.
 HEAD_SHARE = 0.2
@@ -66,15 +67,20 @@ def publish_catalog(settings: Settings, items: list[CatalogItem]) -> int:
     return len(items)
 
 
-def replay_events(ml: MovieLens, limit: int | None = None) -> Iterator[Event]:
+def replay_events(ml: MovieLens, limit: int | None = None,
+                  pseudonyms: Pseudonymizer | None = None) -> Iterator[Event]:
     """Logged MovieLens ratings as events: each rating is a one-item impression
     (propensity 1, policy "logged"), followed one second later by a click when
-    the rating is 4 or 5."""
-    users = {str(u): ml.users.attrs(i) for i, u in enumerate(ml.users.user_id.tolist())}
+    the rating is 4 or 5. This is an edge: users travel as ``pseudonyms`` (default: the
+    default settings' key) with their gender code and age bucket only."""
+    edge = pseudonyms or Pseudonymizer.from_settings(PrivacySettings())
+    users = {edge.user(str(u)): edge.attrs(ml.users.attrs(i))
+             for i, u in enumerate(ml.users.user_id.tolist())}
+    pseudonym = {str(u): edge.user(str(u)) for u in ml.users.user_id.tolist()}
     r = ml.ratings
     n = len(r) if limit is None else min(limit, len(r))
     for i in range(n):
-        user, item, ts = str(r.user_id[i]), str(r.item_id[i]), float(r.timestamp[i])
+        user, item, ts = pseudonym[str(r.user_id[i])], str(r.item_id[i]), float(r.timestamp[i])
         request_id = f"ml100k-{i}"
         yield Impression(event_id=f"{request_id}-imp", request_id=request_id, ts=ts,
                          user_id=user, items=[item], propensities=[1.0],
@@ -86,7 +92,9 @@ def replay_events(ml: MovieLens, limit: int | None = None) -> Iterator[Event]:
 
 def publish_events(settings: Settings, events: Iterator[Event], rate: float | None = None,
                    total: int | None = None, progress: bool = True) -> int:
-    """Send events keyed by user_id, optionally throttled to ``rate`` events/s."""
+    """Send events keyed by user_id, optionally throttled to ``rate`` events/s. Their
+    users must be pseudonyms already (:mod:`stream.privacy`): a raw id raises
+    ``ValueError`` before it reaches Kafka."""
     codec = EventCodec(settings.events.max_bytes, settings.events.max_slate)
     producer = make_producer(settings)
     start = time.monotonic()
@@ -94,6 +102,9 @@ def publish_events(settings: Settings, events: Iterator[Event], rate: float | No
     try:
         for event in tqdm(events, total=total, unit="ev", disable=not progress,
                           desc="publishing"):
+            if not is_pseudonym(event.user_id):
+                raise ValueError(f"event {event.event_id!r} names a user by a raw id; "
+                                 "pseudonymise it at the edge (stream.privacy)")
             producer.send(settings.topics.events, key=event.user_id.encode(),
                           value=codec.encode(event))
             sent += 1

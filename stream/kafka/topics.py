@@ -19,18 +19,21 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     """The topics fairstream needs, with partitions and configs.
 
     Events are keyed by user_id and spread over ``kafka.events_partitions``
-    (the parallelism of the worker group); the DLQ mirrors that. Catalog and
-    policies are compacted: the latest value per key is the state.
+    (the parallelism of the worker group); the DLQ mirrors that, and both keep records
+    for ``privacy.events_retention_s``. Catalog, policies and erasure markers are
+    compacted: the latest value per key is the state.
     """
     t, parts = settings.topics, settings.kafka.events_partitions
+    retention = {"retention.ms": str(int(settings.privacy.events_retention_s * 1000))}
     return [
         NewTopic(t.items, 1, 1, topic_configs=_COMPACTED),
-        NewTopic(t.events, parts, 1),
-        NewTopic(t.dlq, parts, 1),
+        NewTopic(t.events, parts, 1, topic_configs=retention),
+        NewTopic(t.dlq, parts, 1, topic_configs=retention),
         NewTopic(t.policies, 1, 1, topic_configs={
             **_COMPACTED, "max.message.bytes": str(settings.policy.max_bundle_bytes)}),
         NewTopic(t.fairness, 1, 1),
         NewTopic(t.stats, 1, 1),
+        NewTopic(t.erasure, 1, 1, topic_configs=_COMPACTED),
     ]
 
 

@@ -12,7 +12,12 @@
 ``GET /metrics``       Prometheus text, the app's own registry
 ``POST /admin/reload`` re-read fairstream.policies from the start (admin token)
 ``POST /admin/pin``    ``{version: int | null}``: serve a kept version / unpin (admin token)
+``POST /admin/forget`` ``{user_id}``: erase a user (admin token): erasure markers on
+                       fairstream.erasure, acknowledged, cached profile dropped → 202
 =====================  ==========================================================
+
+User ids stop here: the handlers pass on only their pseudonyms, and of the attributes
+only the gender code and age bucket (:mod:`stream.privacy`).
 
 Every refusal is JSON ``{"error": reason, "detail": ...}`` with a 4xx (503 when
 not ready or the log queue is full), never a 500 for bad input. Bodies are
@@ -54,12 +59,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stream.events import Click, EventCodec, Purchase
-from stream.exceptions import InvalidEvent
+from stream.exceptions import ErasureNotWritten, InvalidEvent
 from stream.metrics import ServeMetrics
+from stream.privacy import Pseudonymizer
 from stream.serve.exceptions import BadRequest, ServeError, Unauthorized
 from stream.serve.impressions import EventLog, ProducerHealth
 from stream.serve.recommender import Recommender
-from stream.settings import EventSettings, ServeSettings
+from stream.settings import EventSettings, PrivacySettings, ServeSettings
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +96,10 @@ class PinRequest(msgspec.Struct, forbid_unknown_fields=True):
     version: int | None
 
 
+class ForgetRequest(msgspec.Struct, forbid_unknown_fields=True):
+    user_id: Id
+
+
 @dataclass
 class ServeContext:
     """What the handlers need; :class:`stream.serve.server.ServeRuntime` builds the real one."""
@@ -105,6 +115,10 @@ class ServeContext:
     reload: Callable[[], None] | None = None
     pin: Callable[[int | None], Any] | None = None
     health: ProducerHealth | None = None
+    forget: Callable[[str], int] | None = None
+    #: the edge: raw user ids and attributes stop here (see stream.privacy)
+    edge: Pseudonymizer = field(
+        default_factory=lambda: Pseudonymizer.from_settings(PrivacySettings()))
 
 
 _JSON = "application/json"
@@ -112,6 +126,7 @@ _encode = msgspec.json.Encoder().encode
 _recommend_decoder = msgspec.json.Decoder(RecommendRequest)
 _feedback_decoder = msgspec.json.Decoder(FeedbackRequest)
 _pin_decoder = msgspec.json.Decoder(PinRequest)
+_forget_decoder = msgspec.json.Decoder(ForgetRequest)
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -238,7 +253,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 def create_app(ctx: ServeContext) -> RecommendFastPath:
     """The ASGI app over ``ctx`` (pure: no Kafka here, so it tests with TestClient)."""
-    m, rec, limits = ctx.metrics, ctx.recommender, ctx.settings
+    m, rec, limits, edge = ctx.metrics, ctx.recommender, ctx.settings, ctx.edge
 
     def instrumented(endpoint: str, fn: Handler) -> Handler:
         async def handle(request: Request) -> Response:
@@ -269,14 +284,16 @@ def create_app(ctx: ServeContext) -> RecommendFastPath:
 
     def recommend(body: bytes) -> bytes:
         req: RecommendRequest = _decode(_recommend_decoder, body)
-        return _encode(rec.recommend(req.user_id, req.user, req.candidates,
+        return _encode(rec.recommend(edge.user(req.user_id), edge.attrs(req.user),
+                                     req.candidates,
                                      ctx.default_k if req.k is None else req.k))
 
     async def feedback(request: Request) -> Response:
         req: FeedbackRequest = _decode(_feedback_decoder,
                                        await _body(request, limits))
         common = {"event_id": req.event_id or uuid.uuid4().hex, "request_id": req.request_id,
-                  "ts": time.time() if req.ts is None else req.ts, "user_id": req.user_id,
+                  "ts": time.time() if req.ts is None else req.ts,
+                  "user_id": edge.user(req.user_id),
                   "item_id": req.item_id}
         if req.type == "purchase":
             if req.value is None:
@@ -294,7 +311,7 @@ def create_app(ctx: ServeContext) -> RecommendFastPath:
                              f"({ctx.health.reason}); retry later", 503)
         if ctx.event_log is None or not ctx.event_log.submit(event):
             raise BadRequest("queue_full", "event log is full or absent; retry later", 503)
-        rec.note_click(req.user_id, req.item_id)
+        rec.note_click(event.user_id, req.item_id)
         return _json({"accepted": True, "event_id": event.event_id}, 202)
 
     async def healthz(_request: Request) -> Response:
@@ -324,6 +341,16 @@ def create_app(ctx: ServeContext) -> RecommendFastPath:
         return _json({"pinned": req.version,
                       "policy_version": rec.bundle.version if rec.bundle else None})
 
+    async def forget(request: Request) -> Response:
+        req: ForgetRequest = _decode(_forget_decoder, await _body(request, limits))
+        if ctx.forget is None:
+            raise BadRequest("not_found", "no erasure topic to publish to", 404)
+        try:  # publishing waits for Kafka's acknowledgement, off the event loop
+            markers = await asyncio.to_thread(ctx.forget, req.user_id)
+        except ErasureNotWritten as exc:
+            raise BadRequest("kafka_unavailable", str(exc), 503) from None
+        return _json({"forgotten": True, "markers": markers}, 202)
+
     async def not_found(request: Request, exc: Exception) -> Response:
         code = getattr(exc, "status_code", 404)
         reason = "method_not_allowed" if code == 405 else "not_found"
@@ -347,6 +374,7 @@ def create_app(ctx: ServeContext) -> RecommendFastPath:
         Route("/metrics", instrumented("metrics", metrics), methods=["GET"]),
         Route("/admin/reload", instrumented("admin", admin(reload)), methods=["POST"]),
         Route("/admin/pin", instrumented("admin", admin(pin)), methods=["POST"]),
+        Route("/admin/forget", instrumented("admin", admin(forget)), methods=["POST"]),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: not_found})
     return RecommendFastPath(app, ctx, recommend)

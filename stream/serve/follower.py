@@ -32,6 +32,8 @@ from kafka import KafkaConsumer, TopicPartition
 from learners import Encoder
 from stream.core.bundle import BundleError, PolicyBundle, load_bundle
 from stream.core.catalog import Catalog
+from stream.core.erasure import Erasures
+from stream.core.keys import KeyRing
 from stream.events import Click, EventCodec, Purchase
 from stream.exceptions import InvalidEvent
 from stream.kafka.catalog_feed import CatalogFeed
@@ -128,6 +130,7 @@ class PolicyFollower(_Follower):
         self._lock = threading.Lock()
         self._reload = threading.Event()
         self._tp = TopicPartition(settings.topics.policies, 0)
+        self._keys = KeyRing.from_settings(settings.policy)  # the current key and the old
 
     def _open(self) -> KafkaConsumer:
         return self._from_start("policies", self._tp)
@@ -160,8 +163,7 @@ class PolicyFollower(_Follower):
         if value is None:  # a compaction tombstone
             return False
         try:
-            bundle = load_bundle(value, key=self.settings.policy.signing_key.encode(),
-                                 dim=self.settings.features.dim)
+            bundle = load_bundle(value, key=self._keys, dim=self.settings.features.dim)
         except BundleError as exc:
             self.rejected += 1
             self.metrics.policy_rejected.labels(reason=exc.reason).inc()
@@ -248,6 +250,7 @@ class FeedbackFollower(_Follower):
         self.codec = EventCodec(settings.events.max_bytes, settings.events.max_slate,
                                 settings.events.max_clock_skew_s)
         self.observed = 0
+        self.erasures: Erasures | None = None  # the erasure follower's, once wired
 
     def _open(self) -> KafkaConsumer:
         # fairstream.events carries this server's own impressions too: fetch in large
@@ -285,6 +288,8 @@ class FeedbackFollower(_Follower):
         except InvalidEvent:
             return False  # the worker dead-letters it; the server just ignores it
         if isinstance(event, Click | Purchase):
+            if self.erasures is not None and self.erasures.blocks(event.user_id, event.ts):
+                return False  # an erased user's feedback from before the erasure
             kind = "click" if isinstance(event, Click) else "purchase"
             if self.recommender.observe_feedback(event.user_id, event.item_id, kind, event.ts):
                 self.observed += 1

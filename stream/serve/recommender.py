@@ -49,7 +49,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -230,6 +230,15 @@ class Recommender:
         if self.recent is not None:
             self.recent.clicked(user_id, item_id)
         return True
+
+    def forget_profiles(self, erased: Callable[[Iterable[str]], set[str]]) -> int:
+        """Drop the profiles (and what the impression discount remembers) of the users
+        ``erased`` picks out of those held (erasure)."""
+        if self.recent is not None:
+            for user in erased(self.recent.users()):
+                self.recent.forget(user)
+        with self._profile_lock:
+            return self.profiles.forget(erased(self.profiles.users()))
 
     def _canonical(self, user: Mapping[str, Any] | None) -> dict[str, Any]:
         """φ reads gender and age bucket only; map raw values once (an age → its bucket)."""

@@ -26,12 +26,15 @@ from kafka import KafkaProducer
 
 from bandits import ExposureController
 from learners import Encoder, ProfileStore
+from stream.core.keys import refuse_dev_key
 from stream.core.recent import recent_impressions
 from stream.events import EventCodec
 from stream.kafka.topics import ensure_topics
 from stream.metrics import ServeMetrics
+from stream.privacy import Pseudonymizer
 from stream.serve.app import ServeContext, create_app
 from stream.serve.follower import CatalogFollower, FeedbackFollower, PolicyFollower
+from stream.serve.forget import ErasureFollower
 from stream.serve.impressions import EventLog, ProducerHealth, kafka_send
 from stream.serve.recommender import Recommender
 from stream.settings import ServeSettings, Settings
@@ -71,6 +74,8 @@ class ServeRuntime:
                                        keep_versions=self.serve.keep_versions)
         self.catalog = CatalogFollower(settings, self.recommender, self.metrics, self.encoder)
         self.feedback = FeedbackFollower(settings, self.recommender, self.metrics)
+        self.erasure = ErasureFollower(settings, self.recommender, self.metrics)
+        self.feedback.erasures = self.erasure.erasures
         self.ctx = self._context()
         self.app = create_app(self.ctx)
 
@@ -79,7 +84,9 @@ class ServeRuntime:
                             metrics=self.metrics, event_log=None, codec=self.codec,
                             default_k=min(self.settings.bandit.slate_size, self.serve.max_k),
                             ready=self.readiness, reload=self.policies.request_reload,
-                            pin=self.policies.pin, health=self.health)
+                            pin=self.policies.pin, health=self.health,
+                            edge=Pseudonymizer.from_settings(self.settings.privacy),
+                            forget=self.erasure.forget)
 
     def start(self) -> ServeRuntime:
         s = self.settings
@@ -104,14 +111,15 @@ class ServeRuntime:
                                   metrics=self.metrics, codec=self.codec).start()
         self.recommender.impressions = self.event_log.log_impression
         self.ctx.event_log = self.event_log
-        for follower in (self.feedback, self.catalog, self.policies):
+        self.erasure.producer = self.producer
+        for follower in (self.erasure, self.feedback, self.catalog, self.policies):
             follower.start()
         return self
 
     def readiness(self) -> dict[str, Any]:
         rec = self.recommender
-        errors = {f.name: repr(f.error) for f in (self.policies, self.catalog, self.feedback)
-                  if f.error is not None}
+        errors = {f.name: repr(f.error) for f in (self.policies, self.catalog, self.feedback,
+                                                  self.erasure) if f.error is not None}
         if not self.health.producing:
             errors["events_producer"] = self.health.reason
         state = {
@@ -138,7 +146,7 @@ class ServeRuntime:
         gc.freeze()
 
     def close(self) -> None:
-        for follower in (self.policies, self.catalog, self.feedback):
+        for follower in (self.policies, self.catalog, self.feedback, self.erasure):
             follower.stop()
         if self.event_log is not None:
             self.event_log.close()
@@ -222,8 +230,10 @@ def run_server(settings: Settings, host: str | None = None, port: int | None = N
                serve: ServeSettings | None = None) -> int:
     """``fairstream serve``: block until SIGTERM/SIGINT, shut down gracefully, return 0.
 
-    ``host``/``port`` default to ``serve.host``/``serve.port``.
+    ``host``/``port`` default to ``serve.host``/``serve.port``. Refuses the built-in
+    signing and pseudonym keys (ConfigError).
     """
+    refuse_dev_key(settings, "fairstream serve", edge=True)
     serve = serve or settings.serve
     host = serve.host if host is None else host
     port = serve.port if port is None else port

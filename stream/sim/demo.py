@@ -24,6 +24,7 @@ from stream.events import Click, Event, EventCodec
 from stream.kafka.broker import EmbeddedBroker
 from stream.kafka.producers import catalog_items, make_producer, popularity_group, publish_catalog
 from stream.kafka.topics import ensure_topics
+from stream.privacy import Pseudonymizer
 from stream.serve import ServeRuntime
 from stream.settings import Settings
 from stream.sim.simulator import MovieLensSimulator, SimulationResult, throttle
@@ -84,6 +85,9 @@ def run_demo(settings: Settings, events: int | None = None, out_dir: str | Path 
         server.wait_ready(timeout_s=120)
 
         codec = EventCodec(settings.events.max_bytes, settings.events.max_slate)
+        # The simulator plays the apps: it is an edge, so its users reach the server and
+        # Kafka as pseudonyms with their gender code and age bucket only.
+        edge = Pseudonymizer.from_settings(settings.privacy)
         producer = make_producer(settings)
         malformed = _publish_malformed(settings, producer)
         published = 0
@@ -91,6 +95,7 @@ def run_demo(settings: Settings, events: int | None = None, out_dir: str | Path 
 
         def publish(event: Event) -> None:
             nonlocal published
+            event = edge.event(event)
             producer.send(settings.topics.events, key=event.user_id.encode(),
                           value=codec.encode(event))
             published += 1
@@ -98,7 +103,8 @@ def run_demo(settings: Settings, events: int | None = None, out_dir: str | Path 
                 server.recommender.note_click(event.user_id, event.item_id)
 
         def recommend(user, attrs, cands, k, rng, now):
-            rec = server.recommender.recommend(user, attrs, cands, k, rng=rng, now=now)
+            rec = server.recommender.recommend(edge.user(user), edge.attrs(attrs), cands, k,
+                                               rng=rng, now=now)
             if not versions or versions[-1][1] != int(rec.policy_version):
                 versions.append((sim_arrivals(), int(rec.policy_version)))
             return rec.items, np.asarray(rec.propensities), rec.policy_version

@@ -62,6 +62,7 @@ from stream.metrics import Metrics
 from stream.settings import Settings
 from stream.worker.checkpointer import Checkpointer
 from stream.worker.deadletter import DeadLetters
+from stream.worker.erasure import Forgetting
 from stream.worker.finetune import FineTuneControl
 from stream.worker.process import tune_process
 from stream.worker.publisher import Publisher
@@ -114,6 +115,7 @@ class Worker:
         self.publisher: Publisher | None = None
         self.checkpointer = Checkpointer(settings, self.metrics)
         self.finetune = FineTuneControl(settings, self.metrics)
+        self.forgetting = Forgetting(settings)
         self._metrics_server = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -143,6 +145,8 @@ class Worker:
             self.close()
             return self.report
         self.state = self.checkpointer.restore(self.catalog)
+        if self.forgetting.catch_up(self.state):
+            self.checkpoint()  # an older checkpoint held erased users: replace it now
         self.finetune.warm_up(self.state)
         if self.own_process:
             tune_process()
@@ -189,6 +193,7 @@ class Worker:
         for room in (self.catalog_feed, self.dead_letters, self.publisher):
             if room is not None:
                 room.close()
+        self.forgetting.close()
         self.catalog_feed = self.dead_letters = self.publisher = None
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -197,6 +202,7 @@ class Worker:
     def _open_clients(self) -> None:
         s = self.settings
         self.catalog_feed = CatalogFeed(s, self.catalog, self.encoder).open()
+        self.forgetting.open()
         k, w = s.kafka, s.worker
         self.dead_letters = DeadLetters(
             KafkaProducer(bootstrap_servers=k.bootstrap, acks="all", linger_ms=20,
@@ -223,6 +229,8 @@ class Worker:
         if self.catalog_feed.poll():
             self.metrics.catalog_items.set(len(self.catalog))
             log.info("catalog grew to %d items", len(self.catalog))
+        if self.forgetting.poll(self.state, self.lock):
+            self.checkpoint()  # the file on disk stops holding the forgotten users now
         message = self.fetch.receive(timeout_s=self.settings.worker.poll_timeout_ms / 1000)
         if isinstance(message, Records):
             return self._handle_records(message)
@@ -271,6 +279,7 @@ class Worker:
                 observed = self.state.observe_records(chunk.partition, chunk.events,
                                                       chunk.next_offset)
                 closed += observed.closed
+                self.forgetting.observed(self.state, chunk.events)
                 duplicates += observed.duplicates
                 for kind, n in observed.kinds.items():
                     kinds[kind] += n
@@ -317,7 +326,7 @@ class Worker:
     def learn(self, closed: list[Pending]) -> Learned:
         """Update the policy from closed impressions, and count what they taught."""
         t0 = time.perf_counter()
-        learned = self.state.learn(closed)
+        learned = self.state.learn(self.forgetting.screen(closed))
         self.metrics.bandit_update_seconds.observe(time.perf_counter() - t0)
         self.metrics.bandit_updates.inc(learned.rows)
         self.report.rows_learned += learned.rows

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from stream.core.keys import refuse_dev_key
 from stream.settings import Settings
 from stream.worker.loop import Worker, WorkerReport
 
@@ -20,7 +21,8 @@ log = logging.getLogger(__name__)
 def run_worker(settings: Settings, exit_when_idle: float | None = None) -> int:
     """``fairstream worker``: learn until SIGTERM/SIGINT (or, with ``exit_when_idle``,
     until caught up and idle that many seconds), then checkpoint, print the report as
-    one JSON line and return 0."""
+    one JSON line and return 0. Refuses the built-in signing key (ConfigError)."""
+    refuse_dev_key(settings, "fairstream worker")
     worker = Worker(settings, own_process=True)
     stop = threading.Event()
 

@@ -8,7 +8,8 @@ def test_defaults_are_valid():
     s = load_settings(env={})
     assert s == Settings()
     assert s.topics.all() == ["fairstream.items", "fairstream.events", "fairstream.events.dlq",
-                              "fairstream.policies", "fairstream.fairness", "fairstream.stats"]
+                              "fairstream.policies", "fairstream.fairness", "fairstream.stats",
+                              "fairstream.erasure"]
 
 
 def test_file_then_environment(tmp_path):

@@ -17,6 +17,7 @@ from kafka import KafkaConsumer, TopicPartition
 from stream.events import Click, EventCodec, Impression
 from stream.kafka.producers import make_producer, publish_catalog
 from stream.kafka.topics import ensure_topics
+from stream.privacy import Pseudonymizer
 from stream.serve import ServerThread, ServeRuntime, request_rng
 from stream.settings import ServeSettings
 from tests.stream.serve.conftest import make_bundle, open_bundle
@@ -104,10 +105,13 @@ def test_hot_swap_rejection_and_impressions_on_the_broker(server, ml_catalog):
     rows = [ml_catalog.index[c] for c in cands]
     X = bundle.fmap.transform(None, np.zeros(384), user,
                               adapted_items=bundle.fmap.adapt(ml_catalog.embeddings[rows]))
-    for a in answers:
+    edge = Pseudonymizer.from_settings(settings.privacy)
+    for i, a in enumerate(answers):
         key, imp = shown[a["request_id"]]
-        assert key == imp.user_id.encode() and imp.policy_version == "2"
-        assert imp.items == a["items"] and imp.user == user
+        # Kafka holds the pseudonym and the attribute buckets, not the id nor the raw age.
+        assert key == imp.user_id.encode() == edge.user(f"imp-u{i}").encode()
+        assert imp.policy_version == "2"
+        assert imp.items == a["items"] and imp.user == {"gender": "M", "age": "35-44"}
         slate = bundle.policy.select(X, 5, rng=request_rng(7, a["request_id"]),
                                      item_ids=cands if bundle.policy.uses_item_ids else None)
         assert imp.items == [cands[i] for i in slate.indices]
@@ -122,12 +126,15 @@ def test_hot_swap_rejection_and_impressions_on_the_broker(server, ml_catalog):
                                        "request_id": answers[0]["request_id"], "item_id": item})
     assert r.status_code == 202, r.text
     # ... and stops the clicked item's impression discount at once (the rest stay discounted)
-    pen = runtime.recommender.recent.penalties("imp-u0", answers[0]["items"], now=time.time())
+    pen = runtime.recommender.recent.penalties(edge.user("imp-u0"), answers[0]["items"],
+                                               now=time.time())
     assert pen.tolist() == [0.0] + [-runtime.recommender.recent.strength] * 4
-    wait_for(lambda: "imp-u0" in runtime.recommender.profiles, 5.0, "profile update")
+    wait_for(lambda: edge.user("imp-u0") in runtime.recommender.profiles, 5.0,
+             "profile update")
     clicks = [(k, e) for k, e in read_events(settings, want=len(answers) + 1)
               if isinstance(e, Click)]
-    assert clicks == [(b"imp-u0", clicks[0][1])] and clicks[0][1].item_id == item
+    assert clicks == [(edge.user("imp-u0").encode(), clicks[0][1])]
+    assert clicks[0][1].item_id == item and "imp-u0" not in runtime.recommender.profiles
 
 
 def test_run_server_exits_0_on_sigterm(make_settings, tmp_path):
@@ -139,7 +146,9 @@ def test_run_server_exits_0_on_sigterm(make_settings, tmp_path):
            "FAIRSTREAM_KAFKA__BOOTSTRAP": settings.kafka.bootstrap,
            "FAIRSTREAM_TOPICS__PREFIX": settings.topics.prefix,
            "FAIRSTREAM_MODEL__DEVICE": "cpu",
-           "FAIRSTREAM_MODEL__EMBEDDING_CACHE": settings.model.embedding_cache}
+           "FAIRSTREAM_MODEL__EMBEDDING_CACHE": settings.model.embedding_cache,
+           "FAIRSTREAM_POLICY__SIGNING_KEY": settings.policy.signing_key,
+           "FAIRSTREAM_PRIVACY__PSEUDONYM_KEY": settings.privacy.pseudonym_key}
     code = ("import sys; from stream.settings import load_settings; "
             "from stream.serve import run_server; "
             f"sys.exit(run_server(load_settings(), '127.0.0.1', {port}))")

@@ -191,6 +191,8 @@ def _worker_proc(settings, log, exit_when_idle=None, **worker):
            "FAIRSTREAM_WORKER__CHECKPOINT_PATH": settings.worker.checkpoint_path,
            "FAIRSTREAM_WORKER__POLL_MAX_RECORDS": "100",
            "FAIRSTREAM_WORKER__METRICS_PORT": "0",
+           # `fairstream worker` refuses the built-in key; in-process readers use the same
+           "FAIRSTREAM_POLICY__SIGNING_KEY": settings.policy.signing_key,
            **{f"FAIRSTREAM_WORKER__{k.upper()}": str(v) for k, v in worker.items()}}
     idle = ["--exit-when-idle", str(exit_when_idle)] if exit_when_idle is not None else []
     return subprocess.Popen([sys.executable, "-m", "stream.cli", "worker", *idle],

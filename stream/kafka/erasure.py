@@ -1,0 +1,108 @@
+"""The erasure topic: publishing markers (``fairstream forget``) and following them.
+
+``fairstream.erasure`` is compacted, one partition, key = the erasure token of a
+pseudonym (:mod:`stream.core.erasure`), value = ``{"v": 1, "erased_at": …}``. Workers
+and servers read it from the beginning with no consumer group, as they read the catalog.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+
+from stream.core.erasure import decode_marker, encode_marker, token
+from stream.exceptions import ErasureNotWritten, InvalidEvent
+from stream.privacy import Pseudonymizer
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def erasure_tokens(settings: Settings, user_id: str) -> list[str]:
+    """The tokens of every pseudonym ``user_id`` has had: under the current pseudonym key
+    and each of ``privacy.previous_pseudonym_keys``."""
+    return [token(edge.user(user_id)) for edge in Pseudonymizer.all_from_settings(settings.privacy)]
+
+
+def publish_erasure(settings: Settings, user_id: str, producer: KafkaProducer | None = None,
+                    timeout_s: float = 30.0) -> list[tuple[str, float]]:
+    """Publish the erasure markers of ``user_id`` and wait until Kafka holds them; returns
+    them as ``(token, erased_at)``. The raw id and its pseudonyms go nowhere: only their
+    tokens travel."""
+    own = producer is None
+    if own:
+        producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all",
+                                 client_id=f"{settings.kafka.client_id}-erasure")
+    tokens = erasure_tokens(settings, user_id)
+    erased_at = time.time()
+    value = encode_marker(erased_at)
+    try:
+        futures = [producer.send(settings.topics.erasure, key=t.encode(), value=value)
+                   for t in tokens]
+        producer.flush(timeout=timeout_s)
+        for future in futures:
+            future.get(timeout=timeout_s)  # raises what the broker answered
+    except KafkaError as exc:
+        raise ErasureNotWritten(f"erasure markers not acknowledged by Kafka ({exc}); "
+                                "the user is not forgotten yet: retry") from None
+    finally:
+        if own:
+            producer.close()
+    log.info("erasure published for %d pseudonym(s) on %s", len(tokens),
+             settings.topics.erasure)
+    return [(t, erased_at) for t in tokens]
+
+
+class ErasureFeed:
+    """Follows ``fairstream.erasure`` from its beginning: ``poll`` returns the markers that
+    arrived as ``(token, erased_at)``, ``load`` reads to the end (a start's catch-up)."""
+
+    def __init__(self, settings: Settings, client: str = "erasure") -> None:
+        self.settings = settings
+        self.client = client
+        self.tp = TopicPartition(settings.topics.erasure, 0)
+        self.consumer: KafkaConsumer | None = None
+
+    def open(self) -> ErasureFeed:
+        k = self.settings.kafka
+        self.consumer = KafkaConsumer(bootstrap_servers=k.bootstrap, enable_auto_commit=False,
+                                      group_id=None, client_id=f"{k.client_id}-{self.client}",
+                                      auto_offset_reset="earliest")
+        self.consumer.assign([self.tp])
+        self.consumer.seek_to_beginning(self.tp)
+        return self
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()
+            self.consumer = None
+
+    def poll(self, timeout_ms: int = 0) -> list[tuple[str, float]]:
+        batch: dict[Any, list[Any]] = self.consumer.poll(timeout_ms=timeout_ms)
+        out = []
+        for records in batch.values():
+            for record in records:
+                try:
+                    out.append((record.key.decode(), decode_marker(record.value)))
+                except (AttributeError, UnicodeDecodeError, InvalidEvent):
+                    log.warning("skipping a malformed erasure record at offset %d",
+                                record.offset)
+        return out
+
+    def at_end(self) -> bool:
+        high = self.consumer.end_offsets([self.tp])[self.tp]
+        return self.consumer.position(self.tp) >= high
+
+    def load(self, timeout_s: float = 60.0) -> list[tuple[str, float]]:
+        """Every marker up to the topic's current end."""
+        out: list[tuple[str, float]] = []
+        deadline = time.monotonic() + timeout_s
+        while not self.at_end():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.tp.topic} not read to its end in {timeout_s} s")
+            out += self.poll(timeout_ms=200)
+        return out
