@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bandits.exceptions import BanditsError
-from stream.exceptions import FairstreamError
+from stream import cli_errors, preflight
 from stream.settings import Settings, load_settings
 
 
@@ -20,6 +19,13 @@ def _settings(args: argparse.Namespace) -> Settings:
     settings = load_settings(args.config)
     if getattr(args, "bootstrap", None):
         settings = settings.replace(kafka={"bootstrap": args.bootstrap})
+    return settings
+
+
+def _kafka_settings(args: argparse.Namespace) -> Settings:
+    """Settings for a command that needs Kafka, once a bootstrap server answers."""
+    settings = _settings(args)
+    preflight.check_kafka(settings.kafka.bootstrap)
     return settings
 
 
@@ -32,7 +38,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_topics_create(args: argparse.Namespace) -> int:
     from stream.kafka.topics import ensure_topics
 
-    created = ensure_topics(_settings(args))
+    created = ensure_topics(_kafka_settings(args))
     print(f"created: {', '.join(created) or 'none (all exist)'}")
     return 0
 
@@ -51,7 +57,7 @@ def cmd_produce_catalog(args: argparse.Namespace) -> int:
     from stream import data
     from stream.kafka.producers import catalog_items, publish_catalog
 
-    settings = _settings(args)
+    settings = _kafka_settings(args)
     ml = data.load_movielens(settings.data.cache_dir)
     n = publish_catalog(settings, catalog_items(ml))
     print(f"published {n} items to {settings.topics.items}")
@@ -62,7 +68,7 @@ def cmd_produce_replay(args: argparse.Namespace) -> int:
     from stream import data
     from stream.kafka.producers import publish_events, replay_events
 
-    settings = _settings(args)
+    settings = _kafka_settings(args)
     ml = data.load_movielens(settings.data.cache_dir)
     n = publish_events(settings, replay_events(ml, args.limit), rate=args.rate)
     print(f"published {n} events to {settings.topics.events}")
@@ -72,7 +78,10 @@ def cmd_produce_replay(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from stream.worker import run_worker
 
-    return run_worker(_settings(args), exit_when_idle=args.exit_when_idle)
+    settings = _kafka_settings(args)
+    w = settings.worker
+    preflight.check_port_free(w.metrics_host, w.metrics_port, "worker.metrics_port")
+    return run_worker(settings, exit_when_idle=args.exit_when_idle)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -132,7 +141,11 @@ def cmd_bench_learners(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from stream.serve import run_server
 
-    return run_server(_settings(args), host=args.host, port=args.port)
+    settings = _kafka_settings(args)
+    host = settings.serve.host if args.host is None else args.host
+    port = settings.serve.port if args.port is None else args.port
+    preflight.check_port_free(host, port, "serve.port")
+    return run_server(settings, host=host, port=port)
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
@@ -339,29 +352,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a failure is one line on stderr (see :mod:`stream.cli_errors`)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
     try:
         return args.func(args)
-    except Exception as exc:
-        if not _on_purpose(exc):
-            raise
-        print(f"fairstream: error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _on_purpose(exc: Exception) -> bool:
-    """Whether ``exc`` was raised on purpose, saying what happened (one line, no traceback):
-    a :class:`FairstreamError`, ``BanditsError`` or ``LearnersError``. ``learners`` is
-    looked up only if a command loaded it (importing it here would load torch for every
-    command; a command that never loaded it cannot have raised its errors)."""
-    bases: list[type[Exception]] = [FairstreamError, BanditsError]
-    learners_errors = sys.modules.get("learners.exceptions")
-    if learners_errors is not None:
-        bases.append(learners_errors.LearnersError)
-    return isinstance(exc, tuple(bases))
+    except (Exception, KeyboardInterrupt) as exc:
+        return cli_errors.report(exc, args.verbose)
 
 
 if __name__ == "__main__":

@@ -326,6 +326,9 @@ def _check_ranges(s: Settings) -> None:
         raise ConfigError(f"worker.dlq_retries must be >= 0, got {s.worker.dlq_retries}")
     if s.events.attribution_window_s < 0:
         raise ConfigError("events.attribution_window_s must be >= 0")
+    from stream.settings_ranges import check_more_ranges  # imports this module
+
+    check_more_ranges(s)
 
 
 def _hybrid_bundle_bytes(max_items: int, item_context: str, dim: int) -> int:
@@ -365,11 +368,21 @@ def load_settings(path: str | os.PathLike[str] | None = None,
         if key not in _SECTIONS[section].__struct_fields__:
             raise ConfigError(f"unknown setting {section}.{key} (from {name})")
         overrides.setdefault(section, {})[key] = value
-    file_settings = _convert(raw, strict=True)
+    try:
+        file_settings = _convert(raw, strict=True)
+    except ConfigError as exc:
+        from stream.settings_ranges import name_the_source
+
+        raise ConfigError(name_the_source(str(exc), {}, path)) from None
     if not overrides:
         return file_settings
     merged = msgspec.to_builtins(file_settings)
     for section, values in overrides.items():
         merged[section].update(values)
     # Environment values are strings: let msgspec coerce "8" -> 8, "true" -> True.
-    return _convert(merged, strict=False)
+    try:
+        return _convert(merged, strict=False)
+    except ConfigError as exc:  # name the variable the user set, not the key it sets
+        from stream.settings_ranges import name_the_source
+
+        raise ConfigError(name_the_source(str(exc), env)) from None

@@ -58,6 +58,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from stream.events import Click, EventCodec, Purchase
 from stream.exceptions import InvalidEvent
 from stream.metrics import ServeMetrics
+from stream.serve.attributes import check_user, name_the_attribute
 from stream.serve.exceptions import BadRequest, ServeError, Unauthorized
 from stream.serve.impressions import EventLog, ProducerHealth
 from stream.serve.recommender import Recommender
@@ -81,8 +82,9 @@ class RecommendRequest(msgspec.Struct, forbid_unknown_fields=True):
 
     user_id: Annotated[Id, _doc("the user, as events key them")]
     user: Annotated[Attrs | None, _doc(
-        "attributes the policy and the fairness groups read: gender, age (years, "
-        "an integer); other keys are kept in the logged impression only")] = None
+        "strings or integers; gender (M, F, male, female) and age (whole years 0-130, or "
+        "a bucket such as 25-34) are read, and refused if unreadable; other keys are "
+        "logged with the impression, not scored")] = None
     candidates: Annotated[Annotated[list[Id], msgspec.Meta(min_length=1)] | None, _doc(
         "item ids to rank, no repeats; default: the whole catalog")] = None
     k: Annotated[int | None, _doc(
@@ -150,7 +152,7 @@ def _decode(decoder: msgspec.json.Decoder, body: bytes) -> Any:
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise BadRequest("invalid_field", str(exc)) from None
+        raise BadRequest("invalid_field", name_the_attribute(str(exc), body)) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad bytes inside a string
         raise BadRequest("malformed_json", str(exc)) from None
 
@@ -289,6 +291,7 @@ def create_app(ctx: ServeContext) -> RecommendFastPath:
 
     def recommend(body: bytes) -> bytes:
         req: RecommendRequest = _decode(_recommend_decoder, body)
+        check_user(req.user)  # the one rule for attributes (stream.serve.attributes)
         return _encode(rec.recommend(req.user_id, req.user, req.candidates,
                                      ctx.default_k if req.k is None else req.k))
 
