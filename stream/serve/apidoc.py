@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import re
 import sys
 from collections.abc import Iterator
@@ -33,6 +34,10 @@ EXAMPLES: tuple[tuple[str, str, str], ...] = (
     ("Report a click on an item shown by that request (curl)", "sh",
      """curl -sS --fail-with-body http://127.0.0.1:8000/feedback \\
   -d '{"type": "click", "user_id": "u42", "request_id": "REQUEST_ID", "item_id": "50"}'"""),
+    ("Why these items: each score in parts (content, the item's own terms, exploration, "
+     "exposure) with its propensity", "sh",
+     """curl -sS --fail-with-body http://127.0.0.1:8000/recommend \\
+  -d '{"user_id": "u42", "candidates": ["1", "50", "100"], "k": 2, "explain": true}'"""),
     ("Readiness, and pinning a policy version (curl; admin token from the settings)", "sh",
      """curl -sS http://127.0.0.1:8000/readyz
 curl -sS --fail-with-body http://127.0.0.1:8000/admin/pin \\
@@ -133,7 +138,7 @@ def blocks(doc: dict[str, Any] | None = None) -> Iterator[Block]:
         required = set(schema.get("required", ()))
         yield ("table", ("field", "type", "required", "default", "limits", "meaning"),
                [(f"`{field}`", _type(s), "yes" if field in required else "no",
-                 "" if "default" not in s else f"`{s['default']!r}`".replace("None", "null"),
+                 "" if "default" not in s else f"`{json.dumps(s['default'])}`",
                  ", ".join(_limits(s)), s.get("description", ""))
                 for field, s in schema.get("properties", {}).items()])
     yield ("h", 2, "Examples")

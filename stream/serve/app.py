@@ -90,6 +90,7 @@ class RecommendRequest(msgspec.Struct, forbid_unknown_fields=True):
     k: Annotated[int | None, _doc(
         "items to return; default: bandit.slate_size; at most serve.max_k and the "
         "number of candidates")] = None
+    explain: Annotated[bool, _doc("also return each score in parts (explanations)")] = False
 
 
 class FeedbackRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -293,7 +294,8 @@ def create_app(ctx: ServeContext) -> RecommendFastPath:
         req: RecommendRequest = _decode(_recommend_decoder, body)
         check_user(req.user)  # the one rule for attributes (stream.serve.attributes)
         return _encode(rec.recommend(req.user_id, req.user, req.candidates,
-                                     ctx.default_k if req.k is None else req.k))
+                                     ctx.default_k if req.k is None else req.k,
+                                     explain=req.explain))
 
     async def feedback(request: Request) -> Response:
         req: FeedbackRequest = _decode(_feedback_decoder,

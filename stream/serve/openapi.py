@@ -71,7 +71,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "and returns the best `k` (default: `bandit.slate_size`), each with its score and "
         "the probability the policy had of showing it there (its propensity). The "
         "impression is logged to `fairstream.events` with the request id, so feedback can "
-        "name it.",
+        "name it. With `\"explain\": true` the answer also splits each score into parts "
+        "that sum to it ([Explanation](#explanation)); without it nothing is computed.",
         {200: (Recommendation, "the slate, best first"),
          400: (ErrorBody, "`malformed_json`, `invalid_field`, `too_many_candidates`, "
                           "`duplicate_candidate`, `unknown_item`, `invalid_k`"),

@@ -59,6 +59,7 @@ from bandits import ExposureController, predicted_reward
 from learners import ProfileStore, user_groups
 from stream.core.bundle import PolicyBundle
 from stream.serve.exceptions import BadRequest, NotReady
+from stream.serve.explain import Explanation, explain_slate
 from stream.settings import MAX_K
 
 log = logging.getLogger(__name__)
@@ -66,14 +67,17 @@ log = logging.getLogger(__name__)
 _UNUSED_RNG = np.random.default_rng(0)  # handed to policies that draw nothing
 
 
-class Recommendation(msgspec.Struct, frozen=True):
-    """One answered request: the slate, best first, with what produced it."""
+class Recommendation(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One answered request: the slate, best first, with what produced it: per item its
+    score and propensity (the probability the policy had of showing it), the policy
+    version and the request id that feedback names; with `explain`, each score in parts."""
 
     items: list[str]
     scores: list[float]
     propensities: list[float]
     policy_version: str
     request_id: str
+    explanations: list[Explanation] | None = None
 
 
 def request_rng(seed: int, request_id: str) -> np.random.Generator:
@@ -239,8 +243,10 @@ class Recommender:
     def recommend(self, user_id: str, user: Mapping[str, Any] | None = None,
                   candidates: Sequence[str] | None = None, k: int = 5,
                   rng: np.random.Generator | None = None,
-                  request_id: str | None = None, now: float | None = None) -> Recommendation:
-        """Rank ``k`` of ``candidates`` (default: the whole catalog) for ``user_id``.
+                  request_id: str | None = None, now: float | None = None,
+                  explain: bool = False) -> Recommendation:
+        """Rank ``k`` of ``candidates`` (default: the whole catalog) for ``user_id``;
+        ``explain``: with each score's parts.
 
         Raises :class:`BadRequest` (``too_many_candidates``, ``duplicate_candidate``,
         ``unknown_item``, ``invalid_k``) or :class:`NotReady`.
@@ -294,8 +300,10 @@ class Recommender:
             # Merit = the model's estimated relevance of every candidate (FairCo).
             merit = predicted_reward(policy, X, by_id)
             self.exposure.observe(groups, slate.indices, merit)
+        parts = explain_slate(policy, X, slate, ids, bonus if control else None,
+                              k_item=fmap.k_item, k_profile=fmap.k_profile) if explain else None
         rec = Recommendation([ids[i] for i in slate.indices.tolist()], slate.scores.tolist(),
-                             slate.propensities.tolist(), v.version, request_id)
+                             slate.propensities.tolist(), v.version, request_id, parts)
         if self.impressions is not None:
             self.impressions(rec, user_id, user or {}, time.time() if now is None else now)
         return rec
