@@ -236,6 +236,7 @@ class Shown(msgspec.Struct, array_like=True, tag="s"):
     items: list[str]
     propensities: list[float]
     user: dict[str, str | int]
+    policy_version: str = ""  # what chose the slate; "logged" for a replay (no policy)
 
 
 class Feedback(msgspec.Struct, array_like=True, tag="f"):
@@ -255,6 +256,6 @@ def compact(event: Event) -> Shown | Feedback:
     the JSON itself, measured side by side on the MovieLens replay)."""
     if isinstance(event, Impression):
         return Shown(event.event_id, event.request_id, event.user_id, event.ts, event.items,
-                     event.propensities, event.user)
+                     event.propensities, event.user, event.policy_version)
     return Feedback(event.event_id, event.request_id, event.user_id, event.ts, event.item_id,
                     "click" if isinstance(event, Click) else "purchase")

@@ -130,6 +130,7 @@ class WorkerSettings(_Section):
     checkpoint_every_s: float = 30.0
     metrics_port: int = 9100
     metrics_host: str = "127.0.0.1"
+    log_every_s: float = 30.0  # a progress line (events/s, rows, lag, version, reward); 0 = off
     poll_max_records: int = 10_000  # larger polls: ~1.8x events/s learned (bench pipeline)
     poll_timeout_ms: int = 200
     # How long a fetch may wait at the broker for data: the floor of event-to-policy
