@@ -125,7 +125,9 @@ class BanditSettings(_Section):
 
 
 class WorkerSettings(_Section):
-    checkpoint_path: str = "runs/worker/checkpoint.npz"
+    # Empty: <data.cache_dir>/worker/<kafka.group_id>/checkpoint.npz (one per group, the
+    # same wherever the worker starts); a second worker on one checkpoint refuses to start.
+    checkpoint_path: str = ""
     checkpoint_every_events: int = 20_000
     checkpoint_every_s: float = 30.0
     metrics_port: int = 9100
