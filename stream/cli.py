@@ -39,6 +39,7 @@ def _kafka_settings(args: argparse.Namespace) -> Settings:
 def cmd_broker(args: argparse.Namespace) -> int:
     from stream.kafka.broker import run_broker
 
+    preflight.check_port_free("127.0.0.1", args.port, "--port")
     return run_broker(args.port)
 
 
@@ -248,7 +249,7 @@ def cmd_eval_ope(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fairstream", description=DESCRIPTION)
+    p = cli_help.Parser(prog="fairstream", description=DESCRIPTION)
     p.add_argument("--config", type=Path,
                    help="settings TOML file; FAIRSTREAM_* environment variables override it "
                         "(default: built-in settings)")
@@ -270,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="data sets").add_subparsers(dest="action", required=True)
     df = d.add_parser("fetch", help="fetch MovieLens-100K and the Open Bandit sample")
-    df.add_argument("datasets", nargs="*", default=["ml100k", "obd"],
+    df.add_argument("datasets", nargs="*", default=["ml100k", "obd"], choices=["ml100k", "obd"],
                     help="which ones: ml100k, obd (default: both)")
     df.set_defaults(func=cmd_data_fetch)
 

@@ -18,7 +18,9 @@ where the default is a value.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from importlib import metadata
+from typing import Any, NoReturn
 
 #: Descriptions of flags several commands share, by destination.
 COMMON = {
@@ -30,6 +32,14 @@ COMMON = {
     "host": "address to listen on (default: serve.host from the settings)",
     "port": "port to listen on (default: serve.port from the settings)",
 }
+
+
+class Parser(argparse.ArgumentParser):
+    """A usage error is one line too, pointing at the help (argparse prints the usage
+    first, which buries the error)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class Formatter(argparse.HelpFormatter):
@@ -61,10 +71,46 @@ def parsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
     return out
 
 
+#: Numeric flags that may be 0 (the others must be > 0; ports lie in 1..65535).
+MAY_BE_ZERO = frozenset({"seed", "hostile", "random_kills", "warmup", "exit_when_idle"})
+
+
+def bounded(kind: type, dest: str) -> Callable[[str], Any]:
+    """``kind`` (int or float) checked for ``dest``'s range: a bad value is a usage error
+    (exit 2) before the command starts, not a failure deep inside it.
+
+    >>> bounded(int, "port")("99999")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: must be a port in 1..65535, got 99999
+    >>> bounded(int, "limit")("0")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: must be > 0, got 0
+    """
+    def convert(text: str) -> Any:
+        value = kind(text)  # a ValueError reads "invalid int value: 'x'"
+        if dest == "port":
+            if not 1 <= value <= 65535:
+                raise argparse.ArgumentTypeError(f"must be a port in 1..65535, got {text}")
+        elif not (value >= 0 if dest in MAY_BE_ZERO else value > 0):
+            sign = ">= 0" if dest in MAY_BE_ZERO else "> 0"
+            raise argparse.ArgumentTypeError(f"must be {sign}, got {text}")
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
 def finish(p: argparse.ArgumentParser) -> None:
-    """Give every parser the formatter and every shared flag its description."""
+    """Give every parser the formatter, every shared flag its description and every
+    numeric flag its range."""
     for parser in parsers(p):
         parser.formatter_class = Formatter
         for action in parser._actions:
             if not action.help and action.dest in COMMON:
                 action.help = COMMON[action.dest]
+            if isinstance(action, argparse._SubParsersAction) and action.metavar is None:
+                action.metavar = "{" + ",".join(action.choices) + "}"  # not its dest's name
+            if action.type in (int, float):
+                action.type = bounded(action.type, action.dest)

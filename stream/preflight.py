@@ -85,7 +85,8 @@ def check_kafka(bootstrap: str, timeout_s: float = KAFKA_TIMEOUT_S) -> None:
 
 
 def check_port_free(host: str, port: int, setting: str) -> None:
-    """Raise :class:`PortInUse` if ``host:port`` cannot be listened on (0: any port, fine)."""
+    """Raise :class:`PortInUse` if ``host:port`` cannot be listened on (0: any port, fine);
+    ``setting`` is what sets the port: a settings key or a command-line flag."""
     if port == 0:
         return
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
@@ -95,7 +96,7 @@ def check_port_free(host: str, port: int, setting: str) -> None:
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
-            raise PortInUse(
-                f"port {host}:{port} ({setting}) is already in use by another process; stop "
-                f"it, or choose another port ({env_name(setting)}, 0 = any free port)"
-            ) from None
+            how = (f"{setting} or {env_name(setting)}; 0 = any free port" if "." in setting
+                   else setting)
+            raise PortInUse(f"port {host}:{port} ({setting}) is already in use by another "
+                            f"process; stop it, or choose another port ({how})") from None

@@ -122,3 +122,30 @@ def test_a_busy_port_is_one_line_naming_the_setting(broker, command):
     setting = "worker.metrics_port" if command[0] == "worker" else "serve.port"
     assert f"127.0.0.1:{port} ({setting}) is already in use" in line
     assert "serving on" not in done.stdout
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (("broker", "--port", "99999"), "argument --port: must be a port in 1..65535, got 99999"),
+    (("serve", "--port", "0"), "argument --port: must be a port in 1..65535, got 0"),
+    (("produce", "replay", "--limit", "-5"), "argument --limit: must be > 0, got -5"),
+    (("data", "fetch", "nosuch"), "invalid choice: 'nosuch'"),
+    (("dlq", "tail", "-n", "0"), "argument -n: must be > 0, got 0"),
+    (("bench",), "required: {learners,serve,pipeline,bandits,soak}"),
+])
+def test_a_bad_command_line_is_one_line_pointing_at_the_help(args, says):
+    done = run(*args)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert says in line and line.endswith("--help)"), line
+
+
+def test_a_busy_broker_port_is_refused_at_once():
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        t0 = time.monotonic()
+        done = run("broker", "--port", str(port))
+    assert time.monotonic() - t0 < 20  # the broker used to wait 30 s for itself
+    assert done.returncode == 1
+    assert f"port 127.0.0.1:{port} (--port) is already in use" in one_error_line(done)
