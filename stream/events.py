@@ -26,6 +26,7 @@ from typing import Annotated
 
 import msgspec
 
+from stream.attributes import attribute_problem
 from stream.exceptions import InvalidEvent
 
 SCHEMA_VERSION = 1
@@ -164,6 +165,9 @@ class EventCodec:
             raise InvalidEvent("clock_skew", f"ts {event.ts} is more than "
                                f"{self.max_clock_skew_s} s ahead of the receiver's clock")
         if type(event) is Impression:
+            problem = attribute_problem(event.user)  # the rule the server applies too
+            if problem is not None:
+                raise InvalidEvent("invalid_field", problem)
             n = len(event.items)
             if n == 0 or n > self.max_slate:
                 raise InvalidEvent("invalid_field",

@@ -1,18 +1,5 @@
-"""The rule for a request's user attributes (``"user"`` of ``POST /recommend``).
-
-Attributes are a flat object of at most 32 keys, each value a string or an
-integer. fairstream reads two of them:
-
-- ``gender``: ``"M"``, ``"F"``, ``"male"`` or ``"female"``, in any case;
-- ``age``: whole years 0–130 (an integer, or digits in a string), or one of the
-  age buckets ``"<18"``, ``"18-24"``, ``"25-34"``, ``"35-44"``, ``"45-49"``,
-  ``"50-55"``, ``"56+"``.
-
-A read attribute whose value cannot be read is refused (400 ``invalid_field``),
-as is any value that is not a string or an integer, and the error names the
-key. Every other key is kept as given: it is logged with the impression and not
-used for scoring. A read attribute that is absent puts the user in the
-``unknown`` group.
+"""User attributes at the HTTP edge: the rule of :mod:`stream.attributes` as 400s, and a
+key named where msgspec's own message cannot name it.
 
 >>> check_user({"gender": "f", "age": 40, "plan": "gold"})
 >>> check_user({"age": "forty"})
@@ -23,37 +10,20 @@ stream.serve.exceptions.BadRequest: invalid_field: user.age: 'forty' is not an a
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
-from learners.features import AGE_BUCKETS, age_code, gender_code
+from stream.attributes import attribute_problem
 from stream.serve.exceptions import BadRequest
-
-_EXPECTED = {
-    "gender": "M, F, male or female",
-    "age": f"whole years 0-130, or one of {', '.join(AGE_BUCKETS)}",
-}
-
-
-@functools.lru_cache(maxsize=4096, typed=True)
-def _problem(gender: Any, age: Any) -> str | None:
-    if gender is not None and gender_code(gender) < 0:
-        return f"user.gender: {gender!r} is not a gender: {_EXPECTED['gender']}"
-    text = isinstance(age, str) and age.strip() not in AGE_BUCKETS
-    if age is not None and ((text and not age.strip().isdigit()) or age_code(age) < 0):
-        return f"user.age: {age!r} is not an age: {_EXPECTED['age']}"
-    return None
 
 
 def check_user(user: Mapping[str, Any] | None) -> None:
     """Raise :class:`BadRequest` if a read attribute has a value that cannot be read."""
-    if user:
-        problem = _problem(user.get("gender"), user.get("age"))
-        if problem is not None:
-            raise BadRequest("invalid_field", problem)
+    problem = attribute_problem(user)
+    if problem is not None:
+        raise BadRequest("invalid_field", problem)
 
 
 def name_the_attribute(message: str, body: bytes) -> str:
