@@ -114,8 +114,18 @@ def dlq_tail(settings: Settings, n: int = 10, reason: str | None = None,
 
 
 def _fairness_window(settings: Settings, version: int) -> dict[str, Any] | None:
+    """The fairness record published with ``version``: looked for near the end first."""
+    for last in (256, None):
+        found = _fairness_record(settings, version, last)
+        if found is not None:
+            return found
+    return None
+
+
+def _fairness_record(settings: Settings, version: int, last: int | None
+                     ) -> dict[str, Any] | None:
     found = None
-    for r in _read(settings, settings.topics.fairness, None):
+    for r in _read(settings, settings.topics.fairness, last):
         try:
             record = json.loads(r.value or b"")
         except ValueError:
@@ -130,18 +140,12 @@ def policy_show(settings: Settings, version: int | None = None) -> list[str]:
     """Describe the newest published policy of this consumer group (or ``version``)."""
     from stream.core.bundle import load_bundle
 
-    group = settings.kafka.group_id.encode()
-    chosen: tuple[int, _Record] | None = None
-    versions = []
-    for r in _read(settings, settings.topics.policies, None):
-        if r.key != group or r.value is None:
-            continue
-        v = _header_version(r.value)
-        if v is None:
-            continue
-        versions.append(v)
-        if (version is None and (chosen is None or v >= chosen[0])) or v == version:
-            chosen = (v, r)
+    # Bundles are large: look at the newest few of each partition first, and read the
+    # whole topic only for an older version (or another group's interleaved records).
+    for last in (16, None):
+        chosen, versions = _find_bundle(settings, version, last)
+        if chosen is not None:
+            break
     if chosen is None:
         have = f"; versions there: {_ranges(versions)}" if versions else ""
         raise NothingPublished(
@@ -190,6 +194,23 @@ def policy_show(settings: Settings, version: int | None = None) -> list[str]:
 def _num(value: float | None) -> str:
     """A figure, or n/a for one the window had no data for (published as null)."""
     return "n/a" if value is None or value != value else f"{value:.4g}"
+
+
+def _find_bundle(settings: Settings, version: int | None, last: int | None
+                 ) -> tuple[tuple[int, _Record] | None, list[int]]:
+    group = settings.kafka.group_id.encode()
+    chosen: tuple[int, _Record] | None = None
+    versions = []
+    for r in _read(settings, settings.topics.policies, last):
+        if r.key != group or r.value is None:
+            continue
+        v = _header_version(r.value)
+        if v is None:
+            continue
+        versions.append(v)
+        if (version is None and (chosen is None or v >= chosen[0])) or v == version:
+            chosen = (v, r)
+    return chosen, versions
 
 
 def _shares(values: dict[str, float | None]) -> str:
