@@ -105,13 +105,15 @@ class Metrics:
         )
         self.impressions_joined = Counter(
             "fairstream_rewards_joined_total",
-            "Shown items whose attribution window closed, by user group.",
-            ["user_group"], registry=r,
+            "Shown items whose attribution window closed, by user group and traffic source "
+            "(served by a policy, or replay of logged data).",
+            ["user_group", "source"], registry=r,
         )
         self.reward_sum = Counter(
             "fairstream_rewards_sum_total",
-            "Sum of rewards of shown items whose attribution window closed, by user group.",
-            ["user_group"], registry=r,
+            "Sum of rewards of shown items whose attribution window closed, by user group "
+            "and traffic source.",
+            ["user_group", "source"], registry=r,
         )
         self.exposure = Counter(
             "fairstream_exposure_total",
@@ -244,8 +246,9 @@ class Metrics:
     def declare_groups(self, user_groups: Iterable[str], item_groups: Iterable[str]) -> None:
         """Create the per-group series at 0 for the groups known up front."""
         for group in user_groups:
-            self.impressions_joined.labels(user_group=group)
-            self.reward_sum.labels(user_group=group)
+            for source in ("served", "replay"):
+                self.impressions_joined.labels(user_group=group, source=source)
+                self.reward_sum.labels(user_group=group, source=source)
             self.drift_detected.labels(segment=group)
         for group in item_groups:
             self.exposure.labels(item_group=group)

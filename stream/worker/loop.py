@@ -330,12 +330,9 @@ class Worker:
         self.report.rows_learned += learned.rows
         self.publisher.learned(learned.rows)
         self.finetune.learned(learned)
-        for group, (total, n) in learned.reward_by_user_group.items():
-            self.metrics.reward_sum.labels(user_group=group).inc(total)
-            self.metrics.impressions_joined.labels(user_group=group).inc(n)
         for group, exposure in learned.exposure_by_item_group.items():
             self.metrics.exposure.labels(item_group=group).inc(exposure)
-        self.outcomes.count(closed)
+        self.outcomes.count(closed)  # reward by source: per version, and per user group
         return learned
 
     def _log_progress(self) -> None:

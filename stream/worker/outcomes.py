@@ -4,7 +4,8 @@ slate, and feedback that joined nothing.
 An impression's ``policy_version`` says who chose it: a server writes the version
 of the policy it served; a replay of logged data writes ``"logged"``
 (:data:`REPLAY_VERSION`). So the reward of served traffic is never mixed with
-that of a replay, and each policy version gets its own reward and CTR:
+that of a replay, per user group (``fairstream_rewards_sum_total{user_group, source}``)
+as well as overall, and each policy version gets its own reward and CTR:
 
     reward rate = policy_reward_sum / policy_shown,  CTR = policy_clicked / policy_shown
 
@@ -30,9 +31,11 @@ The totals of the current progress window are kept for the worker's log line.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
+from learners.features import AGE_BUCKETS, GENDERS, UNKNOWN, attr_codes
 from stream.core.join import Pending
 from stream.metrics import Metrics
 
@@ -40,6 +43,13 @@ from stream.metrics import Metrics
 REPLAY_VERSION = "logged"
 #: Served policy versions that keep series of their own.
 MAX_VERSIONS = 8
+
+
+@functools.cache
+def group_labels(gender: int, age: int) -> tuple[str, str]:
+    """The user-group labels of attribute codes, as the fairness tracker names them."""
+    return (f"gender={GENDERS[gender] if gender >= 0 else UNKNOWN}",
+            f"age={AGE_BUCKETS[age] if age >= 0 else UNKNOWN}")
 
 
 def source_of(policy_version: str) -> str:
@@ -72,15 +82,27 @@ class Outcomes:
 
     def count(self, closed: Iterable[Pending]) -> None:
         sums: dict[tuple[str, str], list[float]] = {}
+        by_group: dict[tuple[str, str], list[float]] = {}
         for p in closed:
-            key = (source_of(p.policy_version), p.policy_version)
+            source = source_of(p.policy_version)
+            key = (source, p.policy_version)
             acc = sums.get(key)
             if acc is None:
                 acc = sums[key] = [0, 0.0, 0]
-            acc[0] += len(p.rewards)
-            acc[1] += sum(p.rewards)
+            shown, reward = len(p.rewards), sum(p.rewards)
+            acc[0] += shown
+            acc[1] += reward
             acc[2] += sum(1 for r in p.rewards if r > 0)
+            for label in group_labels(*attr_codes(p.user)):
+                g = by_group.get((label, source))
+                if g is None:
+                    g = by_group[(label, source)] = [0, 0.0]
+                g[0] += shown
+                g[1] += reward
         m = self.metrics
+        for (label, source), (shown, reward) in by_group.items():
+            m.impressions_joined.labels(user_group=label, source=source).inc(shown)
+            m.reward_sum.labels(user_group=label, source=source).inc(reward)
         for key, (shown, reward, clicked) in sums.items():
             self._keep(key)
             labels = {"source": key[0], "policy_version": key[1]}

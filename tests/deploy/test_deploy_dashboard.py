@@ -56,7 +56,7 @@ def test_required_views_are_on_the_dashboard():
         "fairstream_policy_version",
         "fairstream_finetune_loss",
         "fairstream_finetune_duration_seconds_bucket",
-        "rate(fairstream_rewards_sum_total",  # reward per user group
+        "sum by (user_group, source) (rate(fairstream_rewards_sum_total",  # reward per group
         "by (item_group) (rate(fairstream_exposure_total",  # exposure share
         "fairstream_fairness_exposure_disparity",
         "fairstream_fairness_disparity_target",

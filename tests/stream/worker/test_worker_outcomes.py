@@ -145,6 +145,13 @@ def test_a_worker_on_the_broker_reports_outcomes_by_source_and_logs_progress(
                  policy_version=REPLAY_VERSION) == 4
     assert value("fairstream_policy_reward_sum_total", source="replay",
                  policy_version=REPLAY_VERSION) == 0.0
+    # Per user group too, served apart from replayed: the served users are F, aged 30.
+    assert value("fairstream_rewards_sum_total", user_group="gender=F", source="served") == 6
+    assert value("fairstream_rewards_joined_total", user_group="age=25-34",
+                 source="served") == 12
+    assert value("fairstream_rewards_joined_total", user_group="gender=unknown",
+                 source="replay") == 4
+    assert value("fairstream_rewards_joined_total", user_group="gender=F", source="replay") == 0
     for reason in ("wrong_user", "unknown_request", "item_not_shown"):
         assert value("fairstream_feedback_unjoined_total", reason=reason) == 1, reason
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress:")]
