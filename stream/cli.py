@@ -11,9 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bandits.exceptions import BanditsError
-from stream.exceptions import FairstreamError
+from stream import cli_errors, cli_help, preflight
 from stream.settings import Settings, load_settings
+
+DESCRIPTION = """\
+fairstream: a streaming online-learning recommender. Workers learn contextual
+bandits from Kafka events; servers recommend with the policies they publish.
+Each command is one library call. Settings come from --config (TOML) and
+FAIRSTREAM_<SECTION>__<KEY> environment variables. A failure prints one line
+'fairstream: error: ...'; exit code 2 for usage or settings, 1 at run time."""
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -23,16 +29,24 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def _kafka_settings(args: argparse.Namespace) -> Settings:
+    """Settings for a command that needs Kafka, once a bootstrap server answers."""
+    settings = _settings(args)
+    preflight.check_kafka(settings.kafka.bootstrap)
+    return settings
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     from stream.kafka.broker import run_broker
 
+    preflight.check_port_free("127.0.0.1", args.port, "--port")
     return run_broker(args.port)
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
     from stream.kafka.topics import ensure_topics
 
-    created = ensure_topics(_settings(args))
+    created = ensure_topics(_kafka_settings(args))
     print(f"created: {', '.join(created) or 'none (all exist)'}")
     return 0
 
@@ -51,7 +65,7 @@ def cmd_produce_catalog(args: argparse.Namespace) -> int:
     from stream import data
     from stream.kafka.producers import catalog_items, publish_catalog
 
-    settings = _settings(args)
+    settings = _kafka_settings(args)
     ml = data.load_movielens(settings.data.cache_dir)
     n = publish_catalog(settings, catalog_items(ml))
     print(f"published {n} items to {settings.topics.items}")
@@ -60,13 +74,14 @@ def cmd_produce_catalog(args: argparse.Namespace) -> int:
 
 def cmd_produce_replay(args: argparse.Namespace) -> int:
     from stream import data
-    from stream.kafka.producers import publish_events, replay_events
+    from stream.kafka.producers import publish_events, replay_count, replay_events
     from stream.privacy import Pseudonymizer
 
-    settings = _settings(args)
+    settings = _kafka_settings(args)
     ml = data.load_movielens(settings.data.cache_dir)
     edge = Pseudonymizer.from_settings(settings.privacy)
-    n = publish_events(settings, replay_events(ml, args.limit, edge), rate=args.rate)
+    n = publish_events(settings, replay_events(ml, args.limit, edge), rate=args.rate,
+                       total=replay_count(ml, args.limit))
     print(f"published {n} events to {settings.topics.events}")
     return 0
 
@@ -74,7 +89,27 @@ def cmd_produce_replay(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from stream.worker import run_worker
 
-    return run_worker(_settings(args), exit_when_idle=args.exit_when_idle)
+    settings = _kafka_settings(args)
+    w = settings.worker
+    preflight.check_port_free(w.metrics_host, w.metrics_port, "worker.metrics_port")
+    return run_worker(settings, exit_when_idle=args.exit_when_idle)
+
+
+def cmd_dlq_tail(args: argparse.Namespace) -> int:
+    from stream.kafka.inspect import dlq_tail
+
+    settings = _kafka_settings(args)
+    lines = dlq_tail(settings, n=args.n, reason=args.reason, scan=args.scan)
+    which = f" of reason {args.reason}" if args.reason else ""
+    print("\n".join(lines) if lines else f"no dead letters{which} on {settings.topics.dlq}")
+    return 0
+
+
+def cmd_policy_show(args: argparse.Namespace) -> int:
+    from stream.kafka.inspect import policy_show
+
+    print("\n".join(policy_show(_kafka_settings(args), version=args.version)))
+    return 0
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
@@ -148,7 +183,11 @@ def cmd_bench_learners(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from stream.serve import run_server
 
-    return run_server(_settings(args), host=args.host, port=args.port)
+    settings = _kafka_settings(args)
+    host = settings.serve.host if args.host is None else args.host
+    port = settings.serve.port if args.port is None else args.port
+    preflight.check_port_free(host, port, "serve.port")
+    return run_server(settings, host=host, port=port)
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
@@ -238,13 +277,18 @@ def cmd_eval_ope(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fairstream", description=__doc__)
-    p.add_argument("--config", type=Path, help="settings TOML (FAIRSTREAM_* env overrides)")
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = cli_help.Parser(prog="fairstream", description=DESCRIPTION)
+    p.add_argument("--config", type=Path,
+                   help="settings TOML file; FAIRSTREAM_* environment variables override it "
+                        "(default: built-in settings)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging, and the traceback of a failure")
+    p.add_argument("--version", action="version", version=f"fairstream {cli_help.version()}",
+                   help="print the version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     b = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")
-    b.add_argument("--port", type=int, default=9092)
+    b.add_argument("--port", type=int, default=9092, help="port to listen on")
     b.set_defaults(func=cmd_broker)
 
     t = sub.add_parser("topics", help="topic administration").add_subparsers(
@@ -255,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="data sets").add_subparsers(dest="action", required=True)
     df = d.add_parser("fetch", help="fetch MovieLens-100K and the Open Bandit sample")
-    df.add_argument("datasets", nargs="*", default=["ml100k", "obd"])
+    df.add_argument("datasets", nargs="*", default=["ml100k", "obd"], choices=["ml100k", "obd"],
+                    help="which ones: ml100k, obd (default: both)")
     df.set_defaults(func=cmd_data_fetch)
 
     pr = sub.add_parser("produce", help="event producers").add_subparsers(
@@ -264,16 +309,19 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--bootstrap")
     pc.set_defaults(func=cmd_produce_catalog)
     rp = pr.add_parser("replay", help="publish logged events in timestamp order")
-    rp.add_argument("--dataset", choices=["ml100k"], default="ml100k")
+    rp.add_argument("--dataset", choices=["ml100k"], default="ml100k",
+                    help="logged data set to replay")
     rp.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
-    rp.add_argument("--limit", type=int, help="number of ratings to replay")
+    rp.add_argument("--limit", type=int,
+                    help="number of ratings to replay (default: all 100,000)")
     rp.add_argument("--bootstrap")
     rp.set_defaults(func=cmd_produce_replay)
 
     w = sub.add_parser("worker", help="run a learning worker")
     w.add_argument("--bootstrap")
     w.add_argument("--exit-when-idle", type=float, metavar="SECONDS",
-                   help="exit once caught up and idle this long (batch runs)")
+                   help="exit once caught up and idle this long, for batch runs "
+                        "(default: run until SIGTERM)")
     w.set_defaults(func=cmd_worker)
 
     fg = sub.add_parser("forget", help="erase a user: markers on the erasure topic make every "
@@ -286,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = bench.add_subparsers(dest="what", required=True)
     bl = bsub.add_parser("learners", help="embedding, fine-tune and consumer-stall figures")
     bl.add_argument("--items", type=int, default=2000, help="catalog items to embed")
-    bl.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    bl.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                    help="where to embed and fine-tune (default: model.device)")
     bl.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     bl.add_argument("--cache", help="embedding cache dir (default: a fresh temporary one)")
     bl.add_argument("--seconds", type=float, default=8.0,
@@ -295,10 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bs = bsub.add_parser("serve", help="/recommend throughput and latency from a second process")
     bs.add_argument("--bootstrap", help="use this broker instead of starting one")
-    bs.add_argument("--requests", type=int, default=20_000)
+    bs.add_argument("--requests", type=int, default=20_000,
+                    help="requests in the saturation phase")
     bs.add_argument("--duration", type=float, default=10.0, help="seconds per load phase")
     bs.add_argument("--rate", type=float, default=200.0, help="paced phase, requests/s")
-    bs.add_argument("--candidates", type=int, default=100)
+    bs.add_argument("--candidates", type=int, default=100, help="candidates per request")
     bs.add_argument("--json", type=Path)
     bs.set_defaults(func=cmd_bench_serve)
     bp = bsub.add_parser("pipeline", help="events/s learned end to end vs the raw consume rate")
@@ -322,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bk = bsub.add_parser("soak", help="worker and server processes under steady load: "
                                       "RSS, fds, threads and lag over time")
-    bk.add_argument("--minutes", type=float, required=True)
+    bk.add_argument("--minutes", type=float, required=True, help="length of the run")
     bk.add_argument("--warmup", type=float, default=5.0,
                     help="minutes before the slopes are fitted (at most half the run)")
     bk.add_argument("--event-rate", type=float, default=400.0, help="replayed events/s")
@@ -337,13 +387,39 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--bootstrap")
     srv.add_argument("--host")
     srv.add_argument("--port", type=int)
+
+    dq = sub.add_parser("dlq", help="look at the dead-letter topic").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    dt = dq.add_parser("tail", help="the newest dead letters: reason, source record, payload",
+                       description="Print the newest records of the dead-letter topic, "
+                                   "oldest first: time, reason, the record it came from "
+                                   "(topic/partition/offset), the detail, and the start of "
+                                   "the key and the payload.")
+    dt.add_argument("-n", type=int, default=10, help="how many")
+    dt.add_argument("--reason", help="only this reason, e.g. unknown_item (default: any)")
+    dt.add_argument("--scan", type=int, default=10_000,
+                    help="records read back from the end of each partition")
+    dt.add_argument("--bootstrap")
+    dt.set_defaults(func=cmd_dlq_tail)
+
+    po = sub.add_parser("policy", help="look at published policies").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    ps = po.add_parser("show", help="verify and describe a published policy",
+                       description="Find this consumer group's newest published policy (or "
+                                   "--version), verify its checksum and signature with "
+                                   "policy.signing_key as a server would, and describe it: "
+                                   "feature space, updates, hyper-parameters and the fairness "
+                                   "window published with it. No key is printed.")
+    ps.add_argument("--version", type=int, help="this version (default: the newest)")
+    ps.add_argument("--bootstrap")
+    ps.set_defaults(func=cmd_policy_show)
     srv.set_defaults(func=cmd_serve)
 
     ev = sub.add_parser("eval", help="evaluation against peers, with reports and plots")
     esub = ev.add_subparsers(dest="what", required=True)
     es = esub.add_parser("sim", help="closed-loop MovieLens simulation: fairstream vs peers")
     es.add_argument("--events", type=int, default=20_000, help="arrivals per seed")
-    es.add_argument("--seeds", type=int, default=3)
+    es.add_argument("--seeds", type=int, default=3, help="seeds (independent runs) per policy")
     es.add_argument("--out", default="runs/eval-sim")
     es.add_argument("--json", type=Path)
     es.add_argument("--exposure-target", choices=("candidates", "merit"), default="candidates",
@@ -382,33 +458,20 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", default="runs/latest")
     dm.add_argument("--seed", type=int, default=0)
     dm.set_defaults(func=cmd_demo)
+    cli_help.finish(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a failure is one line on stderr (see :mod:`stream.cli_errors`)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
     try:
         return args.func(args)
-    except Exception as exc:
-        if not _on_purpose(exc):
-            raise
-        print(f"fairstream: error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _on_purpose(exc: Exception) -> bool:
-    """Whether ``exc`` was raised on purpose, saying what happened (one line, no traceback):
-    a :class:`FairstreamError`, ``BanditsError`` or ``LearnersError``. ``learners`` is
-    looked up only if a command loaded it (importing it here would load torch for every
-    command; a command that never loaded it cannot have raised its errors)."""
-    bases: list[type[Exception]] = [FairstreamError, BanditsError]
-    learners_errors = sys.modules.get("learners.exceptions")
-    if learners_errors is not None:
-        bases.append(learners_errors.LearnersError)
-    return isinstance(exc, tuple(bases))
+    except (Exception, KeyboardInterrupt) as exc:
+        return cli_errors.report(exc, args.verbose)
 
 
 if __name__ == "__main__":

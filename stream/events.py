@@ -26,6 +26,7 @@ from typing import Annotated
 
 import msgspec
 
+from stream.attributes import attribute_problem
 from stream.exceptions import InvalidEvent
 
 SCHEMA_VERSION = 1
@@ -164,6 +165,9 @@ class EventCodec:
             raise InvalidEvent("clock_skew", f"ts {event.ts} is more than "
                                f"{self.max_clock_skew_s} s ahead of the receiver's clock")
         if type(event) is Impression:
+            problem = attribute_problem(event.user)  # the rule the server applies too
+            if problem is not None:
+                raise InvalidEvent("invalid_field", problem)
             n = len(event.items)
             if n == 0 or n > self.max_slate:
                 raise InvalidEvent("invalid_field",
@@ -236,6 +240,7 @@ class Shown(msgspec.Struct, array_like=True, tag="s"):
     items: list[str]
     propensities: list[float]
     user: dict[str, str | int]
+    policy_version: str = ""  # what chose the slate; "logged" for a replay (no policy)
 
 
 class Feedback(msgspec.Struct, array_like=True, tag="f"):
@@ -255,6 +260,6 @@ def compact(event: Event) -> Shown | Feedback:
     the JSON itself, measured side by side on the MovieLens replay)."""
     if isinstance(event, Impression):
         return Shown(event.event_id, event.request_id, event.user_id, event.ts, event.items,
-                     event.propensities, event.user)
+                     event.propensities, event.user, event.policy_version)
     return Feedback(event.event_id, event.request_id, event.user_id, event.ts, event.item_id,
                     "click" if isinstance(event, Click) else "purchase")

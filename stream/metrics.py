@@ -16,6 +16,29 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+
+class OptionalGauge(Gauge):
+    """A gauge without labels that is absent until first set: after a restart "no data
+    yet" is a missing series, not a 0 that reads as a perfect value.
+
+    >>> r = CollectorRegistry()
+    >>> g = OptionalGauge("fairstream_example_loss", "An example.", registry=r)
+    >>> r.get_sample_value("fairstream_example_loss") is None
+    True
+    >>> g.set(0.25); r.get_sample_value("fairstream_example_loss")
+    0.25
+    """
+
+    _has_value = False
+
+    def set(self, value: float) -> None:
+        self._has_value = True
+        super().set(value)
+
+    def _child_samples(self):  # type: ignore[no-untyped-def]
+        return super()._child_samples() if self._has_value else ()
+
+
 _LATENCY_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 )
@@ -82,13 +105,15 @@ class Metrics:
         )
         self.impressions_joined = Counter(
             "fairstream_rewards_joined_total",
-            "Shown items whose attribution window closed, by user group.",
-            ["user_group"], registry=r,
+            "Shown items whose attribution window closed, by user group and traffic source "
+            "(served by a policy, or replay of logged data).",
+            ["user_group", "source"], registry=r,
         )
         self.reward_sum = Counter(
             "fairstream_rewards_sum_total",
-            "Sum of rewards of shown items whose attribution window closed, by user group.",
-            ["user_group"], registry=r,
+            "Sum of rewards of shown items whose attribution window closed, by user group "
+            "and traffic source.",
+            ["user_group", "source"], registry=r,
         )
         self.exposure = Counter(
             "fairstream_exposure_total",
@@ -115,9 +140,10 @@ class Metrics:
             "Unix time of the last policy publication.",
             registry=r,
         )
-        self.exposure_disparity = Gauge(
+        self.exposure_disparity = OptionalGauge(
             "fairstream_fairness_exposure_disparity",
-            "Exposure/merit disparity over item groups in the current window (0 = parity).",
+            "Exposure/merit disparity over item groups in the current window (0 = parity); "
+            "absent until a window has data.",
             registry=r,
         )
         self.disparity_target = Gauge(
@@ -156,14 +182,16 @@ class Metrics:
             "Wall time of one background adapter fine-tune.",
             buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600), registry=r,
         )
-        self.finetune_loss = Gauge(
+        self.finetune_loss = OptionalGauge(
             "fairstream_finetune_loss",
-            "Replay-buffer log-loss of the reward model after the last fine-tune.",
+            "Replay-buffer log-loss of the reward model after the last fine-tune; absent "
+            "until one ends.",
             registry=r,
         )
-        self.finetune_loss_before = Gauge(
+        self.finetune_loss_before = OptionalGauge(
             "fairstream_finetune_loss_before",
-            "Replay-buffer log-loss of the reward model before the last fine-tune.",
+            "Replay-buffer log-loss of the reward model before the last fine-tune; absent "
+            "until one ends.",
             registry=r,
         )
         self.finetune_reward = Gauge(
@@ -177,6 +205,29 @@ class Metrics:
             "Reward-stream changes flagged by ADWIN, by segment (user group).",
             ["segment"], registry=r,
         )
+        # Outcomes by who chose the slate (stream.worker.outcomes): source is "served" (a
+        # policy's version) or "replay" (logged traffic); the last few versions are kept.
+        self.policy_shown = Counter(
+            "fairstream_policy_shown_total",
+            "Shown items whose attribution window closed, by source and policy version.",
+            ["source", "policy_version"], registry=r,
+        )
+        self.policy_reward = Counter(
+            "fairstream_policy_reward_sum_total",
+            "Sum of rewards of those items, by source and policy version.",
+            ["source", "policy_version"], registry=r,
+        )
+        self.policy_clicked = Counter(
+            "fairstream_policy_clicked_total",
+            "Those items that got any click or purchase (CTR = clicked / shown), by source "
+            "and policy version.",
+            ["source", "policy_version"], registry=r,
+        )
+        self.feedback_unjoined = Counter(
+            "fairstream_feedback_unjoined_total",
+            "Feedback (or a repeated impression) that joined no open impression, by reason.",
+            ["reason"], registry=r,
+        )
         # Series that exist from the start read as 0, not as missing, so the first
         # increase shows up in rate() instead of hiding in a series' first sample.
         from stream.events import REASONS
@@ -187,12 +238,17 @@ class Metrics:
             self.events_rejected.labels(reason=reason)
         for outcome in ("swapped", "rejected", "timed_out", "failed"):
             self.finetunes.labels(outcome=outcome)
+        from stream.core.join import UNJOINED
+
+        for reason in UNJOINED:
+            self.feedback_unjoined.labels(reason=reason)
 
     def declare_groups(self, user_groups: Iterable[str], item_groups: Iterable[str]) -> None:
         """Create the per-group series at 0 for the groups known up front."""
         for group in user_groups:
-            self.impressions_joined.labels(user_group=group)
-            self.reward_sum.labels(user_group=group)
+            for source in ("served", "replay"):
+                self.impressions_joined.labels(user_group=group, source=source)
+                self.reward_sum.labels(user_group=group, source=source)
             self.drift_detected.labels(segment=group)
         for group in item_groups:
             self.exposure.labels(item_group=group)

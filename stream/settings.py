@@ -130,11 +130,14 @@ class BanditSettings(_Section):
 
 
 class WorkerSettings(_Section):
-    checkpoint_path: str = "runs/worker/checkpoint.npz"
+    # Empty: <data.cache_dir>/worker/<kafka.group_id>/checkpoint.npz (one per group, the
+    # same wherever the worker starts); a second worker on one checkpoint refuses to start.
+    checkpoint_path: str = ""
     checkpoint_every_events: int = 20_000
     checkpoint_every_s: float = 30.0
     metrics_port: int = 9100
     metrics_host: str = "127.0.0.1"
+    log_every_s: float = 30.0  # a progress line (events/s, rows, lag, version, reward); 0 = off
     poll_max_records: int = 10_000  # larger polls: ~1.8x events/s learned (bench pipeline)
     poll_timeout_ms: int = 200
     # How long a fetch may wait at the broker for data: the floor of event-to-policy
@@ -379,6 +382,9 @@ def _check_ranges(s: Settings) -> None:
         raise ConfigError("privacy.pseudonym_key must not be empty")
     if s.events.attribution_window_s < 0:
         raise ConfigError("events.attribution_window_s must be >= 0")
+    from stream.settings_ranges import check_more_ranges  # imports this module
+
+    check_more_ranges(s)
 
 
 def _hybrid_bundle_bytes(max_items: int, item_context: str, dim: int) -> int:
@@ -418,11 +424,21 @@ def load_settings(path: str | os.PathLike[str] | None = None,
         if key not in _SECTIONS[section].__struct_fields__:
             raise ConfigError(f"unknown setting {section}.{key} (from {name})")
         overrides.setdefault(section, {})[key] = value
-    file_settings = _convert(raw, strict=True)
+    try:
+        file_settings = _convert(raw, strict=True)
+    except ConfigError as exc:
+        from stream.settings_ranges import name_the_source
+
+        raise ConfigError(name_the_source(str(exc), {}, path)) from None
     if not overrides:
         return file_settings
     merged = msgspec.to_builtins(file_settings)
     for section, values in overrides.items():
         merged[section].update(values)
     # Environment values are strings: let msgspec coerce "8" -> 8, "true" -> True.
-    return _convert(merged, strict=False)
+    try:
+        return _convert(merged, strict=False)
+    except ConfigError as exc:  # name the variable the user set, not the key it sets
+        from stream.settings_ranges import name_the_source
+
+        raise ConfigError(name_the_source(str(exc), env)) from None

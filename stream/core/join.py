@@ -27,6 +27,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+#: Why feedback (or an impression) joined nothing: no open impression with its request id
+#: (never shown, or its window already closed), event time outside the window, another
+#: user's feedback, an item the impression did not show; a second impression for one request.
+UNJOINED = ("unknown_request", "outside_window", "wrong_user", "item_not_shown",
+            "repeated_request")
+
 
 @dataclass(slots=True)
 class Pending:
@@ -39,6 +45,7 @@ class Pending:
     propensities: tuple[float, ...]
     user: dict[str, Any]
     rewards: list[float] = field(default_factory=list)
+    policy_version: str = ""  # what chose the slate (reward per policy version and source)
 
     def __post_init__(self) -> None:
         if not self.rewards:
@@ -60,7 +67,9 @@ class RewardJoiner:
         self._open: dict[str, Pending] = {}
         self._partitions: dict[int, _PartitionState] = {}
         self._seq = 0
-        self.orphans = 0  # feedback with no open impression (late, or for an unknown request)
+        self.orphans = 0  # feedback (or a repeated impression) that joined nothing
+        #: ``orphans`` by reason (:data:`UNJOINED`), since this process started
+        self.unjoined: dict[str, int] = dict.fromkeys(UNJOINED, 0)
 
     def __len__(self) -> int:
         return len(self._open)
@@ -77,7 +86,7 @@ class RewardJoiner:
     def add_impression(self, partition: int, pending: Pending) -> list[Pending]:
         state = self._partitions.get(partition) or self._state(partition)
         if pending.request_id in self._open:
-            self.orphans += 1  # a second impression for one request: keep the first
+            self._unjoined("repeated_request")  # a second impression: keep the first
         else:
             self._open[pending.request_id] = pending
             self._seq += 1
@@ -85,18 +94,28 @@ class RewardJoiner:
         return self._advance(state, pending.ts)
 
     def add_feedback(self, partition: int, request_id: str, item_id: str, kind: str,
-                     ts: float) -> list[Pending]:
+                     ts: float, user_id: str | None = None) -> list[Pending]:
+        """Join feedback to its open impression; ``user_id`` (when given) must be the
+        impression's. Feedback that joins nothing is counted by reason (``unjoined``)."""
         pending = self._open.get(request_id)
-        if pending is None or not pending.ts <= ts <= pending.ts + self.window_s:
-            self.orphans += 1
+        if pending is None:
+            self._unjoined("unknown_request")
+        elif not pending.ts <= ts <= pending.ts + self.window_s:
+            self._unjoined("outside_window")
+        elif user_id is not None and user_id != pending.user_id:
+            self._unjoined("wrong_user")
         elif item_id in pending.items:
             pos = pending.items.index(item_id)
             weight = self.weights[kind]
             if weight > pending.rewards[pos]:
                 pending.rewards[pos] = weight
         else:
-            self.orphans += 1
+            self._unjoined("item_not_shown")
         return self._advance(self._partitions.get(partition) or self._state(partition), ts)
+
+    def _unjoined(self, reason: str) -> None:
+        self.orphans += 1
+        self.unjoined[reason] += 1
 
     def advance(self, partition: int, ts: float) -> list[Pending]:
         """Move the partition's watermark to ``ts`` and return impressions it closes."""

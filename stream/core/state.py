@@ -165,11 +165,12 @@ class LearningState:
         if isinstance(event, Impression):
             return self.joiner.add_impression(partition, Pending(
                 event.request_id, event.user_id, event.ts, tuple(event.items),
-                tuple(event.propensities), event.user, [0.0] * len(event.items)))
+                tuple(event.propensities), event.user, [0.0] * len(event.items),
+                event.policy_version))
         kind = "click" if isinstance(event, Click) else "purchase"
         assert isinstance(event, Click | Purchase)
         return self.joiner.add_feedback(partition, event.request_id, event.item_id, kind,
-                                        event.ts)
+                                        event.ts, event.user_id)
 
     def observe_records(self, partition: int, events: Sequence[Shown | Feedback],
                         next_offset: int) -> Observed:
@@ -197,7 +198,8 @@ class LearningState:
                     # ``user`` is kept, not copied: nothing writes to it.
                     closed += add_impression(partition, Pending(
                         event.request_id, event.user_id, event.ts, tuple(items),
-                        tuple(event.propensities), event.user, [0.0] * len(items)))
+                        tuple(event.propensities), event.user, [0.0] * len(items),
+                        event.policy_version))
             elif event.item_id not in known:
                 unknown.append(i)
             elif seen(event.event_id):
@@ -205,7 +207,7 @@ class LearningState:
             else:
                 kinds[event.kind] += 1
                 closed += add_feedback(partition, event.request_id, event.item_id, event.kind,
-                                       event.ts)
+                                       event.ts, event.user_id)
         self._offsets[partition] = next_offset
         return out
 

@@ -90,6 +90,13 @@ def replay_events(ml: MovieLens, limit: int | None = None,
                         user_id=user, item_id=item)
 
 
+def replay_count(ml: MovieLens, limit: int | None = None) -> int:
+    """How many events :func:`replay_events` yields: one impression per rating, one click
+    per rating of 4 or 5 (the progress bar's total)."""
+    n = len(ml.ratings) if limit is None else min(limit, len(ml.ratings))
+    return n + int((ml.ratings.rating[:n] >= 4).sum())
+
+
 def publish_events(settings: Settings, events: Iterator[Event], rate: float | None = None,
                    total: int | None = None, progress: bool = True) -> int:
     """Send events keyed by user_id, optionally throttled to ``rate`` events/s. Their

@@ -12,6 +12,8 @@
 ``GET /metrics``       Prometheus text, the app's own registry
 ``POST /admin/reload`` re-read fairstream.policies from the start (admin token)
 ``POST /admin/pin``    ``{version: int | null}``: serve a kept version / unpin (admin token)
+``GET /openapi.json``  the OpenAPI 3.1 document, derived from the request and response
+                       types (:mod:`stream.serve.openapi`); ``GET /docs`` renders it
 ``POST /admin/forget`` ``{user_id}``: erase a user (admin token): erasure markers on
                        fairstream.erasure, acknowledged, cached profile dropped → 202
 =====================  ==========================================================
@@ -62,9 +64,11 @@ from stream.events import Click, EventCodec, Purchase
 from stream.exceptions import ErasureNotWritten, InvalidEvent
 from stream.metrics import ServeMetrics
 from stream.privacy import Pseudonymizer
+from stream.serve.attributes import check_user, name_the_attribute
 from stream.serve.exceptions import BadRequest, ServeError, Unauthorized
 from stream.serve.impressions import EventLog, ProducerHealth
 from stream.serve.recommender import Recommender
+from stream.serve.schema import FeedbackAccepted, Health, PinResult, ReloadAccepted
 from stream.settings import EventSettings, PrivacySettings, ServeSettings
 
 log = logging.getLogger(__name__)
@@ -75,24 +79,43 @@ AttrValue = Annotated[str, msgspec.Meta(max_length=256)] | int
 Attrs = Annotated[dict[AttrKey, AttrValue], msgspec.Meta(max_length=32)]
 
 
+def _doc(text: str) -> msgspec.Meta:
+    return msgspec.Meta(description=text)  # shows in /openapi.json and docs/api.md
+
+
 class RecommendRequest(msgspec.Struct, forbid_unknown_fields=True):
-    user_id: Id
-    user: Attrs | None = None
-    candidates: list[Id] | None = None
-    k: int | None = None  # default: bandit.slate_size; bounds checked against the candidates
+    """Whom to recommend to, among which items, and how many."""
+
+    user_id: Annotated[Id, _doc("the user, as events key them")]
+    user: Annotated[Attrs | None, _doc(
+        "strings or integers; gender (M, F, male, female) and age (whole years 0-130, or "
+        "a bucket such as 25-34) are read, and refused if unreadable; other keys are "
+        "accepted and dropped here: only the gender code and age bucket go further")] = None
+    candidates: Annotated[Annotated[list[Id], msgspec.Meta(min_length=1)] | None, _doc(
+        "item ids to rank, no repeats; default: the whole catalog")] = None
+    k: Annotated[int | None, _doc(
+        "items to return; default: bandit.slate_size; at most serve.max_k and the "
+        "number of candidates")] = None
+    explain: Annotated[bool, _doc("also return each score in parts (explanations)")] = False
 
 
 class FeedbackRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """What a user did with an item a /recommend answer showed them."""
+
     type: Literal["click", "purchase"]
-    user_id: Id
-    request_id: Id
-    item_id: Id
-    value: float | None = None  # required for purchases
-    event_id: Id | None = None  # give one to make retries idempotent (the worker dedups)
-    ts: float | None = None     # event time, seconds; default: now
+    user_id: Annotated[Id, _doc("the user the item was shown to")]
+    request_id: Annotated[Id, _doc("the request_id of the /recommend answer")]
+    item_id: Annotated[Id, _doc("the item clicked or bought")]
+    value: Annotated[float | None, _doc("a purchase's value (required for purchases)")] = None
+    event_id: Annotated[Id | None, _doc(
+        "give one to make retries idempotent (the worker drops repeats); default: fresh")] \
+        = None
+    ts: Annotated[float | None, _doc("event time, Unix seconds; default: now")] = None
 
 
 class PinRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """The version to serve, or null to follow the latest again."""
+
     version: int | None
 
 
@@ -145,7 +168,7 @@ def _decode(decoder: msgspec.json.Decoder, body: bytes) -> Any:
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise BadRequest("invalid_field", str(exc)) from None
+        raise BadRequest("invalid_field", name_the_attribute(str(exc), body)) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad bytes inside a string
         raise BadRequest("malformed_json", str(exc)) from None
 
@@ -284,9 +307,11 @@ def create_app(ctx: ServeContext) -> RecommendFastPath:
 
     def recommend(body: bytes) -> bytes:
         req: RecommendRequest = _decode(_recommend_decoder, body)
+        check_user(req.user)  # the one rule for attributes (stream.serve.attributes)
         return _encode(rec.recommend(edge.user(req.user_id), edge.attrs(req.user),
                                      req.candidates,
-                                     ctx.default_k if req.k is None else req.k))
+                                     ctx.default_k if req.k is None else req.k,
+                                     explain=req.explain))
 
     async def feedback(request: Request) -> Response:
         req: FeedbackRequest = _decode(_feedback_decoder,
@@ -312,10 +337,10 @@ def create_app(ctx: ServeContext) -> RecommendFastPath:
         if ctx.event_log is None or not ctx.event_log.submit(event):
             raise BadRequest("queue_full", "event log is full or absent; retry later", 503)
         rec.note_click(event.user_id, req.item_id)
-        return _json({"accepted": True, "event_id": event.event_id}, 202)
+        return _json(FeedbackAccepted(True, event.event_id), 202)
 
     async def healthz(_request: Request) -> Response:
-        return _json({"status": "ok"})
+        return _json(Health("ok"))
 
     async def readyz(_request: Request) -> Response:
         state = ctx.ready() if ctx.ready else {"ready": rec.ready}
@@ -329,7 +354,7 @@ def create_app(ctx: ServeContext) -> RecommendFastPath:
         if ctx.reload is None:
             raise BadRequest("not_found", "no policy follower to reload", 404)
         ctx.reload()
-        return _json({"reloading": True}, 202)
+        return _json(ReloadAccepted(True), 202)
 
     async def pin(request: Request) -> Response:
         req: PinRequest = _decode(_pin_decoder, await _body(request, limits))
@@ -338,8 +363,17 @@ def create_app(ctx: ServeContext) -> RecommendFastPath:
         bundle = ctx.pin(req.version)
         if bundle is None and req.version is not None:
             raise BadRequest("unknown_version", f"version {req.version} is not kept", 404)
-        return _json({"pinned": req.version,
-                      "policy_version": rec.bundle.version if rec.bundle else None})
+        return _json(PinResult(req.version, rec.bundle.version if rec.bundle else None))
+
+    async def openapi(_request: Request) -> Response:
+        from stream.serve.openapi import openapi_json  # imports this module
+
+        return Response(openapi_json(), media_type=_JSON)
+
+    async def docs(_request: Request) -> Response:
+        from stream.serve.apidoc import render_html
+
+        return Response(render_html(), media_type="text/html")
 
     async def forget(request: Request) -> Response:
         req: ForgetRequest = _decode(_forget_decoder, await _body(request, limits))
@@ -375,6 +409,8 @@ def create_app(ctx: ServeContext) -> RecommendFastPath:
         Route("/admin/reload", instrumented("admin", admin(reload)), methods=["POST"]),
         Route("/admin/pin", instrumented("admin", admin(pin)), methods=["POST"]),
         Route("/admin/forget", instrumented("admin", admin(forget)), methods=["POST"]),
+        Route("/openapi.json", instrumented("other", openapi), methods=["GET"]),
+        Route("/docs", instrumented("other", docs), methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: not_found})
     return RecommendFastPath(app, ctx, recommend)

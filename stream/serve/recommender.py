@@ -60,6 +60,7 @@ from learners import ProfileStore, user_groups
 from stream.core.bundle import PolicyBundle
 from stream.core.recent import RecentImpressions
 from stream.serve.exceptions import BadRequest, NotReady
+from stream.serve.explain import Explanation, explain_slate
 from stream.settings import MAX_K
 
 log = logging.getLogger(__name__)
@@ -67,14 +68,17 @@ log = logging.getLogger(__name__)
 _UNUSED_RNG = np.random.default_rng(0)  # handed to policies that draw nothing
 
 
-class Recommendation(msgspec.Struct, frozen=True):
-    """One answered request: the slate, best first, with what produced it."""
+class Recommendation(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One answered request: the slate, best first, with what produced it: per item its
+    score and propensity (the probability the policy had of showing it), the policy
+    version and the request id that feedback names; with `explain`, each score in parts."""
 
     items: list[str]
     scores: list[float]
     propensities: list[float]
     policy_version: str
     request_id: str
+    explanations: list[Explanation] | None = None
 
 
 def request_rng(seed: int, request_id: str) -> np.random.Generator:
@@ -262,8 +266,10 @@ class Recommender:
     def recommend(self, user_id: str, user: Mapping[str, Any] | None = None,
                   candidates: Sequence[str] | None = None, k: int = 5,
                   rng: np.random.Generator | None = None,
-                  request_id: str | None = None, now: float | None = None) -> Recommendation:
-        """Rank ``k`` of ``candidates`` (default: the whole catalog) for ``user_id``.
+                  request_id: str | None = None, now: float | None = None,
+                  explain: bool = False) -> Recommendation:
+        """Rank ``k`` of ``candidates`` (default: the whole catalog) for ``user_id``;
+        ``explain``: with each score's parts.
 
         Raises :class:`BadRequest` (``too_many_candidates``, ``duplicate_candidate``,
         ``unknown_item``, ``invalid_k``) or :class:`NotReady`.
@@ -312,7 +318,7 @@ class Recommender:
             bonus = self.exposure.bonus(groups)
         by_id = ids if policy.uses_item_ids else None
         at = time.time() if now is None else now
-        offset = bonus if control else None
+        offset, seen = bonus if control else None, None
         if self.recent is not None:
             seen = self.recent.penalties(user_id, ids, at,
                                          index=v.index if candidates is None else None)
@@ -325,8 +331,11 @@ class Recommender:
             merit = (predicted_reward(policy, X, by_id) if self.exposure.target == "merit"
                      else np.ones(len(ids)))
             self.exposure.observe(groups, slate.indices, merit)
+        parts = explain_slate(policy, X, slate, ids, bonus if control else None,
+                              k_item=fmap.k_item, k_profile=fmap.k_profile,
+                              discount=seen) if explain else None
         rec = Recommendation([ids[i] for i in slate.indices.tolist()], slate.scores.tolist(),
-                             slate.propensities.tolist(), v.version, request_id)
+                             slate.propensities.tolist(), v.version, request_id, parts)
         if self.recent is not None:
             self.recent.shown(user_id, rec.items, at)
         if self.impressions is not None:

@@ -156,6 +156,15 @@ class ServeRuntime:
             self.producer = None
 
 
+def _announce(server: uvicorn.Server, host: str, port: int, settings: Settings) -> None:
+    while not server.started:
+        if server.should_exit:
+            return
+        time.sleep(0.01)
+    print(f"fairstream: serving on http://{host}:{port} (policies from "
+          f"{settings.topics.policies}, group {settings.kafka.group_id})", flush=True)
+
+
 def _freeze_when_ready(runtime: ServeRuntime) -> None:
     try:
         runtime.wait_ready(timeout_s=3600.0)
@@ -252,8 +261,9 @@ def run_server(settings: Settings, host: str | None = None, port: int | None = N
         # /readyz answers from the start; this only freezes the GC once the server is ready.
         threading.Thread(target=_freeze_when_ready, args=(runtime,), daemon=True,
                          name="serve-freeze-when-ready").start()
-        print(f"fairstream: serving on http://{host}:{port} (policies from "
-              f"{settings.topics.policies}, group {settings.kafka.group_id})", flush=True)
+        # Announced once uvicorn listens: a port it cannot bind never reads as "serving".
+        threading.Thread(target=_announce, args=(server, host, port, settings), daemon=True,
+                         name="serve-announce").start()
         server.run()  # on the loop uvicorn's config picks (uvloop), like ServerThread
     finally:
         runtime.close()

@@ -21,7 +21,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Protocol
 
 from stream.core.catalog import Catalog
@@ -35,6 +34,7 @@ from stream.core.checkpoint import (
 from stream.core.state import LearningState
 from stream.metrics import Metrics
 from stream.settings import Settings
+from stream.worker.checkpoint_lock import checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Checkpointer:
         self.settings = settings
         self.metrics = metrics
         self.acked = list(acked)
-        self.path = Path(settings.worker.checkpoint_path)
+        self.path = checkpoint_file(settings)  # worker.checkpoint_path, or the group's default
         self.version_path = self.path.with_name(self.path.name + ".published")
         self._last = time.monotonic()
         self._since = 0  # records covered since the last checkpoint

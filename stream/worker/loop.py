@@ -64,7 +64,9 @@ from stream.worker.checkpointer import Checkpointer
 from stream.worker.deadletter import DeadLetters
 from stream.worker.erasure import Forgetting
 from stream.worker.finetune import FineTuneControl
+from stream.worker.outcomes import Outcomes
 from stream.worker.process import tune_process
+from stream.worker.progress import ProgressLine
 from stream.worker.publisher import Publisher
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,8 @@ class Worker:
         self.checkpointer = Checkpointer(settings, self.metrics)
         self.finetune = FineTuneControl(settings, self.metrics)
         self.forgetting = Forgetting(settings)
+        self.outcomes = Outcomes(self.metrics)  # reward and CTR by source and policy version
+        self.progress = ProgressLine(settings.worker.log_every_s)
         self._metrics_server = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -185,6 +189,8 @@ class Worker:
             if self.checkpointer.due(now):
                 self.checkpoint()
             self.metrics.checkpoint_age.set(self.checkpointer.age(now))
+            if self.progress.due():
+                self._log_progress()
 
     def close(self) -> None:
         if self.fetch is not None:
@@ -291,6 +297,7 @@ class Worker:
                 handled += len(chunk.offsets) + len(chunk.rejected)
             if closed:
                 self.learn(closed)
+            self.outcomes.sync_unjoined(self.state.joiner.unjoined)
         if duplicates:
             self.metrics.events_duplicate.inc(duplicates)
             self.report.duplicates += duplicates
@@ -332,17 +339,23 @@ class Worker:
         self.report.rows_learned += learned.rows
         self.publisher.learned(learned.rows)
         self.finetune.learned(learned)
-        for group, (total, n) in learned.reward_by_user_group.items():
-            self.metrics.reward_sum.labels(user_group=group).inc(total)
-            self.metrics.impressions_joined.labels(user_group=group).inc(n)
         for group, exposure in learned.exposure_by_item_group.items():
             self.metrics.exposure.labels(item_group=group).inc(exposure)
+        self.outcomes.count(closed)  # reward by source: per version, and per user group
         return learned
+
+    def _log_progress(self) -> None:
+        lag = sum(max(0, high - self._positions.get(p, high))
+                  for p, high in self._highwater.items() if p in self._assigned)
+        log.info(self.progress.due_line(self.report.events, self.report.rows_learned, lag,
+                                        self.state.version, self.outcomes.take_window()))
 
     def publish(self) -> int:
         """Publish the current policy as a signed bundle, and the window's fairness figures;
         returns its version."""
-        return self.publisher.publish(self.state, self.lock)
+        version = self.publisher.publish(self.state, self.lock)
+        self.outcomes.declare(version)  # its outcome series start at 0, before its traffic
+        return version
 
     def checkpoint(self, commit: bool = True) -> None:
         """Flush what must be acked, write state + offsets atomically, then (optionally)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from typing import Any
 
 from stream.core.keys import refuse_dev_key
 from stream.settings import Settings
+from stream.worker.checkpoint_lock import CheckpointLock, checkpoint_file
 from stream.worker.loop import Worker, WorkerReport
 
 log = logging.getLogger(__name__)
@@ -21,8 +23,13 @@ log = logging.getLogger(__name__)
 def run_worker(settings: Settings, exit_when_idle: float | None = None) -> int:
     """``fairstream worker``: learn until SIGTERM/SIGINT (or, with ``exit_when_idle``,
     until caught up and idle that many seconds), then checkpoint, print the report as
-    one JSON line and return 0. Refuses the built-in signing key (ConfigError)."""
+    one JSON line and return 0. Refuses the built-in signing key (ConfigError); a second
+    worker on the same checkpoint refuses to start
+    (:class:`~stream.worker.checkpoint_lock.CheckpointInUse`)."""
     refuse_dev_key(settings, "fairstream worker")
+    lock = CheckpointLock(checkpoint_file(settings)).acquire()  # before the model loads
+    log.info("checkpoint %s (%s; locked by pid %d)", lock.path,
+             "found" if lock.path.exists() else "none yet: a fresh start", os.getpid())
     worker = Worker(settings, own_process=True)
     stop = threading.Event()
 
@@ -38,6 +45,7 @@ def run_worker(settings: Settings, exit_when_idle: float | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        lock.release()
     print(json.dumps({"events": report.events, "rejected": report.rejected,
                       "duplicates": report.duplicates, "rows_learned": report.rows_learned,
                       "by_type": report.by_type}), flush=True)

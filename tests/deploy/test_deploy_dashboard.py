@@ -56,11 +56,15 @@ def test_required_views_are_on_the_dashboard():
         "fairstream_policy_version",
         "fairstream_finetune_loss",
         "fairstream_finetune_duration_seconds_bucket",
-        "rate(fairstream_rewards_sum_total",  # reward per user group
+        "sum by (user_group, source) (rate(fairstream_rewards_sum_total",  # reward per group
         "by (item_group) (rate(fairstream_exposure_total",  # exposure share
         "fairstream_fairness_exposure_disparity",
         "fairstream_fairness_disparity_target",
         "sum by (reason) (rate(fairstream_events_rejected_total",  # DLQ reasons
+        # reward and CTR by who chose the slate, and feedback that joined nothing
+        "sum by (source, policy_version) (rate(fairstream_policy_reward_sum_total",
+        "sum by (source, policy_version) (rate(fairstream_policy_clicked_total",
+        "sum by (reason) (rate(fairstream_feedback_unjoined_total",
     ]
     missing = [r for r in required if r not in exprs]
     assert not missing, missing

@@ -14,7 +14,8 @@ METRICS_PY = REPO_ROOT / "stream" / "metrics.py"
 # once the metric is defined there.
 COMING_SOON: dict[str, str] = {}
 
-_KINDS = {"Counter": "counter", "Gauge": "gauge", "Histogram": "histogram", "Summary": "summary"}
+_KINDS = {"Counter": "counter", "Gauge": "gauge", "OptionalGauge": "gauge",
+          "Histogram": "histogram", "Summary": "summary"}
 
 
 def defined_metrics() -> dict[str, str]:

@@ -63,6 +63,7 @@ def test_expected_alerts_exist():
         "FairstreamFairnessDisparityAboveTarget",
         "FairstreamFinetuneFailing",
         "FairstreamServeLatencyHigh",
+        "FairstreamFeedbackUnjoined",
     }
 
 

@@ -96,13 +96,15 @@ def test_dashboard_panels_and_group_series_on_a_scraped_worker(make_settings, mo
             prom.wait_for('fairstream_events_consumed_total{type="impression"}',
                           lambda s: s and s[0].value == n_imp, timeout=30)
 
-            def final(family, label):
+            def final(family, *labels):
                 return lambda samples: samples and all(
-                    s.value == registry.get_sample_value(family, {label: s.labels[label]})
+                    s.value == registry.get_sample_value(
+                        family, {label: s.labels[label] for label in labels})
                     for s in samples)
 
             rewards = prom.wait_for("fairstream_rewards_sum_total",
-                                    final("fairstream_rewards_sum_total", "user_group"))
+                                    final("fairstream_rewards_sum_total", "user_group",
+                                          "source"))
             assert sum(s.value for s in rewards if s.labels["user_group"].startswith("gender"))\
                 > 0
             # Enough scrapes for every rate() window to hold two samples.
