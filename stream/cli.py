@@ -87,9 +87,12 @@ def cmd_produce_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from stream.core.keys import refuse_dev_key
     from stream.worker import run_worker
 
-    settings = _kafka_settings(args)
+    settings = _settings(args)
+    refuse_dev_key(settings, "fairstream worker")  # settings errors before the network check
+    preflight.check_kafka(settings.kafka.bootstrap)
     w = settings.worker
     preflight.check_port_free(w.metrics_host, w.metrics_port, "worker.metrics_port")
     return run_worker(settings, exit_when_idle=args.exit_when_idle)
@@ -181,9 +184,12 @@ def cmd_bench_learners(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from stream.core.keys import refuse_dev_key
     from stream.serve import run_server
 
-    settings = _kafka_settings(args)
+    settings = _settings(args)
+    refuse_dev_key(settings, "fairstream serve", edge=True)  # before the network check
+    preflight.check_kafka(settings.kafka.bootstrap)
     host = settings.serve.host if args.host is None else args.host
     port = settings.serve.port if args.port is None else args.port
     preflight.check_port_free(host, port, "serve.port")

@@ -68,7 +68,13 @@ from stream.serve.attributes import check_user, name_the_attribute
 from stream.serve.exceptions import BadRequest, ServeError, Unauthorized
 from stream.serve.impressions import EventLog, ProducerHealth
 from stream.serve.recommender import Recommender
-from stream.serve.schema import FeedbackAccepted, Health, PinResult, ReloadAccepted
+from stream.serve.schema import (
+    FeedbackAccepted,
+    ForgetAccepted,
+    Health,
+    PinResult,
+    ReloadAccepted,
+)
 from stream.settings import EventSettings, PrivacySettings, ServeSettings
 
 log = logging.getLogger(__name__)
@@ -120,6 +126,8 @@ class PinRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ForgetRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /admin/forget``: the user to erase, by the id the clients use."""
+
     user_id: Id
 
 
@@ -383,7 +391,7 @@ def create_app(ctx: ServeContext) -> RecommendFastPath:
             markers = await asyncio.to_thread(ctx.forget, req.user_id)
         except ErasureNotWritten as exc:
             raise BadRequest("kafka_unavailable", str(exc), 503) from None
-        return _json({"forgotten": True, "markers": markers}, 202)
+        return _json(ForgetAccepted(True, markers), 202)
 
     async def not_found(request: Request, exc: Exception) -> Response:
         code = getattr(exc, "status_code", 404)

@@ -24,11 +24,12 @@ from typing import Any
 
 import msgspec
 
-from stream.serve.app import FeedbackRequest, PinRequest, RecommendRequest
+from stream.serve.app import FeedbackRequest, ForgetRequest, PinRequest, RecommendRequest
 from stream.serve.recommender import Recommendation
 from stream.serve.schema import (
     ErrorBody,
     FeedbackAccepted,
+    ForgetAccepted,
     Health,
     PinResult,
     Readiness,
@@ -116,6 +117,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
               **_ADMIN_ERRORS,
               404: (ErrorBody, "`unknown_version`: not kept; `not_found`: no follower")},
              body=PinRequest, admin=True, tags=("admin",)),
+    Endpoint("post", "/admin/forget", "Erase a user",
+             "Publishes the user's erasure markers (one per pseudonym the user has had) on "
+             "the compacted `fairstream.erasure` topic and answers once Kafka acknowledged "
+             "them; this server drops the user's cached profile first. Workers drop the "
+             "profile and open impressions, and checkpoint at once (README, Privacy).",
+             {202: (ForgetAccepted, "markers written"), 400: (ErrorBody, "`invalid_field`"),
+              **_ADMIN_ERRORS,
+              404: (ErrorBody, "`not_found`: this server has no erasure topic"),
+              503: (ErrorBody, "`kafka_unavailable`: the markers were not acknowledged")},
+             body=ForgetRequest, admin=True, tags=("admin",)),
     Endpoint("get", "/openapi.json", "This document", "The OpenAPI 3.1 document.",
              {200: ("application/json", "the document")}, tags=("reference",)),
     Endpoint("get", "/docs", "The rendered reference",

@@ -65,6 +65,13 @@ class ReloadAccepted(msgspec.Struct):
     reloading: bool
 
 
+class ForgetAccepted(msgspec.Struct):
+    """The user's erasure markers are on ``fairstream.erasure``, acknowledged by Kafka."""
+
+    forgotten: bool
+    markers: int
+
+
 class PinResult(msgspec.Struct):
     """The version now pinned (``null``: following the latest) and the version served."""
 

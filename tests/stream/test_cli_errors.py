@@ -8,10 +8,16 @@ import time
 
 import pytest
 
+#: Keys of their own, as an operator sets them: without them worker and serve stop at the
+#: built-in-key refusal (tests/stream/core/test_keys.py) before the errors tested here.
+KEYS = {"FAIRSTREAM_POLICY__SIGNING_KEY": "cli-errors-test-signing-key",
+        "FAIRSTREAM_PRIVACY__PSEUDONYM_KEY": "cli-errors-test-pseudonym-key"}
+
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "stream.cli", *args], text=True,
-                          capture_output=True, timeout=120, check=False, env=env)
+                          capture_output=True, timeout=120, check=False,
+                          env={**KEYS, **(os.environ if env is None else env)})
 
 
 def test_a_learners_error_is_one_line():
