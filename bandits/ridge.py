@@ -7,7 +7,9 @@ State (all float64)::
 
 ``S``/``c`` are the statistics of everything this model has learnt from (its
 own rows plus merged statistics); ``own`` holds only its own rows, which is
-what an instance publishes to the others (see :class:`SufficientStats`).
+what an instance publishes to the others (see :class:`SufficientStats`). Until
+the first merge the two are the same, so ``own`` is kept apart only from then on
+(one array update less per learned row on the streaming path).
 
 Updates keep ``A⁻¹`` exact:
 
@@ -84,8 +86,8 @@ class RidgeModel:
         self.xtx = np.zeros((d, d))
         self.xty = np.zeros(d)
         self.n = 0
-        self.own_xtx = np.zeros((d, d))
-        self.own_xty = np.zeros(d)
+        #: own-row statistics apart from all rows, only after the first merge (else None)
+        self._own: tuple[np.ndarray, np.ndarray] | None = None
         self.own_n = 0
         self.a_inv = np.eye(d) / self.lam
         self.since_refactor = 0
@@ -121,6 +123,14 @@ class RidgeModel:
         return self._cov_factor
 
     @property
+    def own_xtx(self) -> np.ndarray:
+        return self.xtx if self._own is None else self._own[0]
+
+    @property
+    def own_xty(self) -> np.ndarray:
+        return self.xty if self._own is None else self._own[1]
+
+    @property
     def own_stats(self) -> SufficientStats:
         return SufficientStats(self.own_xtx, self.own_xty, self.own_n, self.feature_space)
 
@@ -152,8 +162,8 @@ class RidgeModel:
             decay = self.gamma ** m
             self.xtx = decay * self.xtx + batch.xtx
             self.xty = decay * self.xty + batch.xty
-            self.own_xtx = decay * self.own_xtx + batch.xtx
-            self.own_xty = decay * self.own_xty + batch.xty
+            if self._own is not None:
+                self._own = (decay * self._own[0] + batch.xtx, decay * self._own[1] + batch.xty)
             self.n += m
             self.own_n += m
             self.refactor()
@@ -165,8 +175,9 @@ class RidgeModel:
         xty = X.T @ r
         self.xtx += xtx
         self.xty += xty
-        self.own_xtx += xtx
-        self.own_xty += xty
+        if self._own is not None:
+            self._own[0][...] += xtx
+            self._own[1][...] += xty
         self.n += m
         self.own_n += m
         self.since_refactor += m
@@ -185,10 +196,11 @@ class RidgeModel:
         same scratch matrix — no (d, d) temporaries beyond it."""
         outer = np.multiply.outer(x, x)
         self.xtx += outer
-        self.own_xtx += outer
         yx = y * x
         self.xty += yx
-        self.own_xty += yx
+        if self._own is not None:
+            self._own[0][...] += outer
+            self._own[1][...] += yx
         self.n += 1
         self.own_n += 1
         self.since_refactor += 1
@@ -202,6 +214,8 @@ class RidgeModel:
 
     def add(self, stats: SufficientStats) -> None:
         """Add another instance's statistics (not counted as own) and refactorise."""
+        if self._own is None:  # from now on own rows differ from all rows
+            self._own = (self.xtx.copy(), self.xty.copy())
         self.xtx = self.xtx + stats.xtx
         self.xty = self.xty + stats.xty
         self.n += stats.n
@@ -221,7 +235,11 @@ class RidgeModel:
             if arr.shape != shape or arr.dtype != np.float64:
                 raise InvalidInput(f"state array {name!r} must be float64 {shape}, got "
                                    f"{arr.dtype} {arr.shape}")
-            setattr(self, name, np.array(arr, copy=True))
+        self.xtx, self.xty, self.a_inv = (np.array(arrays[k], dtype=np.float64, copy=True)
+                                          for k in ("xtx", "xty", "a_inv"))
+        own = (np.asarray(arrays["own_xtx"]), np.asarray(arrays["own_xty"]))
+        same = np.array_equal(own[0], self.xtx) and np.array_equal(own[1], self.xty)
+        self._own = None if same else (own[0].copy(), own[1].copy())
         self.n = int(params["n"])
         self.own_n = int(params["own_n"])
         self.since_refactor = int(params["since_refactor"])
