@@ -51,12 +51,19 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dataset(name: str) -> str:
+    if name not in ("ml100k", "obd"):
+        raise argparse.ArgumentTypeError(f"unknown data set {name!r} (choose from ml100k, obd)")
+    return name
+
+
 def cmd_data_fetch(args: argparse.Namespace) -> int:
     from stream import data
 
     settings = _settings(args)
-    data.fetch(settings.data.cache_dir, tuple(args.datasets))
-    for name in args.datasets:
+    datasets = tuple(args.datasets or ("ml100k", "obd"))
+    data.fetch(settings.data.cache_dir, datasets)
+    for name in datasets:
         print(f"{name}: {data.dataset_dir(settings.data.cache_dir, name)}")
     return 0
 
@@ -305,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="data sets").add_subparsers(dest="action", required=True)
     df = d.add_parser("fetch", help="fetch MovieLens-100K and the Open Bandit sample")
-    df.add_argument("datasets", nargs="*", default=["ml100k", "obd"], choices=["ml100k", "obd"],
+    # checked by type, not choices: argparse checks choices of an empty nargs="*" against
+    # the empty list itself, so `fairstream data fetch` alone would be refused
+    df.add_argument("datasets", nargs="*", type=_dataset, metavar="{ml100k,obd}",
                     help="which ones: ml100k, obd (default: both)")
     df.set_defaults(func=cmd_data_fetch)
 

@@ -72,3 +72,17 @@ def test_config_errors_fail_fast_naming_the_key(make_settings, tmp_path):
     out = fairstream(settings, "--config", str(bad), "topics", "create")
     assert out.returncode == 2
     assert "alpah" in out.stderr
+
+
+def test_data_fetch_without_names_fetches_both():
+    """The Makefile's `fairstream data fetch` (no names) must parse; both data sets."""
+    from stream.cli import build_parser
+
+    assert build_parser().parse_args(["data", "fetch"]).datasets == []
+    assert build_parser().parse_args(["data", "fetch", "obd"]).datasets == ["obd"]
+    done = subprocess.run([sys.executable, "-m", "stream.cli", "data", "fetch", "--help"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and "default: both" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "stream.cli", "data", "fetch", "imdb"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 2 and "unknown data set 'imdb'" in bad.stderr
