@@ -446,10 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
     ei = esub.add_parser("ids", help="does the fine-tune gain from trainable item id "
                                      "embeddings beside the hybrid's per-item terms?")
     ei.add_argument("--events", type=int, default=20_000, help="arrivals per seed")
-    ei.add_argument("--seeds", type=int, default=3)
+    ei.add_argument("--seeds", type=int, default=3, help="seeds (independent runs)")
     ei.add_argument("--steps", type=int, help="training steps per run (default: finetune.steps)")
-    ei.add_argument("--out", default="runs/eval-ids")
-    ei.add_argument("--json", type=Path)
+    ei.add_argument("--out", default="runs/eval-ids", help="report.md and ids.png go here")
+    ei.add_argument("--json", type=Path, help="also write the results as JSON here")
     ei.set_defaults(func=cmd_eval_ids)
     eo = esub.add_parser("ope", help="off-policy estimates on the Open Bandit Dataset sample")
     eo.add_argument("--out", default="runs/eval-ope")

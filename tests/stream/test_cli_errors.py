@@ -134,7 +134,7 @@ def test_a_busy_port_is_one_line_naming_the_setting(broker, command):
     (("broker", "--port", "99999"), "argument --port: must be a port in 1..65535, got 99999"),
     (("serve", "--port", "0"), "argument --port: must be a port in 1..65535, got 0"),
     (("produce", "replay", "--limit", "-5"), "argument --limit: must be > 0, got -5"),
-    (("data", "fetch", "nosuch"), "invalid choice: 'nosuch'"),
+    (("data", "fetch", "nosuch"), "unknown data set 'nosuch'"),
     (("dlq", "tail", "-n", "0"), "argument -n: must be > 0, got 0"),
     (("bench",), "required: {learners,serve,pipeline,bandits,soak}"),
 ])
