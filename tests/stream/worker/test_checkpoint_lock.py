@@ -54,7 +54,9 @@ def test_the_lock_of_a_killed_worker_is_free_at_once(tmp_path):
 @pytest.mark.broker
 def test_fairstream_worker_refuses_a_checkpoint_in_use_with_one_line(broker, tmp_path):
     env = {**os.environ, "FAIRSTREAM_DATA__CACHE_DIR": str(tmp_path),
-           "FAIRSTREAM_KAFKA__GROUP_ID": "lock-test", "FAIRSTREAM_WORKER__METRICS_PORT": "0"}
+           "FAIRSTREAM_KAFKA__GROUP_ID": "lock-test", "FAIRSTREAM_WORKER__METRICS_PORT": "0",
+           # a key of its own: the built-in one is refused before the lock is looked at
+           "FAIRSTREAM_POLICY__SIGNING_KEY": "checkpoint-lock-test-key"}
     expected = tmp_path / "worker" / "lock-test" / "checkpoint.npz"
     with CheckpointLock(expected):
         t0 = time.monotonic()

@@ -19,6 +19,7 @@ from stream.kafka.producers import (
 )
 from stream.kafka.topics import ensure_topics
 from stream.metrics import Metrics
+from stream.privacy import Pseudonymizer
 from stream.worker import Worker, WorkerThread
 from stream.worker.outcomes import MAX_VERSIONS, REPLAY_VERSION, Outcomes, source_of
 
@@ -105,10 +106,16 @@ def test_impressions_carry_their_policy_version_to_the_worker(movielens):
 @pytest.mark.model
 def test_a_worker_on_the_broker_reports_outcomes_by_source_and_logs_progress(
         make_settings, movielens, encoder, caplog):
-    settings = make_settings(worker={"log_every_s": 0.5}, events={"attribution_window_s": 5.0})
+    # One events partition: a click by another user than the impression's reaches the
+    # impression's join only when both users' pseudonyms share a partition.
+    settings = make_settings(worker={"log_every_s": 0.5}, events={"attribution_window_s": 5.0},
+                             kafka={"events_partitions": 1})
     ensure_topics(settings)
     publish_catalog(settings, catalog_items(movielens)[:300])
     now = time.time() - 60
+    stray = [Click(event_id="w", request_id="q0", ts=now + 2, user_id="u9", item_id="2"),
+             Click(event_id="n", request_id="nope", ts=now + 2, user_id="u0", item_id="2"),
+             Click(event_id="s", request_id="q1", ts=now + 2, user_id="u1", item_id="9")]
     events = []
     for i in range(6):  # served by policy 3: every first item clicked
         events.append(Impression(event_id=f"i{i}", request_id=f"q{i}", ts=now + i,
@@ -120,13 +127,14 @@ def test_a_worker_on_the_broker_reports_outcomes_by_source_and_logs_progress(
         events.append(Impression(event_id=f"l{i}", request_id=f"l{i}", ts=now + i,
                                  user_id=f"u{i}", items=["3"], propensities=[1.0],
                                  policy_version=REPLAY_VERSION))
-    events += [Click(event_id="w", request_id="q0", ts=now + 2, user_id="u9", item_id="2"),
-               Click(event_id="n", request_id="nope", ts=now + 2, user_id="u0", item_id="2"),
-               Click(event_id="s", request_id="q1", ts=now + 2, user_id="u1", item_id="9")]
+    # The stray clicks come while q0 and q1 are still open (event time now + 3, their
+    # windows end at now + 5 and now + 6): after i = 2's impression and click.
+    events[6:6] = stray
     caplog.set_level(logging.INFO, logger="stream.worker.loop")
     worker = Worker(settings, encoder=encoder)
     with WorkerThread(worker, flush_on_exit=True) as running:
-        publish_events(settings, iter(events), progress=False)
+        edge = Pseudonymizer.from_settings(settings.privacy)  # as every producer does
+        publish_events(settings, (edge.event(e) for e in events), progress=False)
         deadline = time.monotonic() + 60
         while worker.report.events < len(events):
             assert time.monotonic() < deadline, worker.report
