@@ -182,6 +182,28 @@ class ProfileStore:
         self.expirations += dropped
         return dropped
 
+    def entries(self, user_ids: Sequence[Hashable]
+                ) -> tuple[list[Hashable], np.ndarray, np.ndarray, np.ndarray]:
+        """The held users among ``user_ids`` with their means (float32), weights and
+        last-seen times: what :meth:`put` takes back (e.g. on another process)."""
+        held = [u for u in dict.fromkeys(user_ids) if u in self._users]
+        means = np.zeros((len(held), self.emb_dim), dtype=np.float32)
+        weights, last_seen = np.zeros(len(held)), np.zeros(len(held))
+        for i, u in enumerate(held):
+            means[i], weights[i], last_seen[i] = self._users[u]
+        return held, means, weights, last_seen
+
+    def put(self, user_ids: Sequence[Hashable], means: np.ndarray, weights: np.ndarray,
+            last_seen: np.ndarray) -> None:
+        """Set these users' profiles as :meth:`entries` gave them (most recent last)."""
+        for i, u in enumerate(user_ids):
+            self._users[u] = [np.array(means[i], dtype=np.float32), float(weights[i]),
+                              float(last_seen[i])]
+            self._users.move_to_end(u)
+        while len(self._users) > self.capacity:
+            self._users.popitem(last=False)
+            self.evictions += 1
+
     def state(self) -> dict[str, Any]:
         """Checkpointable state: numpy arrays plus JSON-able values, LRU order kept."""
         n = len(self._users)

@@ -52,6 +52,12 @@ class Learned:
     """What one batch of closed impressions taught the policy."""
 
     rows: int = 0
+    #: the rows themselves: φ (rows, dim), rewards, item ids (None unless the policy uses
+    #: them) and each row's events partition (what a statistics delta is cut by)
+    X: np.ndarray | None = None
+    rewards: np.ndarray | None = None
+    item_ids: list[str] | None = None
+    partitions: np.ndarray | None = None
     reward_by_user_group: dict[str, list[float]] = field(default_factory=dict)  # [sum, n]
     exposure_by_item_group: dict[str, float] = field(default_factory=dict)
 
@@ -126,18 +132,23 @@ class LearningState:
         self.drift = DriftMonitor(delta=ft.drift_delta)
         self._offsets: dict[int, int] = {}  # partition -> next offset to observe
         self._offsets_view = MappingProxyType(self._offsets)
+        #: per partition of the statistics topic, the next offset to read (scale-out)
+        self.stats_positions: dict[int, int] = {}
         self._version = 0  # of the last published policy
         self._adapted = np.zeros((0, fmap.k_item))
 
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
-    def fresh(cls, settings: Settings, catalog: Catalog) -> LearningState:
-        """A new state whose adapter is the PCA projection of the current catalog."""
-        feat = settings.features
-        adapter = Adapter.from_pca(catalog.embeddings, out_dim=FeatureMap.adapter_dim(feat.dim),
-                                   seed=feat.seed)
-        fmap = FeatureMap(adapter, dim=feat.dim)
+    def fresh(cls, settings: Settings, catalog: Catalog,
+              fmap: FeatureMap | None = None) -> LearningState:
+        """A new state in ``fmap``'s feature space (one adopted from a published policy),
+        by default the PCA projection of the current catalog."""
+        if fmap is None:
+            feat = settings.features
+            adapter = Adapter.from_pca(catalog.embeddings,
+                                       out_dim=FeatureMap.adapter_dim(feat.dim), seed=feat.seed)
+            fmap = FeatureMap(adapter, dim=feat.dim)
         return cls(settings, catalog, fmap, _new_policy(settings, fmap))
 
     # -- learning -----------------------------------------------------------------------------
@@ -164,7 +175,7 @@ class LearningState:
         if isinstance(event, Impression):
             return self.joiner.add_impression(partition, Pending(
                 event.request_id, event.user_id, event.ts, tuple(event.items),
-                tuple(event.propensities), event.user, [0.0] * len(event.items)))
+                tuple(event.propensities), event.user, [0.0] * len(event.items), partition))
         kind = "click" if isinstance(event, Click) else "purchase"
         assert isinstance(event, Click | Purchase)
         return self.joiner.add_feedback(partition, event.request_id, event.item_id, kind,
@@ -196,7 +207,7 @@ class LearningState:
                     # ``user`` is kept, not copied: nothing writes to it.
                     closed += add_impression(partition, Pending(
                         event.request_id, event.user_id, event.ts, tuple(items),
-                        tuple(event.propensities), event.user, [0.0] * len(items)))
+                        tuple(event.propensities), event.user, [0.0] * len(items), partition))
             elif event.item_id not in known:
                 unknown.append(i)
             elif seen(event.event_id):
@@ -208,9 +219,19 @@ class LearningState:
         self._offsets[partition] = next_offset
         return out
 
-    def close_open(self) -> list[Pending]:
-        """Close every impression still inside its window (a bounded run's end)."""
-        return self.joiner.flush()
+    def close_open(self, partitions: Iterable[int] | None = None) -> list[Pending]:
+        """Close every impression still inside its window (a bounded run's end), of
+        ``partitions`` only when given (those this worker owns)."""
+        return self.joiner.flush(partitions)
+
+    def absorb(self, partition: int, start: int, end: int) -> bool:
+        """Move the partition's offset from ``start`` to ``end`` (statistics of that range
+        were folded in from another worker); False, with nothing moved, unless the state
+        stands at ``start`` (-1: nothing of the partition yet)."""
+        if self._offsets.get(partition, -1) != start:
+            return False
+        self._offsets[partition] = end
+        return True
 
     @property
     def offsets(self) -> Mapping[int, int]:
@@ -294,6 +315,9 @@ class LearningState:
                 buffer.add_batch(emb, profiles, codes[:, 0], codes[:, 1], rewards,
                                  item_rows=rows, profile_rows=owner)
         learned.rows = n
+        learned.X, learned.rewards, learned.item_ids = X, rewards, ids
+        learned.partitions = np.fromiter((p.partition for p in closed), dtype=np.int64,
+                                         count=len(closed))[owner]
         return learned
 
     def swap(self, result: FineTuneResult) -> bool:
@@ -371,7 +395,9 @@ class LearningState:
             "adapter": np.frombuffer(self.fmap.adapter.to_bytes(), dtype=np.uint8),
         }
         header: dict[str, Any] = {"version": self._version, "joiner": self.joiner.state(),
-                                  "seen": self.seen.state(), "profiles": {}}
+                                  "seen": self.seen.state(), "profiles": {},
+                                  "stats_positions": {str(p): o for p, o in
+                                                      self.stats_positions.items()}}
         for name, value in profiles.items():
             if isinstance(value, np.ndarray):
                 arrays[f"profiles.{name}"] = value
@@ -394,6 +420,8 @@ class LearningState:
         state.joiner.load_state(ck.header["joiner"])
         state.seen.load_state(ck.header["seen"])
         state._offsets.update(ck.offsets)
+        state.stats_positions = {int(p): int(o) for p, o in
+                                 ck.header.get("stats_positions", {}).items()}
         state._version = int(ck.header["version"])
         return state
 

@@ -19,7 +19,8 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     """The topics fairstream needs, with partitions and configs.
 
     Events are keyed by user_id and spread over ``kafka.events_partitions``
-    (the parallelism of the worker group); the DLQ mirrors that. Catalog and
+    (the parallelism of the worker group); the DLQ and the statistics deltas mirror
+    that. Catalog and
     policies are compacted: the latest value per key is the state.
     """
     t, parts = settings.topics, settings.kafka.events_partitions
@@ -30,7 +31,10 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         NewTopic(t.policies, 1, 1, topic_configs={
             **_COMPACTED, "max.message.bytes": str(settings.policy.max_bundle_bytes)}),
         NewTopic(t.fairness, 1, 1),
-        NewTopic(t.stats, 1, 1),
+        # Partition i holds the statistics deltas of events partition i, in order; kept
+        # for ever: a worker without a checkpoint folds them all (docs/scaling.md).
+        NewTopic(t.stats, parts, 1, topic_configs={
+            "retention.ms": "-1", "max.message.bytes": str(settings.stats.max_delta_bytes)}),
     ]
 
 
