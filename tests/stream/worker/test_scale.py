@@ -59,7 +59,10 @@ def _high(events) -> dict[int, int]:
     return high
 
 
-def _wait(what, condition, alive=lambda: True, timeout=float(os.environ.get('SCALE_WAIT_S', 240)), detail=lambda: ""):
+WAIT_S = 240.0
+
+
+def _wait(what, condition, alive=lambda: True, timeout=WAIT_S, detail=lambda: ""):
     """Wait for a phase boundary (a condition that stays true once reached)."""
     deadline = time.monotonic() + timeout
     while not condition():
@@ -141,3 +144,169 @@ def test_1_2_and_4_workers_end_with_one_workers_statistics(make_settings, moviel
         for w in workers:
             _same_stats(w.state.policy.total_stats, ref)
         np.testing.assert_allclose(last._beta, results[1][1]._beta, rtol=1e-7, atol=1e-10)
+
+
+def reference_state(settings, movielens, encoder, events):
+    """One learning state fed every event in its partition's order: what one worker ends
+    with (tests/stream/worker/test_worker.py checks that a worker does)."""
+    catalog = Catalog(encoder.dim)
+    catalog.add(catalog_items(movielens), encoder)
+    state = LearningState.fresh(settings, catalog)
+    seen = set()
+    for event in events:
+        if event.event_id not in seen:
+            seen.add(event.event_id)
+            state.learn(state.observe(event, _partition(event)))
+    return state
+
+
+def test_a_worker_that_joins_mid_stream_takes_partitions_with_their_state(
+        make_settings, movielens, encoder, tmp_path):
+    settings = _settings(make_settings)
+    events = _load(settings, movielens)
+    cut = len(events) // 2
+    publish_events(settings, iter(events[:cut]), progress=False)
+    workers = [Worker(settings.replace(worker={"checkpoint_path": str(tmp_path / f"w{i}.npz")}),
+                      encoder=encoder) for i in range(3)]
+    runners = [WorkerThread(w) for w in workers]
+    try:
+        for r in runners[:2]:
+            r.start()
+        high = _high(events[:cut])
+        _wait("two workers to cover phase 1",
+              lambda: all(_covers(w.state.offsets, high) for w in workers[:2]),
+              lambda: all(r.is_alive() for r in runners[:2]))
+        runners[2].start()
+        _wait("the third worker to own partitions", lambda: bool(workers[2]._assigned),
+              lambda: all(r.is_alive() for r in runners))
+        publish_events(settings, iter(events[cut:]), progress=False)
+        high = _high(events)
+        _wait("three workers to cover everything",
+              lambda: all(_covers(w.state.offsets, high) for w in workers),
+              lambda: all(r.is_alive() for r in runners),
+              detail=lambda: (high, [dict(w.state.offsets) for w in workers]))
+    finally:
+        for r in runners:
+            r.stop_event.set()
+        for r in runners:
+            if r.is_alive():
+                r.stop(timeout_s=120)
+    # The newcomer learnt phase-2 events of its own partitions, from the state it read.
+    assert workers[2].report.rows_learned > 0
+    assert workers[2].metrics.stats_folded._value.get() > 0
+    ref = reference_state(settings, movielens, encoder, events).policy.total_stats
+    for w in workers:
+        _same_stats(w.state.policy.total_stats, ref)
+
+
+def _proc(settings, log, checkpoint_path, **env):
+    base = {**os.environ,
+            "FAIRSTREAM_KAFKA__BOOTSTRAP": settings.kafka.bootstrap,
+            "FAIRSTREAM_KAFKA__GROUP_ID": settings.kafka.group_id,
+            "FAIRSTREAM_KAFKA__EVENTS_PARTITIONS": str(PARTITIONS),
+            "FAIRSTREAM_KAFKA__SESSION_TIMEOUT_MS": str(settings.kafka.session_timeout_ms),
+            "FAIRSTREAM_TOPICS__PREFIX": settings.topics.prefix,
+            "FAIRSTREAM_DATA__CACHE_DIR": settings.data.cache_dir,
+            "FAIRSTREAM_MODEL__DEVICE": "cpu",
+            "FAIRSTREAM_MODEL__EMBEDDING_CACHE": settings.model.embedding_cache,
+            "FAIRSTREAM_FINETUNE__ENABLED": "false",
+            "FAIRSTREAM_STATS__EXCHANGE": "true",
+            "FAIRSTREAM_POLICY__PUBLISH_EVERY_S": "0.5",
+            "FAIRSTREAM_WORKER__CHECKPOINT_PATH": str(checkpoint_path),
+            "FAIRSTREAM_WORKER__CHECKPOINT_EVERY_S": "1.0",
+            "FAIRSTREAM_WORKER__POLL_MAX_RECORDS": "100",
+            "FAIRSTREAM_WORKER__METRICS_PORT": "0",
+            "FAIRSTREAM_STATS__EMIT_EVERY_S": "0.5",
+            **env}
+    return subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], stdout=log,
+                            stderr=subprocess.STDOUT, env=base)
+
+
+def _checkpoint_offsets(path) -> dict[int, int]:
+    return read_checkpoint(path).offsets if os.path.exists(path) else {}
+
+
+def _handled(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(("fairstream_events_consumed_total{",
+                                   "fairstream_events_rejected_total{",
+                                   "fairstream_events_duplicate_total ")))
+
+
+def test_a_worker_killed_mid_stream_is_replaced_from_its_last_delta(
+        make_settings, movielens, encoder, tmp_path):
+    """Phases, not timing, choose where the kill lands.
+
+    A learns phase 1 alone. B joins: the rebalance has A send its deltas, and B takes
+    two partitions from them. B sends nothing more (its delta and checkpoint intervals
+    are an hour): it learns its share of phase 2, and once /metrics shows all of it
+    handled it is SIGKILLed, never restarted. A takes B's partitions back where A's own
+    last deltas of them ended, learns B's share of phase 2 again, then phase 3, and ends
+    with one worker's statistics."""
+    settings = _settings(make_settings)
+    events = _load(settings, movielens)
+    cut1, cut2 = len(events) // 3, 2 * len(events) // 3
+    publish_events(settings, iter(events[:cut1]), progress=False)
+    paths = {name: tmp_path / f"{name}.npz" for name in "ab"}
+    logs = {name: tmp_path / f"{name}.log" for name in "ab"}
+    files = {name: open(logs[name], "w") for name in "ab"}  # noqa: SIM115
+    procs = {}
+    try:
+        procs["a"] = _proc(settings, files["a"], paths["a"])
+        a_alive = lambda: procs["a"].poll() is None  # noqa: E731
+        high1 = _high(events[:cut1])
+        _wait("A to cover phase 1", lambda: _covers(_checkpoint_offsets(paths["a"]), high1),
+              a_alive)
+        procs["b"] = _proc(settings, files["b"], paths["b"], FAIRSTREAM_STATS__EMIT_EVERY_S="3600",
+                           FAIRSTREAM_WORKER__CHECKPOINT_EVERY_S="3600",
+                           FAIRSTREAM_WORKER__CHECKPOINT_EVERY_EVENTS="1000000000")
+        both = lambda: a_alive() and procs["b"].poll() is None  # noqa: E731
+        owned = _wait_for_log(logs["b"], r"assigned \[([\d, ]+)\]", both)
+        b_parts = [int(p) for p in owned.split(",")]
+        assert 0 < len(b_parts) < PARTITIONS
+        port = int(_wait_for_log(logs["b"], r"metrics on :(\d+)/metrics", both))
+        publish_events(settings, iter(events[cut1:cut2]), progress=False)
+        b_share = sum(1 for e in events[cut1:cut2] if _partition(e) in b_parts)
+        assert b_share > 0
+        _wait("B to handle its share of phase 2", lambda: _handled(port) == b_share, both)
+        procs["b"].send_signal(signal.SIGKILL)
+        procs["b"].wait()
+        assert not os.path.exists(paths["b"])  # B never checkpointed: it sent nothing
+
+        high2 = _high(events[:cut2])
+        _wait("A to cover phase 2", lambda: _covers(_checkpoint_offsets(paths["a"]), high2),
+              a_alive)
+        publish_events(settings, iter(events[cut2:]), progress=False)
+        high = _high(events)
+        _wait("A to cover everything",
+              lambda: _covers(_checkpoint_offsets(paths["a"]), high), a_alive)
+        procs["a"].send_signal(signal.SIGTERM)
+        assert procs["a"].wait(timeout=120) == 0, logs["a"].read_text()
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for f in files.values():
+            f.close()
+    ref = reference_state(settings, movielens, encoder, events)
+    ck = read_checkpoint(paths["a"])
+    state = LearningState.from_checkpoint(settings, ref.catalog, ck)
+    _same_stats(state.policy.total_stats, ref.policy.total_stats)
+    versions = [b.version for b in _bundles(settings)]
+    assert all(x < y for x, y in itertools.pairwise(versions)), versions
+
+
+def _wait_for_log(path, pattern, alive):
+    found = []
+
+    def seen():
+        m = re.search(pattern, path.read_text())
+        if m:
+            found.append(m.group(1))
+        return bool(m)
+
+    _wait(f"{pattern!r} in {path.name}", seen, alive)
+    return found[-1]
