@@ -239,15 +239,21 @@ def test_a_worker_killed_mid_stream_is_replaced_from_its_last_delta(
         make_settings, movielens, encoder, tmp_path):
     """Phases, not timing, choose where the kill lands.
 
-    A learns phase 1 alone. B joins: the rebalance has A send its deltas, and B takes
-    two partitions from them. B sends nothing more (its delta and checkpoint intervals
-    are an hour): it learns its share of phase 2, and once /metrics shows all of it
-    handled it is SIGKILLed, never restarted. A takes B's partitions back where A's own
-    last deltas of them ended, learns B's share of phase 2 again, then phase 3, and ends
-    with one worker's statistics."""
+    A learns phase 1 alone. B joins and takes two partitions from A's deltas (A sends
+    them at its revocation). B's only trigger for sending is its checkpoint, due after
+    exactly its share of phase 2a (K records on every partition, so 2K): it checkpoints
+    and sends once. It learns its share of phase 2b (under 2K: no checkpoint), and once
+    /metrics shows that handled it is SIGKILLed, never restarted. A takes B's partitions
+    where B's delta ended, with their open impressions and profiles from it, learns B's
+    share of 2b again, then phase 3, and ends with one worker's statistics."""
     settings = _settings(make_settings)
     events = _load(settings, movielens)
-    cut1, cut2 = len(events) // 3, 2 * len(events) // 3
+    cut1 = len(events) // 3
+    rest = {p: [e for e in events[cut1:] if _partition(e) == p] for p in range(PARTITIONS)}
+    k = min(len(v) for v in rest.values()) // 3
+    phase2a = [e for p in range(PARTITIONS) for e in rest[p][:k]]
+    phase2b = [e for p in range(PARTITIONS) for e in rest[p][k:k + k // 2]]
+    phase3 = [e for p in range(PARTITIONS) for e in rest[p][k + k // 2:]]
     publish_events(settings, iter(events[:cut1]), progress=False)
     paths = {name: tmp_path / f"{name}.npz" for name in "ab"}
     logs = {name: tmp_path / f"{name}.log" for name in "ab"}
@@ -259,26 +265,32 @@ def test_a_worker_killed_mid_stream_is_replaced_from_its_last_delta(
         high1 = _high(events[:cut1])
         _wait("A to cover phase 1", lambda: _covers(_checkpoint_offsets(paths["a"]), high1),
               a_alive)
-        procs["b"] = _proc(settings, files["b"], paths["b"], FAIRSTREAM_STATS__EMIT_EVERY_S="3600",
+        procs["b"] = _proc(settings, files["b"], paths["b"],
+                           FAIRSTREAM_STATS__EMIT_EVERY_S="3600",
                            FAIRSTREAM_WORKER__CHECKPOINT_EVERY_S="3600",
-                           FAIRSTREAM_WORKER__CHECKPOINT_EVERY_EVENTS="1000000000")
+                           FAIRSTREAM_WORKER__CHECKPOINT_EVERY_EVENTS=str(2 * k))
         both = lambda: a_alive() and procs["b"].poll() is None  # noqa: E731
         owned = _wait_for_log(logs["b"], r"assigned \[([\d, ]+)\]", both)
         b_parts = [int(p) for p in owned.split(",")]
-        assert 0 < len(b_parts) < PARTITIONS
+        assert len(b_parts) == 2
         port = int(_wait_for_log(logs["b"], r"metrics on :(\d+)/metrics", both))
-        publish_events(settings, iter(events[cut1:cut2]), progress=False)
-        b_share = sum(1 for e in events[cut1:cut2] if _partition(e) in b_parts)
-        assert b_share > 0
-        _wait("B to handle its share of phase 2", lambda: _handled(port) == b_share, both)
+
+        publish_events(settings, iter(phase2a), progress=False)
+        high2a = _high(events[:cut1] + phase2a)
+        _wait("B's checkpoint after phase 2a", lambda: all(
+            _checkpoint_offsets(paths["b"]).get(p) == high2a[p] for p in b_parts), both)
+        publish_events(settings, iter(phase2b), progress=False)
+        b_share = 2 * k + sum(1 for e in phase2b if _partition(e) in b_parts)
+        _wait("B to handle its share of phase 2b", lambda: _handled(port) == b_share, both)
         procs["b"].send_signal(signal.SIGKILL)
         procs["b"].wait()
-        assert not os.path.exists(paths["b"])  # B never checkpointed: it sent nothing
+        b_ck = _checkpoint_offsets(paths["b"])
+        assert all(b_ck[p] == high2a[p] for p in b_parts)  # 2b learnt, never sent
 
-        high2 = _high(events[:cut2])
+        high2 = _high(events[:cut1] + phase2a + phase2b)
         _wait("A to cover phase 2", lambda: _covers(_checkpoint_offsets(paths["a"]), high2),
               a_alive)
-        publish_events(settings, iter(events[cut2:]), progress=False)
+        publish_events(settings, iter(phase3), progress=False)
         high = _high(events)
         _wait("A to cover everything",
               lambda: _covers(_checkpoint_offsets(paths["a"]), high), a_alive)
@@ -295,6 +307,9 @@ def test_a_worker_killed_mid_stream_is_replaced_from_its_last_delta(
     ck = read_checkpoint(paths["a"])
     state = LearningState.from_checkpoint(settings, ref.catalog, ck)
     _same_stats(state.policy.total_stats, ref.policy.total_stats)
+    pa, pb = state.profiles.state(), ref.profiles.state()
+    assert sorted(pa["user_ids"]) == sorted(pb["user_ids"])
+    assert len(state.joiner) == len(ref.joiner)
     versions = [b.version for b in _bundles(settings)]
     assert all(x < y for x, y in itertools.pairwise(versions)), versions
 
