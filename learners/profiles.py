@@ -196,10 +196,14 @@ class ProfileStore:
     def put(self, user_ids: Sequence[Hashable], means: np.ndarray, weights: np.ndarray,
             last_seen: np.ndarray) -> None:
         """Set these users' profiles as :meth:`entries` gave them (most recent last)."""
-        for i, u in enumerate(user_ids):
-            self._users[u] = [np.array(means[i], dtype=np.float32), float(weights[i]),
-                              float(last_seen[i])]
-            self._users.move_to_end(u)
+        # Rows of one float32 array, not copies: a profile's array is replaced, never
+        # written to, when it moves (see _fold).
+        means = np.asarray(means, dtype=np.float32)
+        users, move = self._users, self._users.move_to_end
+        for u, mean, w, t in zip(user_ids, means, np.asarray(weights, np.float64).tolist(),
+                                 np.asarray(last_seen, np.float64).tolist(), strict=True):
+            users[u] = [mean, w, t]
+            move(u)
         while len(self._users) > self.capacity:
             self._users.popitem(last=False)
             self.evictions += 1
