@@ -199,6 +199,14 @@ class Metrics:
         self.stats_lag = Gauge(
             "fairstream_stats_lag_messages",
             "Deltas on fairstream.stats not yet read by this worker.", registry=r)
+        self.stats_restore_seconds = Histogram(
+            "fairstream_stats_restore_duration_seconds",
+            "Restoring one newly assigned partition's profiles from fairstream.profiles "
+            "and the deltas after it.", registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0))
+        self.stats_restored_profiles = Counter(
+            "fairstream_stats_restored_profiles_total",
+            "Profiles installed by restores of newly assigned partitions.", registry=r)
         self.stats_publisher = Gauge(
             "fairstream_stats_publisher",
             "1 when this worker publishes the merged policy (it owns events partition 0).",

@@ -72,8 +72,13 @@ class TopicSettings(_Section):
     def stats(self) -> str:
         return f"{self.prefix}.stats"
 
+    @property
+    def profiles(self) -> str:
+        return f"{self.prefix}.profiles"
+
     def all(self) -> list[str]:
-        return [self.items, self.events, self.dlq, self.policies, self.fairness, self.stats]
+        return [self.items, self.events, self.dlq, self.policies, self.fairness, self.stats,
+                self.profiles]
 
 
 class EventSettings(_Section):

@@ -215,11 +215,13 @@ def cut_delta(state: LearningState, partition: int, start: int, stats: Sufficien
                       means=means, weights=weights, last_seen=last_seen, seen=list(seen))
 
 
-def fold_delta(state: LearningState, delta: StatsDelta) -> bool:
+def fold_delta(state: LearningState, delta: StatsDelta, profiles: bool = True) -> bool:
     """Fold ``delta`` into ``state`` if it starts where the state's partition stands:
-    statistics merged, the partition's user state installed, its offset moved to the
-    delta's end. False, with nothing changed, otherwise; a delta of another feature space
-    raises :class:`~bandits.FeatureSpaceMismatch`, with nothing changed."""
+    statistics merged, the partition's user state installed (its profiles only with
+    ``profiles``: a worker that restores them from the changelog when it takes the
+    partition leaves them out), its offset moved to the delta's end. False, with nothing
+    changed, otherwise; a delta of another feature space raises
+    :class:`~bandits.FeatureSpaceMismatch`, with nothing changed."""
     p = delta.partition
     if state.offsets.get(p, -1) != delta.start:
         return False
@@ -227,7 +229,7 @@ def fold_delta(state: LearningState, delta: StatsDelta) -> bool:
         raise FeatureSpaceMismatch(state.fmap.feature_space, delta.stats.feature_space)
     if delta.stats.n:
         state.policy.merge(delta.stats)
-    if delta.users:
+    if profiles and delta.users:
         state.profiles.put(delta.users, delta.means, delta.weights, delta.last_seen)
     if delta.joiner is not None:
         state.joiner.load_partition(p, delta.joiner)

@@ -386,9 +386,11 @@ class LearningState:
 
     # -- checkpoints --------------------------------------------------------------------------
 
-    def to_checkpoint(self) -> Checkpoint:
+    def to_checkpoint(self, profiles: bool = True) -> Checkpoint:
+        """State and offsets; without ``profiles`` (they are restored from the profiles'
+        changelog instead: docs/scaling.md) the cost does not grow with the users."""
         key = self.settings.policy.signing_key.encode()
-        profiles = self.profiles.state()
+        profiles = self.profiles.state() if profiles else {}
         arrays = {
             "policy": np.frombuffer(dump_snapshot(self.policy, key=key, version=self._version),
                                     dtype=np.uint8),
@@ -416,7 +418,8 @@ class LearningState:
         for name, value in ck.arrays.items():
             if name.startswith("profiles."):
                 profile_state[name.removeprefix("profiles.")] = value
-        state = cls(settings, catalog, fmap, policy, ProfileStore.from_state(profile_state))
+        state = cls(settings, catalog, fmap, policy,
+                    ProfileStore.from_state(profile_state) if profile_state else None)
         state.joiner.load_state(ck.header["joiner"])
         state.seen.load_state(ck.header["seen"])
         state._offsets.update(ck.offsets)

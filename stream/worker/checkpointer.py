@@ -111,7 +111,8 @@ class Checkpointer:
         for sink in self.acked:
             sink.settle()
         with lock:
-            ck = state.to_checkpoint()
+            # With the statistics exchange, profiles live in their changelog topic.
+            ck = state.to_checkpoint(profiles=not self.settings.stats.exchange)
             write_checkpoint(self.path, ck)
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
         self.metrics.checkpoints.inc()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -39,6 +40,7 @@ from stream.core.join import Pending
 from stream.core.state import Learned, LearningState, Observed
 from stream.exceptions import DeltaError, FairstreamError
 from stream.kafka.policy_log import latest_bundle
+from stream.kafka.profile_changelog import ProfileChangelog
 from stream.kafka.wire import Chunk
 from stream.metrics import Metrics
 from stream.settings import Settings
@@ -72,6 +74,10 @@ class StatsExchange:
         self._seen: dict[int, list[str]] = {}
         self._tps: list[TopicPartition] = []
         self._last_emit = time.monotonic()
+        self.changelog = ProfileChangelog(settings)
+        self._unlogged: list[tuple[StatsDelta, Any]] = []  # sent, not yet in the changelog
+        # Partitions this worker gave up, and the offset its profiles of them are current at.
+        self._current: dict[int, int] = {}
 
     # -- start ----------------------------------------------------------------------------
 
@@ -144,8 +150,8 @@ class StatsExchange:
                 m.stats_conflicts.inc()
                 log.error("delta %r for partition %d, which this worker owns", delta, p)
                 return 0
-            try:
-                fold_delta(state, delta)
+            try:  # profiles: restored from their changelog if this worker takes p
+                fold_delta(state, delta, profiles=False)
             except FeatureSpaceMismatch as exc:
                 m.stats_rejected.labels(reason="feature_space").inc()
                 log.error("delta %r not folded: %s", delta, exc)
@@ -205,9 +211,10 @@ class StatsExchange:
         for delta in deltas:
             if delta is None:
                 continue
-            self.producer.send(self.topic, partition=delta.partition,
-                               key=str(delta.partition).encode(),
-                               value=dump_delta(delta, key=self.key))
+            future = self.producer.send(self.topic, partition=delta.partition,
+                                        key=str(delta.partition).encode(),
+                                        value=dump_delta(delta, key=self.key))
+            self._unlogged.append((delta, future))
             sent += 1
         self.metrics.stats_sent.inc(sent)
         self._last_emit = time.monotonic()
@@ -228,9 +235,15 @@ class StatsExchange:
 
     def settle(self) -> None:
         """Send what the owned partitions learnt and wait for the broker's acks (a
-        checkpoint's first step: the deltas are the durable record other workers fold)."""
+        checkpoint's first step: the deltas are the durable record other workers fold),
+        then write their profiles to the changelog, after them (see
+        :mod:`stream.kafka.profile_changelog`), and wait for those acks too."""
         self.emit()
         self.producer.flush()
+        for delta, future in self._unlogged:
+            self.changelog.write(delta, future.get(timeout=60).offset)
+        self.changelog.flush()
+        self._unlogged.clear()
 
     # -- ownership --------------------------------------------------------------------------
 
@@ -247,6 +260,15 @@ class StatsExchange:
         was = self.publishes
         with self.lock:
             for p in partitions:
+                end = self.state.offsets.get(p, -1)
+                if self._current.pop(p, None) != end:  # not its own, current profiles
+                    restored = self.changelog.restore(self.state.profiles, p, end)
+                    self.metrics.stats_restore_seconds.observe(restored.seconds)
+                    self.metrics.stats_restored_profiles.inc(
+                        restored.from_changelog + restored.from_deltas)
+                    log.info("partition %d: restored %d profiles from the changelog and %d "
+                             "from deltas in %.2fs", p, restored.from_changelog,
+                             restored.from_deltas, restored.seconds)
                 self.owned.add(p)
                 self._emitted[p] = self.state.offsets.get(p, -1)
                 self._acc.pop(p, None)
@@ -263,6 +285,8 @@ class StatsExchange:
     def revoked(self, partitions: list[int]) -> None:
         """Give partitions up (after :meth:`settle` sent their last deltas)."""
         for p in partitions:
+            if p in self.owned:
+                self._current[p] = self.state.offsets.get(p, -1)
             self.owned.discard(p)
             self._emitted.pop(p, None)
         self.metrics.stats_publisher.set(1 if self.publishes else 0)
@@ -271,3 +295,4 @@ class StatsExchange:
         self.producer.flush()
         self.producer.close()
         self.consumer.close()
+        self.changelog.close()

@@ -24,6 +24,7 @@ from stream.core.catalog import Catalog
 from stream.core.checkpoint import read_checkpoint
 from stream.core.state import LearningState
 from stream.kafka.producers import catalog_items, publish_catalog, publish_events, replay_events
+from stream.kafka.profile_changelog import ProfileChangelog
 from stream.kafka.topics import ensure_topics
 from stream.worker import Worker, WorkerThread
 
@@ -307,9 +308,21 @@ def test_a_worker_killed_mid_stream_is_replaced_from_its_last_delta(
     ck = read_checkpoint(paths["a"])
     state = LearningState.from_checkpoint(settings, ref.catalog, ck)
     _same_stats(state.policy.total_stats, ref.policy.total_stats)
+    assert len(state.joiner) == len(ref.joiner)
+    # Profiles are not in the checkpoint: the changelog (and the deltas after it) hold
+    # them, and restore every partition's users as one worker has them.
+    assert not state.profiles
+    changelog = ProfileChangelog(settings)
+    try:
+        for p in range(PARTITIONS):
+            changelog.restore(state.profiles, p, ck.offsets[p])
+    finally:
+        changelog.close()
     pa, pb = state.profiles.state(), ref.profiles.state()
     assert sorted(pa["user_ids"]) == sorted(pb["user_ids"])
-    assert len(state.joiner) == len(ref.joiner)
+    order = {u: i for i, u in enumerate(pb["user_ids"])}
+    np.testing.assert_allclose(pa["means"], pb["means"][[order[u] for u in pa["user_ids"]]],
+                               rtol=1e-6, atol=1e-7)
     versions = [b.version for b in _bundles(settings)]
     assert all(x < y for x, y in itertools.pairwise(versions)), versions
 
