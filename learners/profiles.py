@@ -208,6 +208,13 @@ class ProfileStore:
             self._users.popitem(last=False)
             self.evictions += 1
 
+    def drop(self, user_ids: Sequence[Hashable]) -> int:
+        """Forget these users (their state moved elsewhere); returns how many were held."""
+        held = [u for u in user_ids if u in self._users]
+        for u in held:
+            del self._users[u]
+        return len(held)
+
     def state(self) -> dict[str, Any]:
         """Checkpointable state: numpy arrays plus JSON-able values, LRU order kept."""
         n = len(self._users)

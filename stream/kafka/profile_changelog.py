@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 import numpy as np
@@ -78,6 +78,7 @@ class Restored:
     from_changelog: int = 0
     from_deltas: int = 0
     seconds: float = 0.0
+    users: set[str] = field(default_factory=set)  # every user installed
 
 
 class ProfileChangelog:
@@ -133,12 +134,13 @@ class ProfileChangelog:
         if users:
             profiles.put(users, np.vstack(means), np.array(weights), np.array(seen))
         out.from_changelog = len(users)
-        out.from_deltas = self._replay(profiles, partition, marker, end, timeout_s)
+        out.users.update(users)
+        out.from_deltas = self._replay(profiles, partition, marker, end, timeout_s, out.users)
         out.seconds = time.perf_counter() - t0
         return out
 
     def _replay(self, profiles, partition: int, marker: _Marker, end: int,
-                timeout_s: float) -> int:
+                timeout_s: float, installed: set[str]) -> int:
         """Profiles of the deltas of ``partition`` from the marker's delta on to ``end``."""
         if marker.end == end:
             return 0
@@ -153,6 +155,7 @@ class ProfileChangelog:
                 continue
             if delta.users:
                 profiles.put(delta.users, delta.means, delta.weights, delta.last_seen)
+                installed.update(delta.users)
                 n += len(delta.users)
             at = delta.end
             if at == end:

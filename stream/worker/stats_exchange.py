@@ -78,6 +78,9 @@ class StatsExchange:
         self._unlogged: list[tuple[StatsDelta, Any]] = []  # sent, not yet in the changelog
         # Partitions this worker gave up, and the offset its profiles of them are current at.
         self._current: dict[int, int] = {}
+        # The users whose profiles this worker holds, by partition: given back (dropped)
+        # once a rebalance hands their partition to another worker.
+        self._members: dict[int, set[str]] = {}
 
     # -- start ----------------------------------------------------------------------------
 
@@ -182,6 +185,7 @@ class StatsExchange:
             return
         for pending in closed:
             self._users.setdefault(pending.partition, {})[pending.user_id] = None
+            self._members.setdefault(pending.partition, set()).add(pending.user_id)
         parts = learned.partitions
         for p in np.unique(parts).tolist():
             rows = parts == p
@@ -259,10 +263,14 @@ class StatsExchange:
         self.catch_up()
         was = self.publishes
         with self.lock:
+            for p in [p for p in self._current if p not in partitions]:  # now another's
+                self.state.profiles.drop(list(self._members.pop(p, ())))
+                del self._current[p]
             for p in partitions:
                 end = self.state.offsets.get(p, -1)
                 if self._current.pop(p, None) != end:  # not its own, current profiles
                     restored = self.changelog.restore(self.state.profiles, p, end)
+                    self._members.setdefault(p, set()).update(restored.users)
                     self.metrics.stats_restore_seconds.observe(restored.seconds)
                     self.metrics.stats_restored_profiles.inc(
                         restored.from_changelog + restored.from_deltas)
