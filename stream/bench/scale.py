@@ -10,15 +10,17 @@ Four measurements, in one run, on one broker:
 * **statistics-exchange overhead**: one worker with the exchange off against one with
   it on, same backlog, same run;
 * **checkpoint seconds by user count**: a worker checkpoint of a state holding 10,000,
-  100,000 and 1,000,000 users' profiles (synthetic, 384 float32 each), beside the cost
-  of the delta that carries one fixed change (1,000 users touched);
-* **restore rate**: profiles per second installed from deltas (the path a worker without
-  a checkpoint takes) and from a checkpoint file.
+  100,000 and 1,000,000 users' profiles (synthetic, 384 float32 each), with the exchange
+  (profiles left to their changelog: ``checkpoint_s_by_users``) and without (every
+  profile: ``full_checkpoint_s_by_users``), beside the cost of the delta that carries
+  one fixed change (1,000 users touched);
+* **restore rate**: profiles per second a newly assigned partition restores from
+  ``fairstream.profiles`` (100,000 users on one partition), and, for comparison, from
+  deltas and from a checkpoint file.
 
 Honest limits: this machine's cores are few and shared, so absolute scaling is capped
-by CPU (the CPU figures show where it went); a worker checkpoint still writes every
-profile (the partition-owned store of issue 18, item 1, is not built), so checkpoint
-seconds grow with users while the delta for a fixed change stays flat.
+by CPU (the CPU figures show where it went). The profiles live in memory, not in an
+on-disk store, so the checkpoint is flat in the users but a worker's memory is not.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def run_scale_bench(settings=None, ratings: int = DEFAULT_RATINGS,
                     users: tuple[int, ...] = DEFAULT_USERS, workers: tuple[int, ...] = (1, 2, 4),
                     out_dir: str | os.PathLike[str] = "runs/bench-scale",
                     json_path: str | os.PathLike[str] | None = None,
-                    progress: bool = True, bootstrap: str | None = None) -> dict[str, Any]:
+                    progress: bool = True, bootstrap: str | None = None,
+                    restore_users: int = 100_000) -> dict[str, Any]:
     """Run the four measurements (module doc); write ``results.json`` to ``out_dir`` and
     to ``json_path`` when given; return the results."""
     import contextlib
@@ -89,6 +92,11 @@ def run_scale_bench(settings=None, ratings: int = DEFAULT_RATINGS,
         say("1 worker, exchange off")
         off = _throughput(settings, bootstrap, events, 1, False, out, broker_pid)
         say(f"  {off['events_per_s']:.0f} events/s")
+        say(f"restore {restore_users} profiles from the changelog")
+        restore = _changelog_restore(settings, bootstrap, restore_users)
+        result["restore_profiles_per_s"] = restore["profiles_per_s"]
+        result["restore_s"] = restore["seconds"]
+        result["restore_profiles"] = restore_users
     on = runs.get("1") or _throughput(settings, bootstrap, events, 1, True, out, broker_pid)
     result["events_per_s_by_workers"] = {n: r["events_per_s"] for n, r in runs.items()}
     result["cpu_by_workers"] = {n: r["cpu"] for n, r in runs.items()}
@@ -100,9 +108,13 @@ def run_scale_bench(settings=None, ratings: int = DEFAULT_RATINGS,
     ck = _checkpoint_costs(settings, users, out)
     result["checkpoint_s_by_users"] = {str(u): c["checkpoint_s"] for u, c in ck.items()}
     result["checkpoint_bytes_by_users"] = {str(u): c["checkpoint_bytes"] for u, c in ck.items()}
+    result["full_checkpoint_s_by_users"] = {str(u): c["full_checkpoint_s"] for u, c in ck.items()}
+    result["full_checkpoint_bytes_by_users"] = {str(u): c["full_checkpoint_bytes"]
+                                                for u, c in ck.items()}
     result["delta_s_by_users"] = {str(u): c["delta_s"] for u, c in ck.items()}
     result["delta_bytes_by_users"] = {str(u): c["delta_bytes"] for u, c in ck.items()}
-    result["restore_profiles_per_s"] = max(c["fold_profiles_per_s"] for c in ck.values())
+    result["restore_from_deltas_profiles_per_s"] = max(
+        c["fold_profiles_per_s"] for c in ck.values())
     result["restore_from_checkpoint_profiles_per_s"] = max(
         c["checkpoint_restore_profiles_per_s"] for c in ck.values())
     result["seconds"] = time.perf_counter() - started
@@ -143,12 +155,18 @@ def _throughput(settings, bootstrap: str, events: list, n: int, exchange: bool, 
             procs.append(_worker(s, log_path, run_dir / f"worker-{i}.npz"))
         ports = [_port(p, log) for p, log in zip(procs, logs, strict=True)]
         total = len(events)
+        # The window opens at the last poll that saw nothing handled (so it holds the
+        # first record: a slight overestimate, one poll interval at most).
         t_first = cpu0 = None
+        t_zero, cpu_zero = time.perf_counter(), _cpu(procs, broker_pid)
         while True:
             handled = sum(_handled(port) for port in ports)
             now = time.perf_counter()
-            if t_first is None and handled > 0:
-                t_first, cpu0 = now, _cpu(procs, broker_pid)
+            if t_first is None:
+                if handled > 0:
+                    t_first, cpu0 = t_zero, cpu_zero
+                else:
+                    t_zero, cpu_zero = now, _cpu(procs, broker_pid)
             if handled >= total:
                 t_done, cpu1 = now, _cpu(procs, broker_pid)
                 break
@@ -223,6 +241,38 @@ def _cpu(procs: list[subprocess.Popen], broker_pid: int | None) -> dict[str, flo
     return out
 
 
+def _changelog_restore(settings, bootstrap: str, n: int) -> dict[str, float]:
+    """One partition of ``fairstream.profiles`` holding ``n`` users (384 float32 each),
+    restored as a newly assigned partition is."""
+    from bandits import SufficientStats
+    from learners import ProfileStore
+    from stream.core.delta import StatsDelta
+    from stream.kafka.profile_changelog import ProfileChangelog
+    from stream.kafka.topics import ensure_topics
+
+    tag = f"bsr-{uuid.uuid4().hex[:6]}"
+    s = settings.replace(kafka={"bootstrap": bootstrap}, topics={"prefix": tag},
+                         finetune={"enabled": False}, stats={"exchange": True})
+    ensure_topics(s)
+    rng = np.random.default_rng(0)
+    changelog = ProfileChangelog(s)
+    try:
+        for lo in range(0, n, 10_000):
+            m = min(10_000, n - lo)
+            changelog.write(StatsDelta(
+                partition=0, start=lo - 1 if lo else -1, end=lo + m,
+                stats=SufficientStats.zeros(1, "fs"), users=[f"u{i}" for i in range(lo, lo + m)],
+                means=rng.random((m, 384), dtype=np.float32), weights=np.ones(m),
+                last_seen=np.zeros(m)), stats_offset=lo // 10_000)
+        changelog.flush()
+        store = ProfileStore(emb_dim=384, capacity=n)
+        restored = changelog.restore(store, 0, end=n)
+        assert len(store) == restored.from_changelog == n
+    finally:
+        changelog.close()
+    return {"profiles_per_s": n / restored.seconds, "seconds": restored.seconds}
+
+
 # -- checkpoints and restores ---------------------------------------------------------------
 
 class _RandomEncoder:
@@ -262,10 +312,17 @@ def _checkpoint_costs(settings, users: tuple[int, ...], out: Path,
             state.profiles.put(ids, rng.random((n, 384), dtype=np.float32), np.ones(n),
                                np.zeros(n))
             state.observe_records(0, [], next_offset=n)
-            checkpointer = Checkpointer(s, Metrics())
+            # With the exchange a checkpoint leaves the profiles to their changelog; the
+            # full one (every profile) is what a worker without it writes.
+            lean = s.replace(stats={"exchange": True},
+                             worker={"checkpoint_path": str(Path(tmp) / "lean.npz")})
             t0 = time.perf_counter()
-            checkpointer.checkpoint(state, threading.Lock())
+            Checkpointer(lean, Metrics()).checkpoint(state, threading.Lock())
             checkpoint_s = time.perf_counter() - t0
+            lean_size = os.path.getsize(lean.worker.checkpoint_path)
+            t0 = time.perf_counter()
+            Checkpointer(s, Metrics()).checkpoint(state, threading.Lock())
+            full_s = time.perf_counter() - t0
             size = os.path.getsize(s.worker.checkpoint_path)
             t0 = time.perf_counter()
             restored = LearningState.from_checkpoint(s, catalog,
@@ -289,7 +346,8 @@ def _checkpoint_costs(settings, users: tuple[int, ...], out: Path,
                 fold_delta(target, load_delta(chunk, key=key))
             fold_s = time.perf_counter() - t0
             folded = len(target.profiles)
-        results[n] = {"checkpoint_s": checkpoint_s, "checkpoint_bytes": size,
+        results[n] = {"checkpoint_s": checkpoint_s, "checkpoint_bytes": lean_size,
+                      "full_checkpoint_s": full_s, "full_checkpoint_bytes": size,
                       "checkpoint_restore_profiles_per_s": n / restore_s,
                       "delta_s": delta_s, "delta_bytes": len(data),
                       "fold_profiles_per_s": folded / fold_s}

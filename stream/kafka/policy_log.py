@@ -8,12 +8,12 @@ feature map (its adapter), so its statistics join the group's (docs/scaling.md).
 from __future__ import annotations
 
 import logging
-import time
 
 from kafka import KafkaConsumer, TopicPartition
 
 from stream.core.bundle import PolicyBundle, load_bundle
 from stream.exceptions import BundleError
+from stream.kafka.tail import read_to_end
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ def latest_bundle(settings: Settings, timeout_s: float = 30.0) -> PolicyBundle |
     s = settings
     consumer = KafkaConsumer(bootstrap_servers=s.kafka.bootstrap, enable_auto_commit=False,
                              client_id=f"{s.kafka.client_id}-policy-log",
+                             fetch_max_wait_ms=20,  # read_to_end: fresh ends
                              max_partition_fetch_bytes=s.policy.max_bundle_bytes,
                              fetch_max_bytes=s.policy.max_bundle_bytes)
     try:
@@ -43,7 +44,7 @@ def latest_bundle(settings: Settings, timeout_s: float = 30.0) -> PolicyBundle |
             for tp in tps:
                 start = begin[tp] if tail is None else max(begin[tp], end[tp] - tail)
                 consumer.seek(tp, start)
-            found = _last(consumer, tps, end, key, s, timeout_s)
+            found = _last(consumer, tps, key, s, timeout_s)
             if found is not None or all(end[tp] - begin[tp] <= _TAIL for tp in tps):
                 return found
         return None
@@ -51,24 +52,19 @@ def latest_bundle(settings: Settings, timeout_s: float = 30.0) -> PolicyBundle |
         consumer.close()
 
 
-def _last(consumer: KafkaConsumer, tps: list[TopicPartition], end: dict, key: bytes,
+def _last(consumer: KafkaConsumer, tps: list[TopicPartition], key: bytes,
           s: Settings, timeout_s: float) -> PolicyBundle | None:
-    deadline = time.monotonic() + timeout_s
     best: PolicyBundle | None = None
-    while any(consumer.position(tp) < end[tp] for tp in tps):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"reading {s.topics.policies} took over {timeout_s}s")
-        for records in consumer.poll(timeout_ms=200).values():
-            for rec in records:
-                if rec.key != key or rec.value is None:
-                    continue
-                try:
-                    bundle = load_bundle(rec.value, key=s.policy.signing_key.encode(),
-                                         dim=s.features.dim)
-                except BundleError as exc:
-                    log.warning("skipping bundle at %s offset %d: %s", s.topics.policies,
-                                rec.offset, exc)
-                    continue
-                if best is None or bundle.version > best.version:
-                    best = bundle
+    for rec in read_to_end(consumer, tps, timeout_s):
+        if rec.key != key or rec.value is None:
+            continue
+        try:
+            bundle = load_bundle(rec.value, key=s.policy.signing_key.encode(),
+                                 dim=s.features.dim)
+        except BundleError as exc:
+            log.warning("skipping bundle at %s offset %d: %s", s.topics.policies,
+                        rec.offset, exc)
+            continue
+        if best is None or bundle.version > best.version:
+            best = bundle
     return best

@@ -37,6 +37,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from stream.core.delta import StatsDelta, load_delta
 from stream.exceptions import DeltaError, FairstreamError
+from stream.kafka.tail import read_to_end
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class ProfileChangelog:
                                       client_id=f"{k.client_id}-profiles")
         self.consumer = KafkaConsumer(bootstrap_servers=k.bootstrap, enable_auto_commit=False,
                                       client_id=f"{k.client_id}-profiles-restore",
+                                      fetch_max_wait_ms=20,  # read_to_end: fresh ends
                                       max_partition_fetch_bytes=limit, fetch_max_bytes=limit)
 
     def write(self, delta: StatsDelta, stats_offset: int) -> None:
@@ -166,14 +168,7 @@ class ProfileChangelog:
     def _read(self, tp: TopicPartition, start: int, timeout_s: float):
         self.consumer.assign([tp])
         self.consumer.seek(tp, start)
-        (end,) = self.consumer.end_offsets([tp]).values()
-        deadline = time.monotonic() + timeout_s
-        while self.consumer.position(tp) < end:
-            if time.monotonic() > deadline:
-                raise FairstreamError(f"reading {tp.topic}/{tp.partition} took over "
-                                      f"{timeout_s}s")
-            for records in self.consumer.poll(timeout_ms=200).values():
-                yield from records
+        return read_to_end(self.consumer, [tp], timeout_s)
 
     def close(self) -> None:
         self.producer.flush()

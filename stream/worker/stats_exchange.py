@@ -41,6 +41,7 @@ from stream.core.state import Learned, LearningState, Observed
 from stream.exceptions import DeltaError, FairstreamError
 from stream.kafka.policy_log import latest_bundle
 from stream.kafka.profile_changelog import ProfileChangelog
+from stream.kafka.tail import read_to_end
 from stream.kafka.wire import Chunk
 from stream.metrics import Metrics
 from stream.settings import Settings
@@ -64,6 +65,7 @@ class StatsExchange:
                                       max_request_size=limit, client_id=f"{k.client_id}-stats")
         self.consumer = KafkaConsumer(bootstrap_servers=k.bootstrap, enable_auto_commit=False,
                                       client_id=f"{k.client_id}-stats-reader",
+                                      fetch_max_wait_ms=20,  # read_to_end: fresh ends
                                       max_partition_fetch_bytes=limit, fetch_max_bytes=limit)
         self.state: LearningState | None = None
         self.lock: threading.Lock | None = None
@@ -113,12 +115,10 @@ class StatsExchange:
 
     def catch_up(self, timeout_s: float = 120.0) -> int:
         """Fold everything on the topic up to its current end; returns the rows folded."""
-        end = self.consumer.end_offsets(self._tps)
-        rows, deadline = 0, time.monotonic() + timeout_s
-        while any(self.consumer.position(tp) < end[tp] for tp in self._tps):
-            if time.monotonic() > deadline:
-                raise FairstreamError(f"reading {self.topic} to its end took over {timeout_s}s")
-            rows += self.poll(timeout_ms=200)
+        rows = 0
+        for rec in read_to_end(self.consumer, self._tps, timeout_s):
+            rows += self._fold(rec.partition, rec.offset, rec.value)
+        self._update_lag()
         return rows
 
     def poll(self, timeout_ms: int = 0) -> int:

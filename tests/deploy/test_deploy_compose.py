@@ -220,7 +220,8 @@ def _service_settings(compose, name):
 def test_workers_exchange_statistics_and_topic_init_creates_their_topic(compose):
     """The worker role folds the others' statistics (docs/scaling.md), with what that
     needs; the server does not take part; topic-init creates fairstream.stats with a
-    partition per events partition, kept for ever."""
+    partition per events partition, kept for ever, and the profiles' compacted
+    changelog beside it."""
     from stream.kafka.topics import topic_specs
 
     worker = _service_settings(compose, "worker")
@@ -232,6 +233,9 @@ def test_workers_exchange_statistics_and_topic_init_creates_their_topic(compose)
         == worker.kafka.events_partitions
     assert dict(stats.topic_configs)["retention.ms"] == "-1"
     assert dict(specs[worker.topics.policies].topic_configs)["cleanup.policy"] == "compact"
+    profiles = specs[worker.topics.profiles]  # restored by a partition's next owner
+    assert profiles.num_partitions == worker.kafka.events_partitions
+    assert dict(profiles.topic_configs)["cleanup.policy"] == "compact"
 
 
 def test_scaling_workers_is_documented_with_its_bound():

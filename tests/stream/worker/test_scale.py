@@ -148,7 +148,8 @@ def test_1_2_and_4_workers_end_with_one_workers_statistics(make_settings, moviel
         # and together they hold one worker's.
         held = [set(w.state.profiles.entries(list(results[1][0][0].state.profiles.state()
                                                   ["user_ids"]))[0]) for w in workers]
-        assert set().union(*held) == set(results[1][0][0].state.profiles.state()["user_ids"])
+        assert set().union(*held) == set(results[1][0][0].state.profiles.state()[
+            "user_ids"]), [(sorted(w._assigned), len(h)) for w, h in zip(workers, held)]
         assert sum(map(len, held)) == len(set().union(*held))
         np.testing.assert_allclose(last._beta, results[1][1]._beta, rtol=1e-7, atol=1e-10)
 
