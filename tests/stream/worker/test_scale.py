@@ -106,10 +106,14 @@ def _run_threads(settings, encoder, n, tmp_path, events):
     runners = [WorkerThread(w).start() for w in workers]
     high = _high(events)
     try:
+        # Drained, and every partition owned by one worker (a rebalance in progress
+        # has given partitions up without their next owner having restored them yet).
         _wait(f"{n} workers to cover every partition",
-              lambda: all(_covers(w.state.offsets, high) for w in workers),
+              lambda: all(_covers(w.state.offsets, high) for w in workers)
+              and sorted(p for w in workers for p in w._assigned) == list(range(PARTITIONS)),
               lambda: all(r.is_alive() for r in runners),
-              detail=lambda: (high, [dict(w.state.offsets) for w in workers]))
+              detail=lambda: (high, [(dict(w.state.offsets), sorted(w._assigned))
+                                     for w in workers]))
     finally:
         for r in runners:
             r.stop_event.set()
