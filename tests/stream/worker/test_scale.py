@@ -150,10 +150,10 @@ def test_1_2_and_4_workers_end_with_one_workers_statistics(make_settings, moviel
             _same_stats(w.state.policy.total_stats, ref)
         # Profiles are partition-owned: each worker holds only its own partitions' users,
         # and together they hold one worker's.
-        held = [set(w.state.profiles.entries(list(results[1][0][0].state.profiles.state()
-                                                  ["user_ids"]))[0]) for w in workers]
-        assert set().union(*held) == set(results[1][0][0].state.profiles.state()[
-            "user_ids"]), [(sorted(w._assigned), len(h)) for w, h in zip(workers, held)]
+        everyone = set(results[1][0][0].state.profiles.state()["user_ids"])
+        held = [set(w.state.profiles.entries(list(everyone))[0]) for w in workers]
+        assert set().union(*held) == everyone, [
+            (sorted(w._assigned), len(h)) for w, h in zip(workers, held, strict=True)]
         assert sum(map(len, held)) == len(set().union(*held))
         np.testing.assert_allclose(last._beta, results[1][1]._beta, rtol=1e-7, atol=1e-10)
 
