@@ -186,9 +186,15 @@ class StatsAccumulator:
                 setattr(self, name, new)
         inv = np.fromiter((slot[i] for i in item_ids), dtype=np.intp, count=len(item_ids))
         Z = np.ones((len(X), 1)) if self.z == "bias" else X[:, list(self.z)]
-        np.add.at(self._xz, inv, Z[:, :, None] * X[:, None, :])
-        np.add.at(self._zr, inv, Z * r[:, None])
-        np.add.at(self._n, inv, 1.0)
+        # Rows grouped by item, then one reduceat per block (np.add.at is many times slower).
+        order = np.argsort(inv, kind="stable")
+        inv_o = inv[order]
+        starts = np.flatnonzero(np.r_[True, inv_o[1:] != inv_o[:-1]])
+        items = inv_o[starts]
+        Zo, Xo = Z[order], X[order]
+        self._xz[items] += np.add.reduceat(Zo[:, :, None] * Xo[:, None, :], starts, axis=0)
+        self._zr[items] += np.add.reduceat(Zo * r[order][:, None], starts, axis=0)
+        self._n[items] += np.diff(np.r_[starts, len(inv_o)])
 
     def take(self) -> SufficientStats:
         """The statistics accumulated so far; starts over."""
