@@ -194,6 +194,39 @@ class ProfileStore:
         self.expirations += dropped
         return dropped
 
+    def entries(self, user_ids: Sequence[Hashable]
+                ) -> tuple[list[Hashable], np.ndarray, np.ndarray, np.ndarray]:
+        """The held users among ``user_ids`` with their means (float32), weights and
+        last-seen times: what :meth:`put` takes back (e.g. on another process)."""
+        held = [u for u in dict.fromkeys(user_ids) if u in self._users]
+        means = np.zeros((len(held), self.emb_dim), dtype=np.float32)
+        weights, last_seen = np.zeros(len(held)), np.zeros(len(held))
+        for i, u in enumerate(held):
+            means[i], weights[i], last_seen[i] = self._users[u]
+        return held, means, weights, last_seen
+
+    def put(self, user_ids: Sequence[Hashable], means: np.ndarray, weights: np.ndarray,
+            last_seen: np.ndarray) -> None:
+        """Set these users' profiles as :meth:`entries` gave them (most recent last)."""
+        # Rows of one float32 array, not copies: a profile's array is replaced, never
+        # written to, when it moves (see _fold).
+        means = np.asarray(means, dtype=np.float32)
+        users, move = self._users, self._users.move_to_end
+        for u, mean, w, t in zip(user_ids, means, np.asarray(weights, np.float64).tolist(),
+                                 np.asarray(last_seen, np.float64).tolist(), strict=True):
+            users[u] = [mean, w, t]
+            move(u)
+        while len(self._users) > self.capacity:
+            self._users.popitem(last=False)
+            self.evictions += 1
+
+    def drop(self, user_ids: Sequence[Hashable]) -> int:
+        """Forget these users (their state moved elsewhere); returns how many were held."""
+        held = [u for u in user_ids if u in self._users]
+        for u in held:
+            del self._users[u]
+        return len(held)
+
     def state(self) -> dict[str, Any]:
         """Checkpointable state: numpy arrays plus JSON-able values, LRU order kept."""
         n = len(self._users)

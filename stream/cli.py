@@ -226,6 +226,17 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_scale(args: argparse.Namespace) -> int:
+    from stream.bench.scale import run_scale_bench
+
+    results = run_scale_bench(_settings(args), ratings=args.ratings, users=tuple(args.users),
+                              workers=tuple(args.workers), out_dir=args.out,
+                              json_path=args.json, bootstrap=args.bootstrap)
+    print("fairstream bench scale")
+    _emit({k: v for k, v in results.items() if not isinstance(v, dict)}, None)
+    return 0
+
+
 def cmd_bench_bandits(args: argparse.Namespace) -> int:
     from learners.features import context_columns
     from stream.bench.bandits import run_bandits_bench
@@ -374,6 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--out", default="runs/bench-pipeline")
     bp.add_argument("--json", type=Path)
     bp.set_defaults(func=cmd_bench_pipeline)
+    bsc = bsub.add_parser("scale", help="1, 2, 4 workers with the statistics exchange; "
+                                        "checkpoint and restore costs (docs/scaling.md)")
+    bsc.add_argument("--ratings", type=int, default=20_000, help="MovieLens ratings replayed")
+    bsc.add_argument("--workers", type=_int_list, default=[1, 2, 4])
+    bsc.add_argument("--users", type=_int_list, default=[10_000, 100_000, 1_000_000])
+    bsc.add_argument("--bootstrap", help="use this broker instead of starting one")
+    bsc.add_argument("--out", default="runs/bench-scale")
+    bsc.add_argument("--json", type=Path)
+    bsc.set_defaults(func=cmd_bench_scale)
     bb = bsub.add_parser("bandits", help="update and scoring cost beside a naive numpy baseline")
     bb.add_argument("--dims", type=_int_list, default=[32, 64, 128],
                     help="LinUCB feature dims (comma-separated)")

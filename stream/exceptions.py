@@ -56,6 +56,15 @@ class CheckpointError(FairstreamError):
     """A checkpoint (or the published-version record beside it) exists but cannot be read."""
 
 
+class DeltaError(FairstreamError):
+    """A statistics delta failed verification or is malformed; ``reason`` says which
+    (``format``, ``checksum``, ``signature``)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
 class BundleError(FairstreamError):
     """A published bundle failed verification or is malformed; ``reason`` says which."""
 

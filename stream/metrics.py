@@ -228,6 +228,40 @@ class Metrics:
             "Feedback (or a repeated impression) that joined no open impression, by reason.",
             ["reason"], registry=r,
         )
+        # Scale-out (docs/scaling.md): statistics deltas on fairstream.stats.
+        self.stats_sent = Counter(
+            "fairstream_stats_deltas_sent_total",
+            "Statistics deltas this worker sent for the partitions it owns.", registry=r)
+        self.stats_folded = Counter(
+            "fairstream_stats_deltas_folded_total",
+            "Other workers' statistics deltas folded into this worker's state.", registry=r)
+        self.stats_skipped = Counter(
+            "fairstream_stats_deltas_skipped_total",
+            "Deltas not folded because this worker's state of the partition was elsewhere "
+            "(its own, or already folded).", registry=r)
+        self.stats_rejected = Counter(
+            "fairstream_stats_deltas_rejected_total",
+            "Deltas refused: unverifiable (format, checksum, signature) or of another "
+            "feature space (feature_space).", ["reason"], registry=r)
+        self.stats_conflicts = Counter(
+            "fairstream_stats_conflicts_total",
+            "Deltas from another worker for a partition this worker owns (a zombie).",
+            registry=r)
+        self.stats_lag = Gauge(
+            "fairstream_stats_lag_messages",
+            "Deltas on fairstream.stats not yet read by this worker.", registry=r)
+        self.stats_restore_seconds = Histogram(
+            "fairstream_stats_restore_duration_seconds",
+            "Restoring one newly assigned partition's profiles from fairstream.profiles "
+            "and the deltas after it.", registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0))
+        self.stats_restored_profiles = Counter(
+            "fairstream_stats_restored_profiles_total",
+            "Profiles installed by restores of newly assigned partitions.", registry=r)
+        self.stats_publisher = Gauge(
+            "fairstream_stats_publisher",
+            "1 when this worker publishes the merged policy (it owns events partition 0).",
+            registry=r)
         # Series that exist from the start read as 0, not as missing, so the first
         # increase shows up in rate() instead of hiding in a series' first sample.
         from stream.events import REASONS
@@ -242,6 +276,8 @@ class Metrics:
 
         for reason in UNJOINED:
             self.feedback_unjoined.labels(reason=reason)
+        for reason in ("format", "checksum", "signature", "feature_space"):
+            self.stats_rejected.labels(reason=reason)
 
     def declare_groups(self, user_groups: Iterable[str], item_groups: Iterable[str]) -> None:
         """Create the per-group series at 0 for the groups known up front."""

@@ -76,9 +76,13 @@ class TopicSettings(_Section):
     def erasure(self) -> str:
         return f"{self.prefix}.erasure"
 
+    @property
+    def profiles(self) -> str:
+        return f"{self.prefix}.profiles"
+
     def all(self) -> list[str]:
         return [self.items, self.events, self.dlq, self.policies, self.fairness, self.stats,
-                self.erasure]
+                self.erasure, self.profiles]
 
 
 class EventSettings(_Section):
@@ -206,6 +210,16 @@ class FineTuneSettings(_Section):
     drift_delta: float = 0.002    # ADWIN confidence; a detected shift triggers a fine-tune
 
 
+class StatsSettings(_Section):
+    """``[stats]``: several workers, one policy (docs/scaling.md). With ``exchange`` on,
+    each worker sends its partitions' statistics deltas to ``fairstream.stats``, folds
+    the others', and only the owner of events partition 0 publishes."""
+
+    exchange: bool = False
+    emit_every_s: float = 5.0          # also at every checkpoint and before a revocation
+    max_delta_bytes: int = 64 * 1024 * 1024
+
+
 class FairnessSettings(_Section):
     window: int = 1_000
     disparity_target: float = 0.1
@@ -273,6 +287,7 @@ class Settings(_Section):
     fairness: FairnessSettings = msgspec.field(default_factory=FairnessSettings)
     finetune: FineTuneSettings = msgspec.field(default_factory=FineTuneSettings)
     privacy: PrivacySettings = msgspec.field(default_factory=PrivacySettings)
+    stats: StatsSettings = msgspec.field(default_factory=StatsSettings)
     serve: ServeSettings = msgspec.field(default_factory=ServeSettings)
 
     @property
@@ -359,6 +374,24 @@ def _check_ranges(s: Settings) -> None:
         raise ConfigError(f"finetune.duty_cycle must be in [0, 1], got {s.finetune.duty_cycle}")
     if not 0.0 < s.finetune.drift_delta < 1.0:
         raise ConfigError(f"finetune.drift_delta must be in (0, 1), got {s.finetune.drift_delta}")
+    _check_stats(s)
+
+
+def _check_stats(s: Settings) -> None:
+    """What the statistics exchange needs: additive statistics in one feature space."""
+    if not s.stats.exchange:
+        return
+    if not (s.stats.emit_every_s > 0 and s.stats.max_delta_bytes > 0):
+        raise ConfigError("stats.emit_every_s and stats.max_delta_bytes must be > 0")
+    if s.finetune.enabled:
+        raise ConfigError("stats.exchange needs finetune.enabled = false: fine-tunes across "
+                          "workers are not coordinated yet (docs/scaling.md)")
+    if s.bandit.algorithm not in ("hybrid_linucb", "hybrid_ts", "linucb", "ts"):
+        raise ConfigError(f"stats.exchange needs a linear or hybrid bandit.algorithm, "
+                          f"got {s.bandit.algorithm!r}")
+    if s.bandit.gamma != 1.0:
+        raise ConfigError(f"stats.exchange needs bandit.gamma = 1 (forgetting is not "
+                          f"additive), got {s.bandit.gamma}")
     if not 1 <= s.serve.max_k <= MAX_K:
         raise ConfigError(f"serve.max_k must be in 1..{MAX_K}, got {s.serve.max_k}")
     if not 0 <= s.serve.port <= 65535:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -46,6 +46,7 @@ class Pending:
     user: dict[str, Any]
     rewards: list[float] = field(default_factory=list)
     policy_version: str = ""  # what chose the slate (reward per policy version and source)
+    partition: int = -1  # the events partition it came from (-1: not recorded)
 
     def __post_init__(self) -> None:
         if not self.rewards:
@@ -133,10 +134,13 @@ class RewardJoiner:
             closed.append(self._open.pop(request_id))
         return closed
 
-    def flush(self) -> list[Pending]:
-        """Close every open impression (end of a bounded run), in (ts, arrival) order."""
-        everything = sorted(entry for s in self._partitions.values() for entry in s.heap)
-        for state in self._partitions.values():
+    def flush(self, partitions: Iterable[int] | None = None) -> list[Pending]:
+        """Close every open impression (end of a bounded run) of ``partitions`` (default:
+        all), in (ts, arrival) order."""
+        states = [s for p, s in self._partitions.items()
+                  if partitions is None or p in set(partitions)]
+        everything = sorted(entry for s in states for entry in s.heap)
+        for state in states:
             state.heap.clear()
         return [self._open.pop(request_id) for _, _, request_id in everything]
 
@@ -154,6 +158,26 @@ class RewardJoiner:
                 heapq.heapify(kept)
                 state.heap = kept
         return len(gone)
+
+    def partition_state(self, partition: int) -> dict[str, Any]:
+        """JSON-able state of one partition: its watermark and open impressions (what a
+        statistics delta carries, so the partition's next owner continues the join)."""
+        state = self._partitions.get(partition) or _PartitionState()
+        return {"watermark": state.watermark,
+                "open": [asdict(self._open[rid]) for _, _, rid in sorted(state.heap)]}
+
+    def load_partition(self, partition: int, state: dict[str, Any]) -> None:
+        """Replace one partition's state with :meth:`partition_state` output."""
+        old = self._partitions.pop(partition, None)
+        for _, _, rid in old.heap if old is not None else ():
+            self._open.pop(rid, None)
+        new = self._partitions[partition] = _PartitionState(watermark=state["watermark"])
+        for fields in state["open"]:
+            pending = Pending(**{**fields, "items": tuple(fields["items"]),
+                                 "propensities": tuple(fields["propensities"])})
+            self._open[pending.request_id] = pending
+            self._seq += 1
+            heapq.heappush(new.heap, (pending.ts, self._seq, pending.request_id))
 
     def state(self) -> dict[str, Any]:
         """JSON-able state for checkpoints."""
@@ -175,7 +199,8 @@ class RewardJoiner:
                             for p, w in state["watermarks"].items()}
         for partition, seq, fields in state["open"]:
             pending = Pending(**{**fields, "items": tuple(fields["items"]),
-                                 "propensities": tuple(fields["propensities"])})
+                                 "propensities": tuple(fields["propensities"]),
+                                 "partition": int(partition)})
             self._open[pending.request_id] = pending
             heapq.heappush(self._state(partition).heap, (pending.ts, seq, pending.request_id))
 
@@ -200,6 +225,11 @@ class SeenIds:
         if len(self._ids) > self.capacity:
             self._ids.popitem(last=False)
         return False
+
+    def add_many(self, event_ids: Iterable[str]) -> None:
+        """Remember ``event_ids`` (seen elsewhere: another worker's partition)."""
+        for event_id in event_ids:
+            self.check_and_add(event_id)
 
     def state(self) -> list[str]:
         return list(self._ids)

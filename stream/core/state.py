@@ -53,6 +53,12 @@ class Learned:
     """What one batch of closed impressions taught the policy."""
 
     rows: int = 0
+    #: the rows themselves: φ (rows, dim), rewards, item ids (None unless the policy uses
+    #: them) and each row's events partition (what a statistics delta is cut by)
+    X: np.ndarray | None = None
+    rewards: np.ndarray | None = None
+    item_ids: list[str] | None = None
+    partitions: np.ndarray | None = None
     reward_by_user_group: dict[str, list[float]] = field(default_factory=dict)  # [sum, n]
     exposure_by_item_group: dict[str, float] = field(default_factory=dict)
 
@@ -127,18 +133,23 @@ class LearningState:
         self.drift = DriftMonitor(delta=ft.drift_delta)
         self._offsets: dict[int, int] = {}  # partition -> next offset to observe
         self._offsets_view = MappingProxyType(self._offsets)
+        #: per partition of the statistics topic, the next offset to read (scale-out)
+        self.stats_positions: dict[int, int] = {}
         self._version = 0  # of the last published policy
         self._adapted = np.zeros((0, fmap.k_item))
 
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
-    def fresh(cls, settings: Settings, catalog: Catalog) -> LearningState:
-        """A new state whose adapter is the PCA projection of the current catalog."""
-        feat = settings.features
-        adapter = Adapter.from_pca(catalog.embeddings, out_dim=FeatureMap.adapter_dim(feat.dim),
-                                   seed=feat.seed)
-        fmap = FeatureMap(adapter, dim=feat.dim)
+    def fresh(cls, settings: Settings, catalog: Catalog,
+              fmap: FeatureMap | None = None) -> LearningState:
+        """A new state in ``fmap``'s feature space (one adopted from a published policy),
+        by default the PCA projection of the current catalog."""
+        if fmap is None:
+            feat = settings.features
+            adapter = Adapter.from_pca(catalog.embeddings,
+                                       out_dim=FeatureMap.adapter_dim(feat.dim), seed=feat.seed)
+            fmap = FeatureMap(adapter, dim=feat.dim)
         return cls(settings, catalog, fmap, new_policy(settings, fmap))
 
     # -- learning -----------------------------------------------------------------------------
@@ -166,7 +177,7 @@ class LearningState:
             return self.joiner.add_impression(partition, Pending(
                 event.request_id, event.user_id, event.ts, tuple(event.items),
                 tuple(event.propensities), event.user, [0.0] * len(event.items),
-                event.policy_version))
+                event.policy_version, partition))
         kind = "click" if isinstance(event, Click) else "purchase"
         assert isinstance(event, Click | Purchase)
         return self.joiner.add_feedback(partition, event.request_id, event.item_id, kind,
@@ -199,7 +210,7 @@ class LearningState:
                     closed += add_impression(partition, Pending(
                         event.request_id, event.user_id, event.ts, tuple(items),
                         tuple(event.propensities), event.user, [0.0] * len(items),
-                        event.policy_version))
+                        event.policy_version, partition))
             elif event.item_id not in known:
                 unknown.append(i)
             elif seen(event.event_id):
@@ -211,9 +222,19 @@ class LearningState:
         self._offsets[partition] = next_offset
         return out
 
-    def close_open(self) -> list[Pending]:
-        """Close every impression still inside its window (a bounded run's end)."""
-        return self.joiner.flush()
+    def close_open(self, partitions: Iterable[int] | None = None) -> list[Pending]:
+        """Close every impression still inside its window (a bounded run's end), of
+        ``partitions`` only when given (those this worker owns)."""
+        return self.joiner.flush(partitions)
+
+    def absorb(self, partition: int, start: int, end: int) -> bool:
+        """Move the partition's offset from ``start`` to ``end`` (statistics of that range
+        were folded in from another worker); False, with nothing moved, unless the state
+        stands at ``start`` (-1: nothing of the partition yet)."""
+        if self._offsets.get(partition, -1) != start:
+            return False
+        self._offsets[partition] = end
+        return True
 
     @property
     def offsets(self) -> Mapping[int, int]:
@@ -297,6 +318,9 @@ class LearningState:
                 buffer.add_batch(emb, profiles, codes[:, 0], codes[:, 1], rewards,
                                  item_rows=rows, profile_rows=owner)
         learned.rows = n
+        learned.X, learned.rewards, learned.item_ids = X, rewards, ids
+        learned.partitions = np.fromiter((p.partition for p in closed), dtype=np.int64,
+                                         count=len(closed))[owner]
         return learned
 
     def swap(self, result: FineTuneResult) -> bool:
@@ -365,16 +389,20 @@ class LearningState:
 
     # -- checkpoints --------------------------------------------------------------------------
 
-    def to_checkpoint(self) -> Checkpoint:
+    def to_checkpoint(self, profiles: bool = True) -> Checkpoint:
+        """State and offsets; without ``profiles`` (they are restored from the profiles'
+        changelog instead: docs/scaling.md) the cost does not grow with the users."""
         key = self.settings.policy.signing_key.encode()
-        profiles = self.profiles.state()
+        profiles = self.profiles.state() if profiles else {}
         arrays = {
             "policy": np.frombuffer(dump_snapshot(self.policy, key=key, version=self._version),
                                     dtype=np.uint8),
             "adapter": np.frombuffer(self.fmap.adapter.to_bytes(), dtype=np.uint8),
         }
         header: dict[str, Any] = {"version": self._version, "joiner": self.joiner.state(),
-                                  "seen": self.seen.state(), "profiles": {}}
+                                  "seen": self.seen.state(), "profiles": {},
+                                  "stats_positions": {str(p): o for p, o in
+                                                      self.stats_positions.items()}}
         for name, value in profiles.items():
             if isinstance(value, np.ndarray):
                 arrays[f"profiles.{name}"] = value
@@ -396,10 +424,13 @@ class LearningState:
         for name, value in ck.arrays.items():
             if name.startswith("profiles."):
                 profile_state[name.removeprefix("profiles.")] = value
-        state = cls(settings, catalog, fmap, policy, ProfileStore.from_state(profile_state))
+        state = cls(settings, catalog, fmap, policy,
+                    ProfileStore.from_state(profile_state) if profile_state else None)
         state.joiner.load_state(ck.header["joiner"])
         state.seen.load_state(ck.header["seen"])
         state._offsets.update(ck.offsets)
+        state.stats_positions = {int(p): int(o) for p, o in
+                                 ck.header.get("stats_positions", {}).items()}
         state._version = int(ck.header["version"])
         return state
 

@@ -19,9 +19,10 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     """The topics fairstream needs, with partitions and configs.
 
     Events are keyed by user_id and spread over ``kafka.events_partitions``
-    (the parallelism of the worker group); the DLQ mirrors that, and both keep records
-    for ``privacy.events_retention_s``. Catalog, policies and erasure markers are
-    compacted: the latest value per key is the state.
+    (the parallelism of the worker group); the DLQ and the statistics deltas mirror
+    that, and events and DLQ keep records for ``privacy.events_retention_s``. Catalog,
+    policies, profiles and erasure markers are compacted: the latest value per key is
+    the state.
     """
     t, parts = settings.topics, settings.kafka.events_partitions
     retention = {"retention.ms": str(int(settings.privacy.events_retention_s * 1000))}
@@ -32,7 +33,13 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         NewTopic(t.policies, 1, 1, topic_configs={
             **_COMPACTED, "max.message.bytes": str(settings.policy.max_bundle_bytes)}),
         NewTopic(t.fairness, 1, 1),
-        NewTopic(t.stats, 1, 1),
+        # Partition i holds the statistics deltas of events partition i, in order; kept
+        # for ever: a worker without a checkpoint folds them all (docs/scaling.md).
+        NewTopic(t.stats, parts, 1, topic_configs={
+            "retention.ms": "-1", "max.message.bytes": str(settings.stats.max_delta_bytes)}),
+        # Each user's latest profile, in the user's events partition: what a partition's
+        # next owner restores (stream/kafka/profile_changelog.py).
+        NewTopic(t.profiles, parts, 1, topic_configs=_COMPACTED),
         NewTopic(t.erasure, 1, 1, topic_configs=_COMPACTED),
     ]
 

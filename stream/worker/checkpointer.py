@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from learners import FeatureMap
 from stream.core.catalog import Catalog
 from stream.core.checkpoint import (
     Checkpoint,
@@ -60,12 +61,12 @@ class Checkpointer:
 
     # -- restore and the published-version record ---------------------------------------
 
-    def restore(self, catalog: Catalog) -> LearningState:
-        """The state of the last checkpoint (a fresh one without), whose version counter
-        is past every version published since."""
+    def restore(self, catalog: Catalog, fmap: FeatureMap | None = None) -> LearningState:
+        """The state of the last checkpoint (a fresh one without, in ``fmap``'s feature
+        space when given), whose version counter is past every version published since."""
         ck = read_checkpoint(self.path)
         if ck is None:
-            state = LearningState.fresh(self.settings, catalog)
+            state = LearningState.fresh(self.settings, catalog, fmap)
             log.info("no checkpoint: fresh %r", state.policy)
         else:
             state = LearningState.from_checkpoint(self.settings, catalog, ck)
@@ -110,7 +111,8 @@ class Checkpointer:
         for sink in self.acked:
             sink.settle()
         with lock:
-            ck = state.to_checkpoint()
+            # With the statistics exchange, profiles live in their changelog topic.
+            ck = state.to_checkpoint(profiles=not self.settings.stats.exchange)
             write_checkpoint(self.path, ck)
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
         self.metrics.checkpoints.inc()

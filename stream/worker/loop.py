@@ -31,6 +31,8 @@ thread.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -68,6 +70,7 @@ from stream.worker.outcomes import Outcomes
 from stream.worker.process import tune_process
 from stream.worker.progress import ProgressLine
 from stream.worker.publisher import Publisher
+from stream.worker.stats_exchange import StatsExchange
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +118,7 @@ class Worker:
         self.catalog_feed: CatalogFeed | None = None
         self.dead_letters: DeadLetters | None = None
         self.publisher: Publisher | None = None
+        self.exchange: StatsExchange | None = None  # with stats.exchange (docs/scaling.md)
         self.checkpointer = Checkpointer(settings, self.metrics)
         self.finetune = FineTuneControl(settings, self.metrics)
         self.forgetting = Forgetting(settings)
@@ -148,7 +152,10 @@ class Worker:
         if stop.is_set():
             self.close()
             return self.report
-        self.state = self.checkpointer.restore(self.catalog)
+        self.state = self.checkpointer.restore(
+            self.catalog, fmap=self.exchange.adopted_feature_map() if self.exchange else None)
+        if self.exchange is not None:
+            self.exchange.bind(self.state, self.lock)
         if self.forgetting.catch_up(self.state):
             self.checkpoint()  # an older checkpoint held erased users: replace it now
         self.finetune.warm_up(self.state)
@@ -162,7 +169,8 @@ class Worker:
             self._loop(stop, idle_exit_s)
             if flush_on_exit:
                 with self.lock:
-                    self.learn(self.state.close_open())
+                    self.learn(self.state.close_open(
+                        self._assigned if self.exchange is not None else None))
             if self.publisher.pending:
                 self.publish()
             self.checkpoint()
@@ -176,6 +184,8 @@ class Worker:
         idle_since = time.monotonic()
         while not stop.is_set():
             n = self.step()
+            if self.exchange is not None:
+                self._exchange_step()
             if self.finetune.step(self.state, self.lock, self.report.rows_learned):
                 self.publish()
             now = time.monotonic()
@@ -196,11 +206,11 @@ class Worker:
         if self.fetch is not None:
             self.fetch.close()  # the child leaves the group
             self.fetch = None
-        for room in (self.catalog_feed, self.dead_letters, self.publisher):
+        for room in (self.catalog_feed, self.dead_letters, self.publisher, self.exchange):
             if room is not None:
                 room.close()
         self.forgetting.close()
-        self.catalog_feed = self.dead_letters = self.publisher = None
+        self.catalog_feed = self.dead_letters = self.publisher = self.exchange = None
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server = None
@@ -218,6 +228,10 @@ class Worker:
         self.publisher = Publisher(s, self.metrics, self.checkpointer.record_published)
         # What a checkpoint covers must be acknowledged before it is written.
         self.checkpointer.acked = [self.dead_letters, self.publisher]
+        if s.stats.exchange:
+            self.exchange = StatsExchange(s, self.metrics,
+                                          source=f"{socket.gethostname()}-{os.getpid()}")
+            self.checkpointer.acked.append(self.exchange)
 
     def _load_catalog(self, stop: threading.Event) -> None:
         """Read fairstream.items to its end (waiting for a first item if it is empty)."""
@@ -249,11 +263,15 @@ class Worker:
         return 0
 
     def _on_assigned(self, partitions: list[int]) -> None:
-        """Seek newly assigned partitions to the checkpoint's offsets."""
+        """Seek newly assigned partitions to the checkpoint's offsets (with the statistics
+        exchange: to where their last deltas end, read first)."""
+        publisher = self.exchange is not None and self.exchange.assigned(partitions)
         offsets = self.state.offsets
         self.fetch.send(Seek({p: offsets[p] for p in partitions if p in offsets}))
         self._assigned.update(partitions)
         log.info("assigned %s", partitions)
+        if publisher:
+            self.publish()
 
     def _on_out_of_range(self, message: OutOfRange) -> None:
         """Checkpoint offsets the broker does not hold (``worker.offset_out_of_range``)."""
@@ -269,6 +287,8 @@ class Worker:
         """Checkpoint before losing partitions: every record fetched before the rebalance
         has been handled (the fetch process's messages arrive in order)."""
         self.checkpoint(commit=False)
+        if self.exchange is not None:
+            self.exchange.revoked(partitions)
         self.fetch.send(Ack())
         self._assigned.difference_update(partitions)
         for p in partitions:
@@ -286,6 +306,8 @@ class Worker:
                                                       chunk.next_offset)
                 closed += observed.closed
                 self.forgetting.observed(self.state, chunk.events)
+                if self.exchange is not None:
+                    self.exchange.observed(chunk, observed)
                 duplicates += observed.duplicates
                 for kind, n in observed.kinds.items():
                     kinds[kind] += n
@@ -333,7 +355,10 @@ class Worker:
     def learn(self, closed: list[Pending]) -> Learned:
         """Update the policy from closed impressions, and count what they taught."""
         t0 = time.perf_counter()
-        learned = self.state.learn(self.forgetting.screen(closed))
+        closed = self.forgetting.screen(closed)
+        learned = self.state.learn(closed)
+        if self.exchange is not None:
+            self.exchange.learned(closed, learned)
         self.metrics.bandit_update_seconds.observe(time.perf_counter() - t0)
         self.metrics.bandit_updates.inc(learned.rows)
         self.report.rows_learned += learned.rows
@@ -352,10 +377,22 @@ class Worker:
 
     def publish(self) -> int:
         """Publish the current policy as a signed bundle, and the window's fairness figures;
-        returns its version."""
+        returns its version. With the statistics exchange only the owner of partition 0
+        publishes; the others return the version they stand at."""
+        if self.exchange is not None and not self.exchange.publishes:
+            return self.state.version
         version = self.publisher.publish(self.state, self.lock)
         self.outcomes.declare(version)  # its outcome series start at 0, before its traffic
         return version
+
+    def _exchange_step(self) -> None:
+        """Fold other workers' deltas (they count towards the next publish), and send this
+        worker's when due."""
+        rows = self.exchange.poll()
+        if rows:
+            self.publisher.learned(rows)
+        if self.exchange.due(time.monotonic()):
+            self.exchange.emit()
 
     def checkpoint(self, commit: bool = True) -> None:
         """Flush what must be acked, write state + offsets atomically, then (optionally)

@@ -208,3 +208,38 @@ def test_docker_compose_config():
     # Without a signing key the stack refuses to start rather than run unsigned.
     result = config(env)
     assert result.returncode != 0 and "POLICY_SIGNING_KEY" in result.stderr
+
+
+def _service_settings(compose, name):
+    from stream.settings import load_settings
+
+    env = _environment(compose["services"][name])
+    return load_settings(env={k: v for k, v in env.items() if k.startswith("FAIRSTREAM_")})
+
+
+def test_workers_exchange_statistics_and_topic_init_creates_their_topic(compose):
+    """The worker role folds the others' statistics (docs/scaling.md), with what that
+    needs; the server does not take part; topic-init creates fairstream.stats with a
+    partition per events partition, kept for ever, and the profiles' compacted
+    changelog beside it."""
+    from stream.kafka.topics import topic_specs
+
+    worker = _service_settings(compose, "worker")
+    assert worker.stats.exchange and not worker.finetune.enabled
+    assert not _service_settings(compose, "serve").stats.exchange
+    specs = {t.name: t for t in topic_specs(_service_settings(compose, "topic-init"))}
+    stats = specs[worker.topics.stats]
+    assert stats.num_partitions == specs[worker.topics.events].num_partitions \
+        == worker.kafka.events_partitions
+    assert dict(stats.topic_configs)["retention.ms"] == "-1"
+    assert dict(specs[worker.topics.policies].topic_configs)["cleanup.policy"] == "compact"
+    profiles = specs[worker.topics.profiles]  # restored by a partition's next owner
+    assert profiles.num_partitions == worker.kafka.events_partitions
+    assert dict(profiles.topic_configs)["cleanup.policy"] == "compact"
+
+
+def test_scaling_workers_is_documented_with_its_bound():
+    readme = (DEPLOY / "README.md").read_text()
+    assert "docker compose up -d --scale worker=N" in readme
+    assert "bounded by the partition count" in readme
+    assert (REPO_ROOT / "docs" / "scaling.md").is_file()

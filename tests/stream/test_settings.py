@@ -9,7 +9,7 @@ def test_defaults_are_valid():
     assert s == Settings()
     assert s.topics.all() == ["fairstream.items", "fairstream.events", "fairstream.events.dlq",
                               "fairstream.policies", "fairstream.fairness", "fairstream.stats",
-                              "fairstream.erasure"]
+                              "fairstream.erasure", "fairstream.profiles"]
 
 
 def test_file_then_environment(tmp_path):
@@ -53,3 +53,14 @@ def test_missing_or_broken_file(tmp_path):
     bad.write_text("[kafka\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(bad, env={})
+
+
+def test_the_statistics_exchange_refuses_what_it_cannot_merge():
+    on = {"exchange": True}
+    assert Settings().replace(stats=on, finetune={"enabled": False}).stats.exchange
+    for sections, key in [({}, "finetune.enabled"),
+                          ({"bandit": {"algorithm": "egreedy"}}, "bandit.algorithm"),
+                          ({"bandit": {"algorithm": "linucb", "gamma": 0.99}}, "bandit.gamma")]:
+        with pytest.raises(ConfigError, match=key):
+            Settings().replace(stats=on, **({"finetune": {"enabled": False}} | sections
+                                            if sections else {}))

@@ -1,0 +1,243 @@
+"""Statistics deltas: what one events partition taught, over one offset range, as a signed
+message for ``fairstream.stats`` (see ``docs/scaling.md``).
+
+A delta carries the additive statistics of the rows learnt from events partition
+``partition`` between offsets ``start`` and ``end`` (``start = -1``: from the log
+start), and the user state that partition had at ``end``: its open impressions, the
+profiles its closed impressions touched, and the event ids added to the dedup memory.
+A worker folds it only when ``start`` is where its own state of that partition stands,
+so folding is idempotent (:meth:`LearningState.absorb`).
+
+Encoding (no pickle): the checkpoint's ``.npz`` of arrays with a JSON header, behind a
+magic line, then a SHA-256 and an HMAC-SHA256 under the policy signing key::
+
+    b"FSDELTA1\\n" | npz | sha256(all before) | HMAC(key, all before incl. the checksum)
+
+>>> import numpy as np
+>>> from bandits import HybridStats
+>>> s = HybridStats.from_rows(np.eye(2), np.array([1.0, 0.0]), ["a", "b"], z="bias",
+...                           feature_space="fs")
+>>> d = StatsDelta(partition=3, start=-1, end=10, stats=s, source="w1")
+>>> back = load_delta(dump_delta(d, key=b"k"), key=b"k")
+>>> back.partition, back.start, back.end, back.stats.allclose(s), back.stats.item_ids
+(3, -1, 10, True, ('a', 'b'))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bandits import FeatureSpaceMismatch, HybridStats, SufficientStats
+from stream.exceptions import DeltaError
+
+if TYPE_CHECKING:
+    from stream.core.state import LearningState
+
+MAGIC = b"FSDELTA1\n"
+_DIGEST = 32
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, eq=False)
+class StatsDelta:
+    """One partition's statistics and user state over ``[start, end)``."""
+
+    partition: int
+    start: int
+    end: int
+    stats: SufficientStats
+    source: str = ""
+    #: the reward join's state of the partition at ``end`` (``RewardJoiner.partition_state``)
+    joiner: dict[str, Any] | None = None
+    #: profiles touched in the range, as ``ProfileStore.entries`` gives them
+    users: list[str] = field(default_factory=list)
+    means: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    weights: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    last_seen: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: event ids of the range added to the dedup memory, in order
+    seen: list[str] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return self.stats.n
+
+    def __repr__(self) -> str:
+        return (f"StatsDelta(partition={self.partition}, [{self.start}, {self.end}), "
+                f"rows={self.rows}, users={len(self.users)}, source={self.source!r})")
+
+
+def dump_delta(delta: StatsDelta, key: bytes) -> bytes:
+    """Encode and sign ``delta``."""
+    s = delta.stats
+    header: dict[str, Any] = {
+        "format": FORMAT_VERSION, "partition": delta.partition, "start": delta.start,
+        "end": delta.end, "source": delta.source, "feature_space": s.feature_space,
+        "n": s.n, "joiner": delta.joiner, "users": list(delta.users),
+        "seen": list(delta.seen)}
+    arrays = {"xtx": s.xtx, "xty": s.xty, "means": np.asarray(delta.means, np.float32),
+              "weights": np.asarray(delta.weights, np.float64),
+              "last_seen": np.asarray(delta.last_seen, np.float64)}
+    if isinstance(s, HybridStats):
+        header["z"] = s.z if s.z == "bias" else list(s.z)
+        header["item_ids"] = list(s.item_ids)
+        arrays |= {"item_xz": s.item_xz, "item_zr": s.item_zr, "item_n": s.item_n}
+    buf = io.BytesIO()
+    np.savez(buf, __meta__=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+             **arrays)
+    body = MAGIC + buf.getvalue()
+    body += hashlib.sha256(body).digest()
+    return body + hmac.new(key, body, hashlib.sha256).digest()
+
+
+def load_delta(data: bytes, key: bytes) -> StatsDelta:
+    """Verify and decode a delta; raises :class:`~stream.exceptions.DeltaError`."""
+    data = bytes(data)
+    if len(data) < len(MAGIC) + 2 * _DIGEST or not data.startswith(MAGIC):
+        raise DeltaError("format", "not a fairstream statistics delta")
+    body, signature = data[:-_DIGEST], data[-_DIGEST:]
+    content, checksum = body[:-_DIGEST], body[-_DIGEST:]
+    if not hmac.compare_digest(hashlib.sha256(content).digest(), checksum):
+        raise DeltaError("checksum", "content does not match its SHA-256")
+    if not hmac.compare_digest(hmac.new(key, body, hashlib.sha256).digest(), signature):
+        raise DeltaError("signature", "HMAC does not verify (tampered, or another key)")
+    try:
+        with np.load(io.BytesIO(content[len(MAGIC):]), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        h = json.loads(arrays.pop("__meta__").tobytes())
+        if h.get("format") != FORMAT_VERSION:
+            raise DeltaError("format", f"delta format {h.get('format')}, "
+                                       f"expected {FORMAT_VERSION}")
+        if "item_ids" in h:
+            z = h["z"] if h["z"] == "bias" else tuple(h["z"])
+            stats: SufficientStats = HybridStats(
+                arrays["xtx"], arrays["xty"], h["n"], h["feature_space"], z=z,
+                item_ids=tuple(h["item_ids"]), item_xz=arrays["item_xz"],
+                item_zr=arrays["item_zr"], item_n=arrays["item_n"])
+        else:
+            stats = SufficientStats(arrays["xtx"], arrays["xty"], h["n"], h["feature_space"])
+        users = list(h["users"])
+        if not len(users) == len(arrays["means"]) == len(arrays["weights"]) \
+                == len(arrays["last_seen"]):
+            raise DeltaError("format", "profile arrays do not match the user list")
+        return StatsDelta(partition=int(h["partition"]), start=int(h["start"]),
+                          end=int(h["end"]), stats=stats, source=str(h["source"]),
+                          joiner=h["joiner"], users=users, means=arrays["means"],
+                          weights=arrays["weights"], last_seen=arrays["last_seen"],
+                          seen=list(h["seen"]))
+    except DeltaError:
+        raise
+    except Exception as exc:  # any malformed content is one kind of failure: format
+        raise DeltaError("format", f"{type(exc).__name__}: {exc}") from exc
+
+
+class StatsAccumulator:
+    """Additive statistics of rows learnt since the last :meth:`take`, in one feature
+    space: the shared ``(XᵀX, Xᵀr, n)`` and, with ``z`` (a hybrid policy's layout),
+    the per-item blocks ``(B_a, c_a, n_a)``. Adds in place (no copy per batch).
+
+    >>> import numpy as np
+    >>> acc = StatsAccumulator(dim=2, feature_space="fs", z="bias")
+    >>> acc.add(np.eye(2), np.array([1.0, 0.0]), ["a", "b"])
+    >>> acc.add(np.eye(2), np.array([1.0, 1.0]), ["a", "a"])
+    >>> s = acc.take()
+    >>> s.n, s.item_ids, s.item_n.tolist(), acc.rows
+    (4, ('a', 'b'), [3.0, 1.0], 0)
+    """
+
+    def __init__(self, dim: int, feature_space: str, z: Any = None) -> None:
+        self.dim, self.feature_space = int(dim), feature_space
+        self.z = None if z is None else (z if z == "bias" else tuple(z))
+        self.k = 0 if self.z is None else (1 if self.z == "bias" else len(self.z))
+        self._reset()
+
+    def _reset(self) -> None:
+        d, k = self.dim, self.k
+        self.xtx, self.xty, self.rows = np.zeros((d, d)), np.zeros(d), 0
+        self._slot: dict[str, int] = {}
+        self._xz, self._zr, self._n = np.zeros((64, k, d)), np.zeros((64, k)), np.zeros(64)
+
+    def add(self, X: np.ndarray, r: np.ndarray, item_ids: list[str] | None = None) -> None:
+        if not len(X):
+            return
+        self.xtx += X.T @ X
+        self.xty += X.T @ r
+        self.rows += len(X)
+        if self.z is None:
+            return
+        if item_ids is None:
+            raise ValueError("a hybrid accumulator needs the rows' item ids")
+        slot = self._slot
+        for i in item_ids:
+            if i not in slot:
+                slot[i] = len(slot)
+        if len(slot) > len(self._n):
+            cap = 2 * len(slot)
+            for name in ("_xz", "_zr", "_n"):
+                old = getattr(self, name)
+                new = np.zeros((cap, *old.shape[1:]))
+                new[:len(old)] = old
+                setattr(self, name, new)
+        inv = np.fromiter((slot[i] for i in item_ids), dtype=np.intp, count=len(item_ids))
+        Z = np.ones((len(X), 1)) if self.z == "bias" else X[:, list(self.z)]
+        # Rows grouped by item, then one reduceat per block (np.add.at is many times slower).
+        order = np.argsort(inv, kind="stable")
+        inv_o = inv[order]
+        starts = np.flatnonzero(np.r_[True, inv_o[1:] != inv_o[:-1]])
+        items = inv_o[starts]
+        Zo, Xo = Z[order], X[order]
+        self._xz[items] += np.add.reduceat(Zo[:, :, None] * Xo[:, None, :], starts, axis=0)
+        self._zr[items] += np.add.reduceat(Zo * r[order][:, None], starts, axis=0)
+        self._n[items] += np.diff(np.r_[starts, len(inv_o)])
+
+    def take(self) -> SufficientStats:
+        """The statistics accumulated so far; starts over."""
+        if self.z is None:
+            out: SufficientStats = SufficientStats(self.xtx, self.xty, self.rows,
+                                                   self.feature_space)
+        else:
+            u = len(self._slot)
+            out = HybridStats(self.xtx, self.xty, self.rows, self.feature_space, z=self.z,
+                              item_ids=tuple(self._slot), item_xz=self._xz[:u],
+                              item_zr=self._zr[:u], item_n=self._n[:u])
+        self._reset()
+        return out
+
+
+def cut_delta(state: LearningState, partition: int, start: int, stats: SufficientStats,
+              users: list[str], seen: list[str], source: str = "") -> StatsDelta:
+    """The delta of ``partition`` from ``start`` to where ``state`` stands: ``stats`` and
+    the user state it moved (the profiles of ``users``, the join, the ids ``seen``)."""
+    held, means, weights, last_seen = state.profiles.entries(users)
+    return StatsDelta(partition=partition, start=start, end=state.offsets[partition],
+                      stats=stats, source=source,
+                      joiner=state.joiner.partition_state(partition), users=list(held),
+                      means=means, weights=weights, last_seen=last_seen, seen=list(seen))
+
+
+def fold_delta(state: LearningState, delta: StatsDelta, profiles: bool = True) -> bool:
+    """Fold ``delta`` into ``state`` if it starts where the state's partition stands:
+    statistics merged, the partition's user state installed (its profiles only with
+    ``profiles``: a worker that restores them from the changelog when it takes the
+    partition leaves them out), its offset moved to the delta's end. False, with nothing
+    changed, otherwise; a delta of another feature space raises
+    :class:`~bandits.FeatureSpaceMismatch`, with nothing changed."""
+    p = delta.partition
+    if state.offsets.get(p, -1) != delta.start:
+        return False
+    if delta.stats.feature_space != state.fmap.feature_space:
+        raise FeatureSpaceMismatch(state.fmap.feature_space, delta.stats.feature_space)
+    if delta.stats.n:
+        state.policy.merge(delta.stats)
+    if profiles and delta.users:
+        state.profiles.put(delta.users, delta.means, delta.weights, delta.last_seen)
+    if delta.joiner is not None:
+        state.joiner.load_partition(p, delta.joiner)
+    state.seen.add_many(delta.seen)
+    return state.absorb(p, delta.start, delta.end)

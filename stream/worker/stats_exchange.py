@@ -1,0 +1,306 @@
+"""The statistics exchange: several workers of one group, one global model.
+
+Each worker learns the events partitions the group assigned it. For each of them it
+accumulates what the partition taught since its last delta, and sends it as a
+:class:`~stream.core.delta.StatsDelta` to the same-numbered partition of
+``fairstream.stats``, with the partition's user state. It reads every partition of
+``fairstream.stats`` (assigned, no group) and folds a delta only when the delta starts
+where its state of that partition stands (:meth:`LearningState.absorb`): its own deltas
+and deltas already folded are skipped, so rereading after a crash or a rebalance
+changes nothing. The owner of events partition 0 is the group's one publisher. The
+design, and what it does not cover, is ``docs/scaling.md``.
+
+Order of events on a rebalance (the worker loop calls these): :meth:`settle` (through
+the checkpoint before a revocation) sends every owned partition's delta and flushes;
+:meth:`revoked` forgets the partitions; :meth:`assigned` reads ``fairstream.stats`` to
+its end *before* the worker seeks its new partitions to the state's offsets.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from bandits import FeatureSpaceMismatch
+from learners import FeatureMap
+from stream.core.delta import (
+    StatsAccumulator,
+    StatsDelta,
+    cut_delta,
+    dump_delta,
+    fold_delta,
+    load_delta,
+)
+from stream.core.join import Pending
+from stream.core.state import Learned, LearningState, Observed
+from stream.exceptions import DeltaError, FairstreamError
+from stream.kafka.policy_log import latest_bundle
+from stream.kafka.profile_changelog import ProfileChangelog
+from stream.kafka.tail import read_to_end
+from stream.kafka.wire import Chunk
+from stream.metrics import Metrics
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class StatsExchange:
+    """Send the owned partitions' deltas, fold everyone else's (see module doc).
+
+    ``source`` names this worker in the deltas it sends (logs, conflict reports).
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics, source: str) -> None:
+        s = settings
+        self.settings, self.metrics, self.source = settings, metrics, source
+        self.topic = s.topics.stats
+        self.key = s.policy.signing_key.encode()
+        k, limit = s.kafka, s.stats.max_delta_bytes
+        self.producer = KafkaProducer(bootstrap_servers=k.bootstrap, acks="all", linger_ms=5,
+                                      max_request_size=limit, client_id=f"{k.client_id}-stats")
+        self.consumer = KafkaConsumer(bootstrap_servers=k.bootstrap, enable_auto_commit=False,
+                                      client_id=f"{k.client_id}-stats-reader",
+                                      fetch_max_wait_ms=20,  # read_to_end: fresh ends
+                                      max_partition_fetch_bytes=limit, fetch_max_bytes=limit)
+        self.state: LearningState | None = None
+        self.lock: threading.Lock | None = None
+        self.owned: set[int] = set()
+        self._emitted: dict[int, int] = {}  # owned partition -> start of its next delta
+        self._acc: dict[int, StatsAccumulator] = {}
+        self._users: dict[int, dict[str, None]] = {}  # users whose profiles moved, in order
+        self._seen: dict[int, list[str]] = {}
+        self._tps: list[TopicPartition] = []
+        self._last_emit = time.monotonic()
+        self.changelog = ProfileChangelog(settings)
+        self._unlogged: list[tuple[StatsDelta, Any]] = []  # sent, not yet in the changelog
+        # Partitions this worker gave up, and the offset its profiles of them are current at.
+        self._current: dict[int, int] = {}
+        # The users whose profiles this worker holds, by partition: given back (dropped)
+        # once a rebalance hands their partition to another worker.
+        self._members: dict[int, set[str]] = {}
+
+    # -- start ----------------------------------------------------------------------------
+
+    def adopted_feature_map(self) -> FeatureMap | None:
+        """The feature map of the group's latest published policy (None when there is none):
+        a worker without a checkpoint starts in it, so its statistics join the group's."""
+        bundle = latest_bundle(self.settings)
+        return None if bundle is None else bundle.fmap
+
+    def bind(self, state: LearningState, lock: threading.Lock) -> None:
+        """Read ``fairstream.stats`` from the state's positions (the start without) and fold
+        what it has not folded yet: the state restored from a checkpoint, or fresh."""
+        self.state, self.lock = state, lock
+        parts = self.consumer.partitions_for_topic(self.topic) or set()
+        n = self.settings.kafka.events_partitions
+        if len(parts) < n:
+            raise FairstreamError(
+                f"{self.topic} has {len(parts)} partitions, fewer than the {n} of "
+                f"{self.settings.topics.events}: recreate it (fairstream topics create)")
+        self._tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        self.consumer.assign(self._tps)
+        for tp in self._tps:
+            if tp.partition in state.stats_positions:
+                self.consumer.seek(tp, state.stats_positions[tp.partition])
+            else:
+                self.consumer.seek_to_beginning(tp)
+        self.catch_up()
+
+    # -- folding ----------------------------------------------------------------------------
+
+    def catch_up(self, timeout_s: float = 120.0) -> int:
+        """Fold everything on the topic up to its current end; returns the rows folded."""
+        rows = 0
+        for rec in read_to_end(self.consumer, self._tps, timeout_s):
+            rows += self._fold(rec.partition, rec.offset, rec.value)
+        self._update_lag()
+        return rows
+
+    def poll(self, timeout_ms: int = 0) -> int:
+        """Fold what one poll brings; returns the rows folded."""
+        rows = 0
+        for records in self.consumer.poll(timeout_ms=timeout_ms).values():
+            for rec in records:
+                rows += self._fold(rec.partition, rec.offset, rec.value)
+        self._update_lag()
+        return rows
+
+    def _fold(self, stats_partition: int, offset: int, value: bytes) -> int:
+        m = self.metrics
+        try:
+            delta = load_delta(value, key=self.key)
+        except DeltaError as exc:
+            m.stats_rejected.labels(reason=exc.reason).inc()
+            log.error("refused delta at %s/%d/%d: %s", self.topic, stats_partition, offset, exc)
+            delta = None
+        with self.lock:
+            state = self.state
+            state.stats_positions[stats_partition] = offset + 1
+            if delta is None:
+                return 0
+            p = delta.partition
+            if state.offsets.get(p, -1) != delta.start:
+                m.stats_skipped.inc()
+                return 0
+            if p in self.owned:
+                # Another worker sent a delta for a partition this one owns and stands at:
+                # a zombie. Folding it would move the offset under the fetch; do not.
+                m.stats_conflicts.inc()
+                log.error("delta %r for partition %d, which this worker owns", delta, p)
+                return 0
+            try:  # profiles: restored from their changelog if this worker takes p
+                fold_delta(state, delta, profiles=False)
+            except FeatureSpaceMismatch as exc:
+                m.stats_rejected.labels(reason="feature_space").inc()
+                log.error("delta %r not folded: %s", delta, exc)
+                return 0
+        m.stats_folded.inc()
+        return delta.rows
+
+    def _update_lag(self) -> None:
+        # highwater() is what the last fetch answered with: no request of its own.
+        lag = 0
+        for tp in self._tps:
+            high = self.consumer.highwater(tp)
+            if high is not None:
+                lag += max(0, high - self.consumer.position(tp))
+        self.metrics.stats_lag.set(lag)
+
+    # -- what the worker learnt -------------------------------------------------------------
+
+    def observed(self, chunk: Chunk, observed: Observed) -> None:
+        """Remember the event ids an owned partition's chunk added to the dedup memory."""
+        left_out = set(observed.unknown)
+        self._seen.setdefault(chunk.partition, []).extend(
+            e.event_id for i, e in enumerate(chunk.events) if i not in left_out)
+
+    def learned(self, closed: list[Pending], learned: Learned) -> None:
+        """Add a learnt batch's rows to their partitions' accumulators."""
+        if not learned.rows:
+            return
+        for pending in closed:
+            self._users.setdefault(pending.partition, {})[pending.user_id] = None
+            self._members.setdefault(pending.partition, set()).add(pending.user_id)
+        parts = learned.partitions
+        for p in np.unique(parts).tolist():
+            rows = parts == p
+            ids = (None if learned.item_ids is None
+                   else [i for i, keep in zip(learned.item_ids, rows, strict=True) if keep])
+            self._accumulator(p).add(learned.X[rows], learned.rewards[rows], ids)
+
+    def _accumulator(self, p: int) -> StatsAccumulator:
+        acc = self._acc.get(p)
+        if acc is None:
+            policy = self.state.policy
+            acc = self._acc[p] = StatsAccumulator(
+                policy.dim, policy.feature_space, getattr(policy, "z", None)
+                if policy.uses_item_ids else None)
+        return acc
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def due(self, now: float) -> bool:
+        return now - self._last_emit >= self.settings.stats.emit_every_s
+
+    def emit(self) -> int:
+        """Send one delta per owned partition that moved since its last; returns how many."""
+        sent = 0
+        with self.lock:
+            deltas = [self._delta(p) for p in sorted(self.owned)]
+        for delta in deltas:
+            if delta is None:
+                continue
+            future = self.producer.send(self.topic, partition=delta.partition,
+                                        key=str(delta.partition).encode(),
+                                        value=dump_delta(delta, key=self.key))
+            self._unlogged.append((delta, future))
+            sent += 1
+        self.metrics.stats_sent.inc(sent)
+        self._last_emit = time.monotonic()
+        return sent
+
+    def _delta(self, p: int) -> StatsDelta | None:
+        state = self.state
+        end = state.offsets.get(p)
+        start = self._emitted.get(p, -1)
+        if end is None or end == start:
+            return None
+        acc = self._acc.pop(p, None)
+        stats = acc.take() if acc is not None else self._accumulator(p).take()
+        self._acc.pop(p, None)
+        self._emitted[p] = end
+        return cut_delta(state, p, start, stats, list(self._users.pop(p, {})),
+                         self._seen.pop(p, []), source=self.source)
+
+    def settle(self) -> None:
+        """Send what the owned partitions learnt and wait for the broker's acks (a
+        checkpoint's first step: the deltas are the durable record other workers fold),
+        then write their profiles to the changelog, after them (see
+        :mod:`stream.kafka.profile_changelog`), and wait for those acks too."""
+        self.emit()
+        self.producer.flush()
+        for delta, future in self._unlogged:
+            self.changelog.write(delta, future.get(timeout=60).offset)
+        self.changelog.flush()
+        self._unlogged.clear()
+
+    # -- ownership --------------------------------------------------------------------------
+
+    @property
+    def publishes(self) -> bool:
+        """Whether this worker publishes the merged policy: it owns events partition 0."""
+        return 0 in self.owned
+
+    def assigned(self, partitions: list[int]) -> bool:
+        """Take partitions: fold the topic to its end first, so the state's offsets are
+        where their last deltas end. Returns True when this makes it the publisher (its
+        version counter then stands past the last published version)."""
+        self.catch_up()
+        was = self.publishes
+        with self.lock:
+            for p in [p for p in self._current if p not in partitions]:  # now another's
+                self.state.profiles.drop(list(self._members.pop(p, ())))
+                del self._current[p]
+            for p in partitions:
+                end = self.state.offsets.get(p, -1)
+                if self._current.pop(p, None) != end:  # not its own, current profiles
+                    restored = self.changelog.restore(self.state.profiles, p, end)
+                    self._members.setdefault(p, set()).update(restored.users)
+                    self.metrics.stats_restore_seconds.observe(restored.seconds)
+                    self.metrics.stats_restored_profiles.inc(
+                        restored.from_changelog + restored.from_deltas)
+                    log.info("partition %d: restored %d profiles from the changelog and %d "
+                             "from deltas in %.2fs", p, restored.from_changelog,
+                             restored.from_deltas, restored.seconds)
+                self.owned.add(p)
+                self._emitted[p] = self.state.offsets.get(p, -1)
+                self._acc.pop(p, None)
+                self._users.pop(p, None)
+                self._seen.pop(p, None)
+        if self.publishes and not was:
+            bundle = latest_bundle(self.settings)
+            if bundle is not None:
+                with self.lock:
+                    self.state.skip_versions_to(bundle.version)
+        self.metrics.stats_publisher.set(1 if self.publishes else 0)
+        return self.publishes and not was
+
+    def revoked(self, partitions: list[int]) -> None:
+        """Give partitions up (after :meth:`settle` sent their last deltas)."""
+        for p in partitions:
+            if p in self.owned:
+                self._current[p] = self.state.offsets.get(p, -1)
+            self.owned.discard(p)
+            self._emitted.pop(p, None)
+        self.metrics.stats_publisher.set(1 if self.publishes else 0)
+
+    def close(self) -> None:
+        self.producer.flush()
+        self.producer.close()
+        self.consumer.close()
+        self.changelog.close()
