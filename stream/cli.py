@@ -388,11 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
     bsc = bsub.add_parser("scale", help="1, 2, 4 workers with the statistics exchange; "
                                         "checkpoint and restore costs (docs/scaling.md)")
     bsc.add_argument("--ratings", type=int, default=20_000, help="MovieLens ratings replayed")
-    bsc.add_argument("--workers", type=_int_list, default=[1, 2, 4])
-    bsc.add_argument("--users", type=_int_list, default=[10_000, 100_000, 1_000_000])
+    bsc.add_argument("--workers", type=_int_list, default=[1, 2, 4],
+                     help="worker counts to measure, comma-separated")
+    bsc.add_argument("--users", type=_int_list, default=[10_000, 100_000, 1_000_000],
+                     help="synthetic user counts for the checkpoint and restore costs")
     bsc.add_argument("--bootstrap", help="use this broker instead of starting one")
-    bsc.add_argument("--out", default="runs/bench-scale")
-    bsc.add_argument("--json", type=Path)
+    bsc.add_argument("--out", default="runs/bench-scale", help="where the results go")
+    bsc.add_argument("--json", type=Path, help="also write the results as JSON here")
     bsc.set_defaults(func=cmd_bench_scale)
     bb = bsub.add_parser("bandits", help="update and scoring cost beside a naive numpy baseline")
     bb.add_argument("--dims", type=_int_list, default=[32, 64, 128],

@@ -374,24 +374,6 @@ def _check_ranges(s: Settings) -> None:
         raise ConfigError(f"finetune.duty_cycle must be in [0, 1], got {s.finetune.duty_cycle}")
     if not 0.0 < s.finetune.drift_delta < 1.0:
         raise ConfigError(f"finetune.drift_delta must be in (0, 1), got {s.finetune.drift_delta}")
-    _check_stats(s)
-
-
-def _check_stats(s: Settings) -> None:
-    """What the statistics exchange needs: additive statistics in one feature space."""
-    if not s.stats.exchange:
-        return
-    if not (s.stats.emit_every_s > 0 and s.stats.max_delta_bytes > 0):
-        raise ConfigError("stats.emit_every_s and stats.max_delta_bytes must be > 0")
-    if s.finetune.enabled:
-        raise ConfigError("stats.exchange needs finetune.enabled = false: fine-tunes across "
-                          "workers are not coordinated yet (docs/scaling.md)")
-    if s.bandit.algorithm not in ("hybrid_linucb", "hybrid_ts", "linucb", "ts"):
-        raise ConfigError(f"stats.exchange needs a linear or hybrid bandit.algorithm, "
-                          f"got {s.bandit.algorithm!r}")
-    if s.bandit.gamma != 1.0:
-        raise ConfigError(f"stats.exchange needs bandit.gamma = 1 (forgetting is not "
-                          f"additive), got {s.bandit.gamma}")
     if not 1 <= s.serve.max_k <= MAX_K:
         raise ConfigError(f"serve.max_k must be in 1..{MAX_K}, got {s.serve.max_k}")
     if not 0 <= s.serve.port <= 65535:
@@ -418,6 +400,24 @@ def _check_stats(s: Settings) -> None:
     from stream.settings_ranges import check_more_ranges  # imports this module
 
     check_more_ranges(s)
+    _check_stats(s)
+
+
+def _check_stats(s: Settings) -> None:
+    """What the statistics exchange needs: additive statistics in one feature space."""
+    if not s.stats.exchange:
+        return
+    if not (s.stats.emit_every_s > 0 and s.stats.max_delta_bytes > 0):
+        raise ConfigError("stats.emit_every_s and stats.max_delta_bytes must be > 0")
+    if s.finetune.enabled:
+        raise ConfigError("stats.exchange needs finetune.enabled = false: fine-tunes across "
+                          "workers are not coordinated yet (docs/scaling.md)")
+    if s.bandit.algorithm not in ("hybrid_linucb", "hybrid_ts", "linucb", "ts"):
+        raise ConfigError(f"stats.exchange needs a linear or hybrid bandit.algorithm, "
+                          f"got {s.bandit.algorithm!r}")
+    if s.bandit.gamma != 1.0:
+        raise ConfigError(f"stats.exchange needs bandit.gamma = 1 (forgetting is not "
+                          f"additive), got {s.bandit.gamma}")
 
 
 def _hybrid_bundle_bytes(max_items: int, item_context: str, dim: int) -> int:

@@ -229,6 +229,9 @@ def _proc(settings, log, checkpoint_path, **env):
             "FAIRSTREAM_WORKER__POLL_MAX_RECORDS": "100",
             "FAIRSTREAM_WORKER__METRICS_PORT": "0",
             "FAIRSTREAM_STATS__EMIT_EVERY_S": "0.5",
+            # the test's own key: deltas are signed with it, and `fairstream worker`
+            # refuses the built-in one
+            "FAIRSTREAM_POLICY__SIGNING_KEY": settings.policy.signing_key,
             **env}
     return subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], stdout=log,
                             stderr=subprocess.STDOUT, env=base)
