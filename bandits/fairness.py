@@ -320,15 +320,24 @@ class ExposureController:
         return np.array([self.lam * max(0.0, self._deficit.get(str(g), 0.0))
                          for g in item_groups], dtype=np.float64)
 
+    @property
+    def needs_merit(self) -> bool:
+        """Whether :meth:`observe` needs the candidates' merit (the merit target)."""
+        return self.target == "merit"
+
     def observe(self, item_groups: Sequence[str], shown: Sequence[int] | np.ndarray,
-                merit: Sequence[float] | np.ndarray) -> None:
+                merit: Sequence[float] | np.ndarray | None = None) -> None:
         """Account one decision: all candidates' groups, shown indices (ranked), candidate merit.
 
         ``merit`` is the estimated relevance of each candidate (≥ 0; negatives count as 0),
-        e.g. the policy's ``predict`` clipped at 0; checked, then not used, with
-        ``target="candidates"`` (every candidate counts 1).
+        e.g. the policy's ``predict`` clipped at 0. With ``target="candidates"`` every
+        candidate counts 1 and ``merit`` may be None (given, it is checked, then not used).
         """
         groups = [str(g) for g in item_groups]
+        if merit is None:
+            if self.needs_merit:
+                raise InvalidInput("the merit target needs the candidates' merit")
+            merit = np.ones(len(groups))
         m = np.maximum(np.asarray(merit, dtype=np.float64), 0.0)
         idx = np.asarray(shown, dtype=np.intp)
         if m.shape != (len(groups),) or not np.all(np.isfinite(m)):

@@ -131,8 +131,7 @@ class DeployedAgent:
                 offset = seen if offset is None else offset + seen
         slate = policy.select(X, k, rng=rng, bonus=offset, item_ids=ids)
         if bonus is not None:
-            merit = (np.maximum(predicted_reward(policy, X, ids), 0.0) if c.target == "merit"
-                     else np.ones(len(arr.item_ids)))
+            merit = predicted_reward(policy, X, ids) if c.needs_merit else None
             c.observe(arr.groups, slate.indices, merit)
         if self.recent is not None:
             self.recent.shown(user_id, [arr.item_ids[j] for j in slate.indices.tolist()],

@@ -231,8 +231,7 @@ class Recommender:
         with self._profile_lock:
             self.profiles.observe(user_id, v.emb[row], self.feedback_weights.get(kind, 1.0),
                                   now=ts)
-        if self.recent is not None:
-            self.recent.clicked(user_id, item_id)
+        self.note_click(user_id, item_id)
         return True
 
     def forget_profiles(self, erased: Callable[[Iterable[str]], set[str]]) -> int:
@@ -328,8 +327,7 @@ class Recommender:
         if control:
             # Merit = the model's estimated relevance of every candidate (FairCo); the
             # candidates target counts every candidate alike and needs no prediction.
-            merit = (predicted_reward(policy, X, by_id) if self.exposure.target == "merit"
-                     else np.ones(len(ids)))
+            merit = predicted_reward(policy, X, by_id) if self.exposure.needs_merit else None
             self.exposure.observe(groups, slate.indices, merit)
         parts = explain_slate(policy, X, slate, ids, bonus if control else None,
                               k_item=fmap.k_item, k_profile=fmap.k_profile,

@@ -145,6 +145,17 @@ def test_controller_rejects_an_unknown_target():
         ExposureController(lam=1.0, target="popularity")
 
 
+def test_the_candidates_target_needs_no_merit_and_the_merit_target_does():
+    with_merit, without = (ExposureController(1.0, target="candidates") for _ in range(2))
+    with_merit.observe(["h", "t", "t"], shown=[0], merit=np.array([9.0, 0.0, 0.0]))
+    without.observe(["h", "t", "t"], shown=[0])
+    assert not without.needs_merit and without.deficit == with_merit.deficit
+    fair = ExposureController(1.0)
+    assert fair.needs_merit
+    with pytest.raises(InvalidInput, match="merit"):
+        fair.observe(["h", "t"], shown=[0])
+
+
 def run_stream(lam: float, rounds: int = 300, seed: int = 0):
     """Two groups, 10 candidates each; head items are somewhat more relevant.
 
