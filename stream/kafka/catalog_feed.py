@@ -13,8 +13,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-from kafka import KafkaConsumer, TopicPartition
-
+from stream.kafka.follow import FromBeginning
 from stream.settings import Settings
 
 if TYPE_CHECKING:  # the feed fills a catalog it is given; it never builds one
@@ -27,7 +26,7 @@ log = logging.getLogger(__name__)
 MAX_RECORDS = 5000
 
 
-class CatalogFeed:
+class CatalogFeed(FromBeginning):
     """Follows ``fairstream.items`` into ``catalog``: ``poll`` adds what arrived, ``at_end``
     says whether the feed has caught up, ``load`` reads to the end before a start.
 
@@ -35,26 +34,9 @@ class CatalogFeed:
 
     def __init__(self, settings: Settings, catalog: Catalog, encoder: Encoder,
                  client: str = "catalog") -> None:
-        self.settings = settings
+        super().__init__(settings, settings.topics.items, client)
         self.catalog = catalog
         self.encoder = encoder
-        self.client = client
-        self.tp = TopicPartition(settings.topics.items, 0)
-        self.consumer: KafkaConsumer | None = None
-
-    def open(self) -> CatalogFeed:
-        k = self.settings.kafka
-        self.consumer = KafkaConsumer(bootstrap_servers=k.bootstrap, enable_auto_commit=False,
-                                      group_id=None, client_id=f"{k.client_id}-{self.client}",
-                                      auto_offset_reset="earliest")
-        self.consumer.assign([self.tp])
-        self.consumer.seek_to_beginning(self.tp)
-        return self
-
-    def close(self) -> None:
-        if self.consumer is not None:
-            self.consumer.close()
-            self.consumer = None
 
     def poll(self, timeout_ms: int = 0) -> int:
         """Add the items of one poll; returns how many arrived."""

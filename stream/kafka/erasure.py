@@ -11,11 +11,12 @@ import logging
 import time
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from stream.core.erasure import decode_marker, encode_marker, token
 from stream.exceptions import ErasureNotWritten, InvalidEvent
+from stream.kafka.follow import FromBeginning
 from stream.privacy import Pseudonymizer
 from stream.settings import Settings
 
@@ -57,29 +58,12 @@ def publish_erasure(settings: Settings, user_id: str, producer: KafkaProducer | 
     return [(t, erased_at) for t in tokens]
 
 
-class ErasureFeed:
+class ErasureFeed(FromBeginning):
     """Follows ``fairstream.erasure`` from its beginning: ``poll`` returns the markers that
     arrived as ``(token, erased_at)``, ``load`` reads to the end (a start's catch-up)."""
 
     def __init__(self, settings: Settings, client: str = "erasure") -> None:
-        self.settings = settings
-        self.client = client
-        self.tp = TopicPartition(settings.topics.erasure, 0)
-        self.consumer: KafkaConsumer | None = None
-
-    def open(self) -> ErasureFeed:
-        k = self.settings.kafka
-        self.consumer = KafkaConsumer(bootstrap_servers=k.bootstrap, enable_auto_commit=False,
-                                      group_id=None, client_id=f"{k.client_id}-{self.client}",
-                                      auto_offset_reset="earliest")
-        self.consumer.assign([self.tp])
-        self.consumer.seek_to_beginning(self.tp)
-        return self
-
-    def close(self) -> None:
-        if self.consumer is not None:
-            self.consumer.close()
-            self.consumer = None
+        super().__init__(settings, settings.topics.erasure, client)
 
     def poll(self, timeout_ms: int = 0) -> list[tuple[str, float]]:
         batch: dict[Any, list[Any]] = self.consumer.poll(timeout_ms=timeout_ms)
