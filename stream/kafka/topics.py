@@ -29,7 +29,9 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     return [
         NewTopic(t.items, 1, 1, topic_configs=_COMPACTED),
         NewTopic(t.events, parts, 1, topic_configs=retention),
-        NewTopic(t.dlq, parts, 1, topic_configs=retention),
+        # Sized for the dead letters the worker may write (stream/kafka/limits.py).
+        NewTopic(t.dlq, parts, 1, topic_configs={
+            **retention, "max.message.bytes": str(settings.worker.dlq_max_request_bytes)}),
         NewTopic(t.policies, 1, 1, topic_configs={
             **_COMPACTED, "max.message.bytes": str(settings.policy.max_bundle_bytes)}),
         NewTopic(t.fairness, 1, 1),

@@ -49,6 +49,7 @@ from stream.events import Shown, check_catalog
 from stream.exceptions import InvalidEvent
 from stream.kafka.catalog_feed import CatalogFeed
 from stream.kafka.fetch import FetchProcess, describe_out_of_range, out_of_range_error
+from stream.kafka.limits import check_dlq_limits
 from stream.kafka.topics import ensure_topics
 from stream.kafka.wire import (
     Ack,
@@ -146,6 +147,7 @@ class Worker:
         """
         stop = stop or threading.Event()
         ensure_topics(self.settings)
+        check_dlq_limits(self.settings)  # before any record could need a dead letter
         started = time.monotonic()
         self._open_clients()
         self._load_catalog(stop)

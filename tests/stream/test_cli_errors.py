@@ -4,7 +4,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -82,12 +81,13 @@ def closed_port() -> int:
 @pytest.mark.parametrize("command", [("topics", "create"), ("worker",), ("serve",),
                                      ("produce", "catalog")])
 def test_an_unreachable_bootstrap_fails_fast_with_one_line(command):
-    t0 = time.monotonic()
     done = run(*command, "--bootstrap", f"127.0.0.1:{closed_port()}")
-    assert time.monotonic() - t0 < 20  # kafka-python alone retried for ~30 s
     assert done.returncode == 1
+    # One line, and it is the preflight's (its own 5 s bound): kafka-python alone logs an
+    # ERROR line per retry for ~30 s, so any client created before the check shows here.
     line = one_error_line(done)
-    assert "cannot reach Kafka" in line and "FAIRSTREAM_KAFKA__BOOTSTRAP" in line
+    assert "cannot reach Kafka" in line and "within 5 s" in line
+    assert "FAIRSTREAM_KAFKA__BOOTSTRAP" in line
     assert "serving on" not in done.stdout
 
 
@@ -150,8 +150,8 @@ def test_a_busy_broker_port_is_refused_at_once():
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        t0 = time.monotonic()
         done = run("broker", "--port", str(port))
-    assert time.monotonic() - t0 < 20  # the broker used to wait 30 s for itself
     assert done.returncode == 1
+    # The preflight's line (naming the flag), not the broker's start-up wait for itself,
+    # which ended in "no Kafka broker answered ... within 30s".
     assert f"port 127.0.0.1:{port} (--port) is already in use" in one_error_line(done)

@@ -11,12 +11,14 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
 import numpy as np
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
 from kafka.partitioner.default import murmur2
 
 from stream.core.bundle import load_bundle
@@ -24,6 +26,8 @@ from stream.core.catalog import Catalog
 from stream.core.checkpoint import read_checkpoint
 from stream.core.state import LearningState
 from stream.events import Click
+from stream.exceptions import ConfigError
+from stream.kafka.limits import check_dlq_limits
 from stream.kafka.producers import (
     catalog_items,
     make_producer,
@@ -398,3 +402,26 @@ def test_records_of_1_2_and_8_mib_reach_the_dlq_as_markers_and_learning_goes_on(
         assert m["sha256"] == hashlib.sha256(value).hexdigest()
         assert base64.b64decode(m["head"]) == value[:256]
         assert m["source"].startswith(f"{settings.topics.events}/")
+
+
+def test_the_dlq_limits_are_checked_against_the_broker_at_start(make_settings, encoder):
+    """The worker sizes its own DLQ topic for the dead letters it may write, and refuses
+    to start on one an operator made smaller, in one line naming the setting."""
+    settings = make_settings()
+    ensure_topics(settings)
+    assert check_dlq_limits(settings) == settings.worker.dlq_max_request_bytes
+
+    small = make_settings()
+    admin = KafkaAdminClient(bootstrap_servers=small.kafka.bootstrap)
+    try:
+        admin.create_topics([NewTopic(small.topics.dlq, 2, 1,
+                                      topic_configs={"max.message.bytes": "200000"})])
+    finally:
+        admin.close()
+    worker = Worker(small, encoder=encoder)
+    with pytest.raises(ConfigError) as refused:
+        worker.run(threading.Event())
+    line = str(refused.value)
+    assert "\n" not in line and line.startswith("worker.dlq_max_request_bytes (1048576)")
+    assert f"on {small.topics.dlq} (topic max.message.bytes = 200000)" in line
+    assert worker.report.events == 0
