@@ -251,6 +251,10 @@ class ServeSettings(_Section):
     #: a request body must arrive within this many seconds of the handler's first read,
     #: else 408: a client that trickles its body cannot hold a connection for ever
     body_timeout_s: float = 10.0
+    #: a request's headers must be complete within this many seconds of its first byte
+    #: (of the connection, for its first request), else 408 and the connection closes:
+    #: a client that sends its headers slowly cannot hold a connection either
+    header_timeout_s: float = 10.0
     #: empty = admin endpoints disabled (403); set it from FAIRSTREAM_SERVE__ADMIN_TOKEN
     admin_token: str = ""
     #: events (impressions + feedback) waiting for the producer thread; beyond it they drop
@@ -347,6 +351,7 @@ def _check_ranges(s: Settings) -> None:
         "serve.max_candidates": s.serve.max_candidates,
         "serve.max_body_bytes": s.serve.max_body_bytes,
         "serve.body_timeout_s": s.serve.body_timeout_s,
+        "serve.header_timeout_s": s.serve.header_timeout_s,
         "serve.log_queue_size": s.serve.log_queue_size,
         "serve.keep_versions": s.serve.keep_versions,
         "serve.impression_discount_ttl_s": s.serve.impression_discount_ttl_s,

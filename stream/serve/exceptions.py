@@ -20,6 +20,7 @@ REASONS = (
     "invalid_field",
     "body_too_large",
     "body_timeout",
+    "header_timeout",
     "too_many_candidates",
     "duplicate_candidate",
     "unknown_item",

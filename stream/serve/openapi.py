@@ -57,7 +57,9 @@ class Endpoint:
 
 
 _BODY_LIMITS = {
-    408: (ErrorBody, "`body_timeout`: the body did not arrive within `serve.body_timeout_s`"),
+    408: (ErrorBody, "`body_timeout`: the body did not arrive within `serve.body_timeout_s`; "
+                     "`header_timeout` (any endpoint): the headers were not complete within "
+                     "`serve.header_timeout_s`"),
     413: (ErrorBody, "`body_too_large`: over `serve.max_body_bytes`"),
 }
 _ADMIN_ERRORS = {

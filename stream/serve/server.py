@@ -36,6 +36,8 @@ from stream.serve.app import ServeContext, create_app
 from stream.serve.follower import CatalogFollower, FeedbackFollower, PolicyFollower
 from stream.serve.forget import ErasureFollower
 from stream.serve.impressions import EventLog, ProducerHealth, kafka_send
+from stream.serve.protocol import REASON as HEAD_TIMEOUT
+from stream.serve.protocol import head_deadline_protocol
 from stream.serve.recommender import Recommender
 from stream.settings import ServeSettings, Settings
 
@@ -183,10 +185,16 @@ class _Server(uvicorn.Server):
 
 def _config(app: Any, host: str, port: int) -> uvicorn.Config:
     # No access log (a log line per request costs more than the scoring); uvloop and
-    # httptools (dependencies; "auto" falls back to asyncio and h11 without them); one
-    # worker process: the followers live in it.
+    # httptools (dependencies), the latter with a deadline on each request's head
+    # (stream.serve.protocol), read from the app's own limits; one worker process: the
+    # followers live in it.
+    ctx = getattr(app, "ctx", None)  # create_app's: its ServeSettings and metrics
+    limits = ctx.settings if ctx is not None else ServeSettings()
+    counted = (ctx.metrics.invalid_requests.labels(reason=HEAD_TIMEOUT).inc
+               if ctx is not None and ctx.metrics is not None else None)
     return uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning",
-                          lifespan="off", timeout_graceful_shutdown=10)
+                          lifespan="off", timeout_graceful_shutdown=10,
+                          http=head_deadline_protocol(limits.header_timeout_s, counted))
 
 
 class ServerThread:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
-import select
 import socket
 import threading
 import time
@@ -27,6 +26,7 @@ pytestmark = pytest.mark.model
 
 TOKEN = "fuzz-token"
 BODY_TIMEOUT_S = 2.0
+HEADER_TIMEOUT_S = 2.0
 MAX_BODY = 64 * 1024
 #: 503 is documented for these reasons only (not ready, event log full or absent).
 DOCUMENTED_503 = {b"not_ready", b"queue_full"}
@@ -36,7 +36,7 @@ DOCUMENTED_503 = {b"not_ready", b"queue_full"}
 def server(ml_catalog):
     settings = Settings()
     serve = ServeSettings(max_candidates=100, max_body_bytes=MAX_BODY, admin_token=TOKEN,
-                          body_timeout_s=BODY_TIMEOUT_S)
+                          body_timeout_s=BODY_TIMEOUT_S, header_timeout_s=HEADER_TIMEOUT_S)
     metrics = ServeMetrics()
     rec = Recommender(seed=0, max_candidates=serve.max_candidates)
     rec.set_catalog(ml_catalog.ids, ml_catalog.embeddings)
@@ -213,10 +213,53 @@ def test_a_slow_client_gets_408_and_does_not_hold_up_others(server, path):
         slow.sendall(head + b'{"user')
         assert exchange(srv, request(b"GET", b"/healthz", b"", []))[0] == 200
         slow.sendall(b"_id")  # a trickle does not reset the deadline
-        assert not select.select([slow], [], [], 0)[0]  # still waiting for its answer
         data = slow.recv(65536)
     assert data.split(b" ", 2)[1] == b"408" and b"body_timeout" in data
     assert time.monotonic() - t0 >= BODY_TIMEOUT_S * 0.9
+
+
+def header_timeouts(srv) -> float:
+    metrics = srv.server.config.app.ctx.metrics
+    return metrics.registry.get_sample_value("fairstream_serve_invalid_requests_total",
+                                             {"reason": "header_timeout"}) or 0.0
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /healthz HTTP/1.1\r\nHost: x\r\n"])
+def test_a_client_that_sends_its_headers_slowly_gets_408_and_does_not_hold_up_others(
+        server, sent):
+    """Connected and silent, or headers begun and trickling: refused with 408 once
+    serve.header_timeout_s has passed (uvicorn alone would wait for ever), the connection
+    closed and counted, while other clients are answered meanwhile."""
+    srv, _ = server
+    before = header_timeouts(srv)
+    with socket.create_connection((srv.host, srv.port), timeout=60) as slow:
+        t0 = time.monotonic()
+        slow.sendall(sent)
+        assert exchange(srv, request(b"GET", b"/healthz", b"", []))[0] == 200
+        if sent:
+            slow.sendall(b"X-Trickle: 1")  # no end of headers: the deadline still holds
+        data = b""
+        while chunk := slow.recv(65536):  # until the server closes the connection
+            data += chunk
+    assert data.split(b" ", 2)[1] == b"408" and b'"error":"header_timeout"' in data
+    assert time.monotonic() - t0 >= HEADER_TIMEOUT_S * 0.9
+    assert header_timeouts(srv) == before + 1
+
+
+def test_the_head_deadline_lets_kept_alive_requests_through(server):
+    """Disarmed once a request's headers are complete and armed again at the next one's
+    first byte: two requests on one connection are both answered."""
+    srv, _ = server
+    before = header_timeouts(srv)
+    get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection((srv.host, srv.port), timeout=60) as conn:
+        for _ in range(2):
+            conn.sendall(get)
+            data = b""
+            while not _complete(data):
+                data += conn.recv(65536)
+            assert data.split(b" ", 2)[1] == b"200", data
+    assert header_timeouts(srv) == before
 
 
 def test_admin_without_a_token_or_with_a_wrong_one_is_refused(server):
