@@ -419,8 +419,10 @@ def test_the_dlq_limits_are_checked_against_the_broker_at_start(make_settings, e
     finally:
         admin.close()
     worker = Worker(small, encoder=encoder)
+    stopped = threading.Event()
+    stopped.set()  # without the check, run() would return at once, having read nothing
     with pytest.raises(ConfigError) as refused:
-        worker.run(threading.Event())
+        worker.run(stopped)
     line = str(refused.value)
     assert "\n" not in line and line.startswith("worker.dlq_max_request_bytes (1048576)")
     assert f"on {small.topics.dlq} (topic max.message.bytes = 200000)" in line
