@@ -1,5 +1,6 @@
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -207,10 +208,11 @@ def test_cancel_kills_the_child_at_once_and_leaves_nothing():
     tuner = FineTuner(steps=10**9, batch_size=8, device="cpu", min_rows=1, max_seconds=None)
     tuner.start(buf, fmap)
     pid, job_dir = tuner.child_pid, tuner.job_dir
+    child = tuner._job.run.proc
     assert not _gone(pid)
-    t0 = time.monotonic()
     tuner.cancel()
-    assert time.monotonic() - t0 < 5.0
+    # Killed, not asked to stop and waited for: its exit status says so (not a clock).
+    assert child.returncode == -signal.SIGKILL
     assert _gone(pid) and not job_dir.exists()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # reaped, not a zombie
