@@ -82,6 +82,18 @@ class Metrics:
             "Messages between the worker's position and the partition's high watermark.",
             ["partition"], registry=r,
         )
+        self.partial_model = Gauge(
+            "fairstream_worker_partial_model",
+            "1 while this worker, without the statistics exchange, owns only some events "
+            "partitions: its policy is part of the model, and it does not publish it.",
+            registry=r,
+        )
+        self.publishes_withheld = Counter(
+            "fairstream_worker_publishes_withheld_total",
+            "Policy publishes withheld because this worker owned only some events partitions "
+            "and the statistics exchange is off.",
+            registry=r,
+        )
         self.offsets_out_of_range = Counter(
             "fairstream_worker_offsets_out_of_range_total",
             "Checkpoint offsets found outside the partition's range on the broker (it "

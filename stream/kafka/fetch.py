@@ -164,10 +164,16 @@ class _Relay(ConsumerRebalanceListener):
             self.fetcher.ask(Revoked(sorted(tp.partition for tp in revoked)), Ack)
 
     def on_partitions_assigned(self, assigned: list[Any]) -> None:
-        answer = self.fetcher.ask(Assigned(sorted(tp.partition for tp in assigned)), Seek)
+        # The topic's metadata is cached by now (the subscription fetched it).
+        total = len(self.fetcher.consumer.partitions_for_topic(
+            self.fetcher.settings.topics.events))
+        answer = self.fetcher.ask(Assigned(sorted(tp.partition for tp in assigned), of=total),
+                                  Seek)
         if answer is None:
             return
         for tp in assigned:
+            if tp.partition in answer.earliest:
+                self.fetcher.consumer.seek_to_beginning(tp)  # a reset, resolved at poll
             if tp.partition in answer.offsets:
                 self.fetcher.consumer.seek(tp, answer.offsets[tp.partition])
                 # Checked after the poll: a blocking call here would block the client's

@@ -79,6 +79,7 @@ class Records(_Message, tag="records"):
 
 class Assigned(_Message, tag="assigned"):
     partitions: list[int]
+    of: int = 0  # the topic's partition count (0: unknown)
 
 
 class Revoked(_Message, tag="revoked"):
@@ -87,6 +88,8 @@ class Revoked(_Message, tag="revoked"):
 
 class Seek(_Message, tag="seek"):
     offsets: dict[int, int]
+    #: partitions to read from the log start, whatever the group committed
+    earliest: list[int] = msgspec.field(default_factory=list)
 
 
 class OffsetRange(msgspec.Struct, array_like=True):

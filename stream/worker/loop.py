@@ -114,6 +114,8 @@ class Worker:
         self.fetch: FetchProcess | None = None
         # The fetch process's view after the last poll the worker handled, per partition.
         self._assigned: set[int] = set()
+        self._partitions_total = 0  # of the events topic, as the last assignment said
+        self._partial = False  # see _check_whole
         self._positions: dict[int, int] = {}
         self._highwater: dict[int, int] = {}
         self.catalog_feed: CatalogFeed | None = None
@@ -257,21 +259,28 @@ class Worker:
         if isinstance(message, Records):
             return self._handle_records(message)
         if isinstance(message, Assigned):
-            self._on_assigned(message.partitions)
+            self._on_assigned(message.partitions, message.of)
         elif isinstance(message, Revoked):
             self._on_revoked(message.partitions)
         elif isinstance(message, OutOfRange):
             self._on_out_of_range(message)
         return 0
 
-    def _on_assigned(self, partitions: list[int]) -> None:
+    def _on_assigned(self, partitions: list[int], of: int = 0) -> None:
         """Seek newly assigned partitions to the checkpoint's offsets (with the statistics
         exchange: to where their last deltas end, read first)."""
         publisher = self.exchange is not None and self.exchange.assigned(partitions)
         offsets = self.state.offsets
-        self.fetch.send(Seek({p: offsets[p] for p in partitions if p in offsets}))
+        # Without the exchange this worker's state is its own: a partition it never
+        # learnt from is read from the log start, not from where another member of the
+        # group committed (those records are in that member's model, not in this one).
+        earliest = ([p for p in partitions if p not in offsets] if self.exchange is None
+                    else [])
+        self.fetch.send(Seek({p: offsets[p] for p in partitions if p in offsets}, earliest))
         self._assigned.update(partitions)
+        self._partitions_total = of or self._partitions_total
         log.info("assigned %s", partitions)
+        self._check_whole()
         if publisher:
             self.publish()
 
@@ -293,6 +302,7 @@ class Worker:
             self.exchange.revoked(partitions)
         self.fetch.send(Ack())
         self._assigned.difference_update(partitions)
+        self._check_whole()
         for p in partitions:
             self._positions.pop(p, None)
             self._highwater.pop(p, None)
@@ -377,11 +387,34 @@ class Worker:
         log.info(self.progress.due_line(self.report.events, self.report.rows_learned, lag,
                                         self.state.version, self.outcomes.take_window()))
 
+    def _owns_part(self) -> bool:
+        """Without the statistics exchange, whether this worker learns from only some of
+        the events partitions: another member of its group has the rest."""
+        return (self.exchange is None and bool(self._assigned)
+                and len(self._assigned) < self._partitions_total)
+
+    def _check_whole(self) -> None:
+        partial = self._owns_part()
+        if partial and not self._partial:
+            log.error("this worker learns from events partitions %s of %d: another worker of "
+                      "group %s has the rest, so its policy is a part of the model and is not "
+                      "published; run one worker, or set stats.exchange = true to run several "
+                      "(docs/scaling.md)", sorted(self._assigned), self._partitions_total,
+                      self.settings.kafka.group_id)
+        self._partial = partial
+        self.metrics.partial_model.set(int(partial))
+
     def publish(self) -> int:
         """Publish the current policy as a signed bundle, and the window's fairness figures;
         returns its version. With the statistics exchange only the owner of partition 0
-        publishes; the others return the version they stand at."""
+        publishes; the others return the version they stand at. Without it, a worker that
+        owns only some partitions withholds its policy: servers would take whichever part
+        carried the higher version (counted, logged once, ``fairstream_worker_partial_model``)."""
         if self.exchange is not None and not self.exchange.publishes:
+            return self.state.version
+        if self._owns_part():
+            self.publisher.withhold()
+            self.metrics.publishes_withheld.inc()
             return self.state.version
         version = self.publisher.publish(self.state, self.lock)
         self.outcomes.declare(version)  # its outcome series start at 0, before its traffic

@@ -54,6 +54,11 @@ class Publisher:
         return bool(self._since) and (self._since >= p.publish_every_updates
                                       or now - self._last >= p.publish_every_s)
 
+    def withhold(self) -> None:
+        """A publish that was due and is not made (a partial model): due again only after
+        as many rows or seconds again."""
+        self._since, self._last = 0, time.monotonic()
+
     @property
     def pending(self) -> bool:
         """Whether rows have been learned since the last publish."""
