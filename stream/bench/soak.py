@@ -25,14 +25,17 @@ taken during a fine-tune does not decide it). A process that dies fails the
 run (:class:`SoakFailure`, with the tail of its log). At the end the server
 and the worker get SIGTERM and must exit 0, and no child may be left.
 
-Two bounded structures are sized so that they are full before the warm-up
+Three bounded structures are sized so that they are full before the warm-up
 ends, since a soak looks for growth in a steady state: the attribution
 window is ``attribution_window_s`` (60 s of event time by default, not the
 production 1,800 s: the reward join holds every impression of its window,
 and with 1,800 s it would still be filling at the end of a 30-minute run),
 and the dedup memory keeps ``dedup_capacity`` ids (100,000 by default, not
 500,000: about 160 bytes an id, so the default's 80 MB would fill for 19
-minutes at 440 events/s). Every other setting is the one given.
+minutes at 440 events/s), and the server's impression-discount memory keeps
+``discount_items`` items per user (10 by default, not 50: the requests come from
+2,000 users, each served 5 items about every 100 s, so 50 items a user, about
+14 MB, would fill for 17 minutes). Every other setting is the one given.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ __all__ = ["SoakFailure", "run_soak", "summarize"]
 
 ATTRIBUTION_WINDOW_S = 60.0
 DEDUP_CAPACITY = 100_000
+DISCOUNT_ITEMS = 10
 
 
 class SoakFailure(FairstreamError):
@@ -161,7 +165,8 @@ def run_soak(settings: Settings, minutes: float, *, out_dir: str | os.PathLike[s
              json_path: str | os.PathLike[str] | None = None, event_rate: float = 400.0,
              request_rate: float = 40.0, warmup_min: float = 5.0, interval_s: float = 5.0,
              attribution_window_s: float = ATTRIBUTION_WINDOW_S,
-             dedup_capacity: int = DEDUP_CAPACITY, progress: bool = True,
+             dedup_capacity: int = DEDUP_CAPACITY, discount_items: int = DISCOUNT_ITEMS,
+             progress: bool = True,
              start_timeout_s: float = 600.0) -> dict[str, Any]:
     """Run the soak (see the module docstring); returns the report, also written as
     ``soak.json`` (and to ``json_path``) beside ``soak.png`` in ``out_dir``."""
@@ -195,6 +200,7 @@ def run_soak(settings: Settings, minutes: float, *, out_dir: str | os.PathLike[s
             topics={"prefix": tag},
             events={"attribution_window_s": attribution_window_s,
                     "dedup_capacity": dedup_capacity},
+            serve={"impression_discount_items": discount_items},
             worker={"checkpoint_path": str(out / "checkpoint" / "checkpoint.npz"),
                     "metrics_port": metrics_port, "metrics_host": "127.0.0.1"})
         ensure_topics(settings)
@@ -266,6 +272,7 @@ def run_soak(settings: Settings, minutes: float, *, out_dir: str | os.PathLike[s
         "minutes": minutes, "warmup_min": warmup_min, "interval_s": interval_s,
         "event_rate": event_rate, "request_rate": request_rate,
         "attribution_window_s": attribution_window_s, "dedup_capacity": dedup_capacity,
+        "discount_items": discount_items,
         "pids": pids,
         "summary": summarize(samples, warmup_min * 60),
         "totals": _totals(loads, samples),
