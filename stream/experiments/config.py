@@ -30,11 +30,14 @@ from __future__ import annotations
 import math
 import re
 import time
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
 from stream.experiments.exceptions import InvalidExperiment
+
+if TYPE_CHECKING:
+    from stream.settings import ExperimentSettings
 
 #: At most this many arms (Prometheus labels stay bounded).
 MAX_ARMS = 8
@@ -62,8 +65,7 @@ class Arm(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults
         return (self.alpha, self.exploration, self.exposure_strength, self.version)
 
 
-class Experiment(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True,
-                 omit_defaults=True):
+class Experiment(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """An experiment as configured (settings ``[experiment]``) or changed (admin API)."""
 
     name: str
@@ -247,6 +249,16 @@ class ExperimentBook:
         exp = self.running()
         return _changed(exp, exp.arms, by, reason or "rolled back", status="rolled_back",
                         winner=exp.control)
+
+
+def experiment_from_settings(e: ExperimentSettings) -> Experiment | None:
+    """The experiment ``[experiment]`` configures (validated), or None."""
+    if not e.name:
+        return None
+    arms = [Arm(name=a.name, share=a.share, alpha=a.alpha, exploration=a.exploration,
+                exposure_strength=a.exposure_strength, version=a.version) for a in e.arms]
+    return Experiment(name=e.name, arms=arms, control=e.control, salt=e.salt,
+                      auto_stop=e.auto_stop).validate()
 
 
 _decoder = msgspec.json.Decoder(Experiment)

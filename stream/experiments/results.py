@@ -37,7 +37,7 @@ from stream.experiments.config import Experiment
 from stream.experiments.sequential import Comparison, Moments, compare
 
 #: Points of history kept (one per publish): the report's time axis.
-MAX_HISTORY = 2000
+MAX_HISTORY = 300
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import msgspec
 from kafka.errors import KafkaError
 
 from stream.events import Click, Event, EventCodec, Impression, Purchase
@@ -146,6 +147,9 @@ class EventLog:
                 event_id=f"{rec.request_id}-imp", request_id=rec.request_id, ts=ts,
                 user_id=user_id, items=rec.items, propensities=rec.propensities,
                 policy_version=rec.policy_version, user=dict(user))
+            if rec.arm is not None:  # every impression carries its experiment and arm
+                event = msgspec.structs.replace(event, experiment=rec.experiment,
+                                                arm=rec.arm)
             kind = "impression"
         else:
             event = item
