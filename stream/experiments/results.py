@@ -2,7 +2,8 @@
 
 Per arm, from closed impressions (each a unit: its slate's mean reward):
 
-* reward: :class:`~stream.experiments.sequential.Moments` overall and per user group
+* reward: the mean over impressions with its users-as-clusters variance
+  (:class:`~stream.experiments.sequential.ClusteredMoments`), and per user group
   (``gender=F``, ``age=25-34``, ...);
 * exposure per item group (position weights ``1/log2(1+j)``) and merit (reward) per
   item group, hence the arm's exposure/merit disparity ``½ Σ_g |e_g − m_g|``
@@ -19,8 +20,8 @@ control's own disparity is reported, never a breach: it is what runs today).
 >>> exp = Experiment(name="e", arms=[Arm(name="control", share=0.5), Arm(name="b", share=0.5)])
 >>> res = ExperimentResults(exp, mixture_sd=0.05)
 >>> for i in range(400):
-...     _ = res.observe("control", [1.0 if i % 2 else 0.0], ["head"], ("gender=F",))
-...     _ = res.observe("b", [0.0], ["tail"], ("gender=F",))
+...     _ = res.observe("control", f"u{i}", [1.0 if i % 2 else 0.0], ["head"], ("gender=F",))
+...     _ = res.observe("b", f"v{i}", [0.0], ["tail"], ("gender=F",))
 >>> [(b.arm, b.guardrail) for b in res.breaches()]
 [('b', 'reward')]
 """
@@ -34,7 +35,7 @@ from typing import Any
 
 from bandits import position_weights
 from stream.experiments.config import Experiment
-from stream.experiments.sequential import Comparison, Moments, compare
+from stream.experiments.sequential import ClusteredMoments, Comparison, Moments, compare
 
 #: Points of history kept (one per publish): the report's time axis.
 MAX_HISTORY = 300
@@ -53,16 +54,16 @@ class ArmResults:
     """Everything one arm has accumulated."""
 
     def __init__(self) -> None:
-        self.reward = Moments()
+        self.reward = ClusteredMoments()
         self.by_user_group: dict[str, Moments] = {}
         self.exposure: dict[str, float] = {}
         self.merit: dict[str, float] = {}
         self.shown = 0
 
-    def observe(self, rewards: Sequence[float], item_groups: Sequence[str],
+    def observe(self, user: str, rewards: Sequence[float], item_groups: Sequence[str],
                 user_groups: Iterable[str]) -> None:
         unit = math.fsum(rewards) / len(rewards)
-        self.reward.add(unit)
+        self.reward.add(user, unit)
         self.shown += len(rewards)
         for label in user_groups:
             m = self.by_user_group.get(label)
@@ -84,19 +85,11 @@ class ArmResults:
                                    - self.merit.get(g, 0.0) / total_m) for g in groups)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"reward": _m(self.reward), "shown": self.shown,
+        """JSON-able sums (the per-user ones stay in memory)."""
+        return {"reward": self.reward.to_list(), "shown": self.shown,
                 "by_user_group": {k: _m(v) for k, v in sorted(self.by_user_group.items())},
                 "exposure": dict(sorted(self.exposure.items())),
                 "merit": dict(sorted(self.merit.items()))}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ArmResults:
-        out = cls()
-        out.reward = Moments(*d["reward"])
-        out.shown = int(d["shown"])
-        out.by_user_group = {k: Moments(*v) for k, v in d["by_user_group"].items()}
-        out.exposure, out.merit = dict(d["exposure"]), dict(d["merit"])
-        return out
 
 
 def _m(m: Moments) -> list[float]:
@@ -138,13 +131,14 @@ class ExperimentResults:
                       self.disparity_target, self.min_impressions)
         return True
 
-    def observe(self, arm: str, rewards: Sequence[float], item_groups: Sequence[str],
-                user_groups: Iterable[str]) -> bool:
-        """Count one closed impression of ``arm``; False (ignored) for an unknown arm."""
+    def observe(self, arm: str, user: str, rewards: Sequence[float],
+                item_groups: Sequence[str], user_groups: Iterable[str]) -> bool:
+        """Count one closed impression of ``arm`` shown to ``user``; False (ignored) for
+        an unknown arm."""
         results = self.arms.get(arm)
         if results is None or not rewards:
             return False
-        results.observe(rewards, item_groups, user_groups)
+        results.observe(user, rewards, item_groups, user_groups)
         return True
 
     def comparison(self, arm: str) -> Comparison:
@@ -222,9 +216,3 @@ class ExperimentResults:
                 "arms": {a: r.to_dict() for a, r in self.arms.items()},
                 "table": self.table(), "history": self.history}
 
-    def load(self, d: dict[str, Any]) -> None:
-        """Continue from :meth:`to_dict` output of the same experiment."""
-        if d.get("experiment") != self.experiment.name:
-            return
-        self.arms.update({a: ArmResults.from_dict(r) for a, r in d["arms"].items()})
-        self.history = list(d.get("history", []))

@@ -32,21 +32,14 @@ from collections.abc import Callable
 from kafka import KafkaConsumer, TopicPartition
 
 from stream.experiments import Experiment, ExperimentBook, InvalidExperiment
-from stream.experiments.config import decode_experiment, encode_experiment
+from stream.experiments.config import decode_experiment
+from stream.kafka.experiments import CONFIG_PREFIX
 from stream.metrics import ServeMetrics
 from stream.serve.follower import _POLL_MS, _Follower
 from stream.serve.recommender import Recommender
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
-
-CONFIG_PREFIX = b"config:"
-RESULTS_PREFIX = b"results:"
-
-
-def config_key(name: str) -> bytes:
-    return CONFIG_PREFIX + name.encode()
-
 
 class ExperimentControl:
     """The book of experiments this server follows, applied to its recommender.
@@ -168,14 +161,3 @@ class ExperimentFollower(_Follower):
         except InvalidExperiment as exc:
             log.warning("ignoring experiment record %r: %s", key, exc)
             return False
-
-
-def kafka_publisher(producer, topic: str, timeout_s: float = 10.0
-                    ) -> Callable[[Experiment], None]:
-    """Publish an experiment version and wait for Kafka's acknowledgement."""
-
-    def publish(exp: Experiment) -> None:
-        producer.send(topic, key=config_key(exp.name), value=encode_experiment(exp)).get(
-            timeout=timeout_s)
-
-    return publish

@@ -35,7 +35,8 @@ from stream.metrics import ServeMetrics
 from stream.privacy import Pseudonymizer
 from stream.serve.app import ServeContext, create_app
 from stream.serve.follower import CatalogFollower, FeedbackFollower, PolicyFollower
-from stream.serve.experiments import ExperimentControl, ExperimentFollower, kafka_publisher
+from stream.kafka.experiments import kafka_publisher
+from stream.serve.experiments import ExperimentControl, ExperimentFollower
 from stream.serve.forget import ErasureFollower
 from stream.serve.impressions import EventLog, ProducerHealth, kafka_send
 from stream.serve.recommender import Recommender
