@@ -309,6 +309,10 @@ class ExperimentSettings(_Section):
     mixture_sd: float = 0.05
     #: closed impressions per arm before the disparity guardrail may fire
     min_impressions: int = 200
+    #: users per arm before an arm's interval is finite: the plug-in variance needs
+    #: enough of them (in the MovieLens A/A test over 50 seeds, 2 gave a false-positive
+    #: rate of 0.22, 20 gave 0.02)
+    min_users: int = 20
     #: how often the worker checks guardrails and publishes the results
     results_every_s: float = 10.0
 
@@ -448,9 +452,10 @@ def _check_experiment(s: Settings) -> None:
     e = s.experiment
     if not 0 < e.error_rate < 1:
         raise ConfigError(f"experiment.error_rate must be in (0, 1), got {e.error_rate}")
-    if not (e.mixture_sd > 0 and e.results_every_s > 0 and e.min_impressions >= 0):
+    if not (e.mixture_sd > 0 and e.results_every_s > 0 and e.min_impressions >= 0
+            and e.min_users >= 2):
         raise ConfigError("experiment.mixture_sd and experiment.results_every_s must be > 0, "
-                          "experiment.min_impressions >= 0")
+                          "experiment.min_impressions >= 0, experiment.min_users >= 2")
     if not e.name:
         if e.arms:
             raise ConfigError("experiment.arms given without experiment.name")

@@ -101,16 +101,20 @@ class ExperimentResults:
 
     ``alpha``: the intervals' level; ``mixture_sd``: τ of the normal mixture;
     ``disparity_target``: the fairness guardrail (``fairness.disparity_target``);
-    ``min_impressions``: units per arm before any guardrail can fire.
+    ``min_impressions``: units per arm before the disparity guardrail can fire;
+    ``min_users``: users per arm before the interval is finite (the plug-in variance
+    needs enough clusters).
     """
 
     def __init__(self, experiment: Experiment, alpha: float = 0.05, mixture_sd: float = 0.05,
-                 disparity_target: float = math.inf, min_impressions: int = 100) -> None:
+                 disparity_target: float = math.inf, min_impressions: int = 100,
+                 min_users: int = 2) -> None:
         self.experiment = experiment
         self.alpha = float(alpha)
         self.tau2 = float(mixture_sd) ** 2
         self.disparity_target = float(disparity_target)
         self.min_impressions = int(min_impressions)
+        self.min_users = int(min_users)
         self.arms: dict[str, ArmResults] = {a.name: ArmResults() for a in experiment.arms}
         self.history: list[dict[str, Any]] = []
         self._p_min: dict[str, float] = {}
@@ -128,7 +132,7 @@ class ExperimentResults:
                 self.arms.setdefault(arm.name, ArmResults())
             return False
         self.__init__(experiment, self.alpha, math.sqrt(self.tau2),  # type: ignore[misc]
-                      self.disparity_target, self.min_impressions)
+                      self.disparity_target, self.min_impressions, self.min_users)
         return True
 
     def observe(self, arm: str, user: str, rewards: Sequence[float],
@@ -143,7 +147,7 @@ class ExperimentResults:
 
     def comparison(self, arm: str) -> Comparison:
         c = compare(self.arms[arm].reward, self.arms[self.experiment.control].reward,
-                    self.tau2, self.alpha)
+                    self.tau2, self.alpha, self.min_users)
         p = min(self._p_min.get(arm, 1.0), c.p_value)
         self._p_min[arm] = p  # the always-valid p-value is the running minimum
         return Comparison(c.diff, c.lower, c.upper, p, c.n_arm, c.n_control)

@@ -174,11 +174,13 @@ class Comparison:
 
 def compare(arm: Moments | ClusteredMoments, control: Moments | ClusteredMoments,
             tau2: float, alpha: float, min_units: int = 2) -> Comparison:
-    """The always-valid comparison of ``arm`` against ``control`` (an unbounded interval
-    below ``min_units`` units, or two users, in either)."""
+    """The always-valid comparison of ``arm`` against ``control``: an unbounded interval
+    until each has ``min_units`` units (users, for :class:`ClusteredMoments`: the
+    plug-in variance needs enough of them to be trusted)."""
     nan = math.nan
-    var = arm.var_of_mean + control.var_of_mean if min(arm.n, control.n) >= 2 else nan
-    if min(arm.n, control.n) < max(2, min_units) or math.isnan(var):
+    units = min(getattr(arm, "users", arm.n), getattr(control, "users", control.n))
+    var = arm.var_of_mean + control.var_of_mean if units >= 2 else nan
+    if units < max(2, min_units) or math.isnan(var):
         return Comparison(nan, -math.inf, math.inf, 1.0, arm.n, control.n)
     diff = arm.mean - control.mean
     width = half_width(var, tau2, alpha)

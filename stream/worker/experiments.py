@@ -98,7 +98,7 @@ class ExperimentResultsRoom:
             self.results = ExperimentResults(
                 current, alpha=e.error_rate, mixture_sd=e.mixture_sd,
                 disparity_target=self.settings.fairness.disparity_target,
-                min_impressions=e.min_impressions)
+                min_impressions=e.min_impressions, min_users=e.min_users)
         elif self.results.follow(current):
             self._flagged.clear()
         self.metrics.declare_experiment(current.name, [a.name for a in current.arms])
