@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stream import cli_errors, cli_help, preflight
+from stream import cli_errors, cli_experiment, cli_help, preflight
 from stream.settings import Settings, load_settings
 
 DESCRIPTION = """\
@@ -355,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("user_id", metavar="USER_ID", help="the user's id as the apps know it")
     fg.add_argument("--bootstrap")
     fg.set_defaults(func=cmd_forget)
+
+    cli_experiment.add_parser(sub)
 
     bench = sub.add_parser("bench", help="benchmarks (figures beside a same-run baseline)")
     bsub = bench.add_subparsers(dest="what", required=True)
