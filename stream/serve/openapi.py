@@ -64,6 +64,8 @@ class Endpoint:
     body: type | None = None
     admin: bool = False
     tags: tuple[str, ...] = field(default=("serving",))
+    #: default: the path's words (a second method on one path needs its own)
+    operation_id: str | None = None
 
 
 _BODY_LIMITS = {
@@ -152,7 +154,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "shares, status and version.",
              {200: (ExperimentState, "the experiment"), **_ADMIN_ERRORS,
               404: (ErrorBody, "`not_found`: this server takes no experiment changes")},
-             admin=True, tags=("experiments",)),
+             admin=True, tags=("experiments",), operation_id="admin_experiment_get"),
     Endpoint("post", "/admin/experiment", "Start an experiment",
              "Starts an A/B split between arms (policy configurations) as version 1 of a "
              "new experiment: users are assigned sticky by a keyed hash of their pseudonym "
@@ -215,7 +217,7 @@ def _content(kind: type | str) -> dict[str, Any]:
 
 def _operation(ep: Endpoint) -> dict[str, Any]:
     op: dict[str, Any] = {
-        "operationId": ep.path.strip("/").replace("/", "_").replace(".", "_"),
+        "operationId": ep.operation_id or ep.path.strip("/").replace("/", "_").replace(".", "_"),
         "summary": ep.summary, "description": ep.description, "tags": list(ep.tags),
         "responses": {str(code): {"description": why, "content": _content(kind)}
                       for code, (kind, why) in sorted(ep.responses.items())},
