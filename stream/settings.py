@@ -496,6 +496,22 @@ def _hybrid_bundle_bytes(max_items: int, item_context: str, dim: int) -> int:
     return max_items * per_item + 8 * (dim * dim + dim) + 256 * 1024
 
 
+#: Settings whose environment value is JSON (a list of tables has no plain-text form).
+_JSON_KEYS = frozenset({("experiment", "arms")})
+
+
+def _env_value(section: str, key: str, name: str, value: str) -> Any:
+    if (section, key) not in _JSON_KEYS:
+        return value
+    import json
+
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={value}: {section}.{key} must be JSON "
+                          f"(e.g. [{{\"name\": \"control\", \"share\": 1.0}}]): {exc}") from None
+
+
 def load_settings(path: str | os.PathLike[str] | None = None,
                   env: Mapping[str, str] | None = None) -> Settings:
     """Read settings from ``path`` (TOML, optional), then apply ``FAIRSTREAM_*`` overrides.
@@ -523,7 +539,7 @@ def load_settings(path: str | os.PathLike[str] | None = None,
                 else f"environment variable {name} is not FAIRSTREAM_<SECTION>__<KEY>")
         if key not in _SECTIONS[section].__struct_fields__:
             raise ConfigError(f"unknown setting {section}.{key} (from {name})")
-        overrides.setdefault(section, {})[key] = value
+        overrides.setdefault(section, {})[key] = _env_value(section, key, name, value)
     try:
         file_settings = _convert(raw, strict=True)
     except ConfigError as exc:

@@ -10,10 +10,13 @@ with ``n_candidates`` random candidates per request: first at saturation
 ``bootstrap`` when given, else an embedded broker it starts and stops.
 
 With ``experiment`` (the default) the same run then measures the cost of an online
-experiment's split: further paced rounds at ``rate`` alternate between no experiment
+experiment's split: further paced rounds at ``rate`` alternate (three pairs) between no experiment
 and a two-arm one (control and an arm at another ``alpha``: a keyed hash, a look-up
-and a second policy view per request), off, on, off, on; ``experiment`` in the result
-holds each round's p50/p99 and ``p99_overhead_ms`` (mean p99 on minus mean p99 off).
+and a second policy view per request), off, on, off, on, off, on; ``experiment`` in the result
+holds each round's p50/p99 and ``p99_overhead_ms`` (mean p99 on minus mean p99 off),
+and ``in_process``: ``Recommender.recommend`` timed with and without the split in
+alternation, call by call, in this process (the split's own cost, robust to a loaded
+host, where the HTTP rounds' p99 measures the host as much as the server).
 """
 
 from __future__ import annotations
@@ -174,7 +177,7 @@ def _experiment_rounds(runtime: ServeRuntime, spec: dict[str, Any], tmp: str, lo
     with open(path, "w") as f:
         json.dump({**spec, "paced_only": True, "progress": False}, f)
     rounds = []
-    for on in (False, True, False, True):
+    for on in (False, True, False, True, False, True):
         runtime.recommender.set_experiment(exp if on else None)
         paced = loadgen(path)["paced"]
         rounds.append({"experiment": on, "p50_ms": paced["p50_ms"], "p99_ms": paced["p99_ms"],
@@ -186,7 +189,37 @@ def _experiment_rounds(runtime: ServeRuntime, spec: dict[str, Any], tmp: str, lo
     on_ = [r["p99_ms"] for r in rounds if r["experiment"]]
     return {"rounds": rounds, "p99_ms_off": sum(off) / len(off),
             "p99_ms_on": sum(on_) / len(on_),
-            "p99_overhead_ms": sum(on_) / len(on_) - sum(off) / len(off)}
+            "p99_overhead_ms": sum(on_) / len(on_) - sum(off) / len(off),
+            "in_process": _paired_calls(runtime, exp, spec)}
+
+
+def _paired_calls(runtime: ServeRuntime, exp: Any, spec: dict[str, Any],
+                  pairs: int = 3000) -> dict[str, Any]:
+    """``Recommender.recommend`` timed in this process, with and without the split in
+    alternation (the same request both ways, the order flipped every pair): the split's
+    own cost, which a loaded host cannot hide in one phase and not the other."""
+    rec = runtime.recommender
+    with open(spec["bodies"]) as f:
+        bodies = [json.loads(b) for b in json.load(f)]
+    split = rec.set_experiment(exp)
+    rec.split = None
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(pairs):
+        body = bodies[i % len(bodies)]
+        for on in ((False, True) if i % 2 else (True, False)):
+            rec.split = split if on else None
+            t0 = time.perf_counter()
+            rec.recommend(body["user_id"], body["user"], body["candidates"], body["k"])
+            times[on].append(time.perf_counter() - t0)
+    rec.split = None
+    out: dict[str, Any] = {"pairs": pairs}
+    for on, name in ((False, "off"), (True, "on")):
+        t = np.array(times[on]) * 1e3
+        out[f"p50_ms_{name}"] = float(np.percentile(t, 50))
+        out[f"p99_ms_{name}"] = float(np.percentile(t, 99))
+    out["p50_overhead_ms"] = out["p50_ms_on"] - out["p50_ms_off"]
+    out["p99_overhead_ms"] = out["p99_ms_on"] - out["p99_ms_off"]
+    return out
 
 
 def _warm_policy(state: LearningState, rng: np.random.Generator, rows: int = 2000) -> None:

@@ -105,3 +105,18 @@ def test_settings_experiment_is_checked_at_load(tmp_path):
 
 def test_arm_encoding_omits_unset_fields():
     assert msgspec.json.encode(Arm(name="b", share=0.5)) == b'{"name":"b","share":0.5}'
+
+
+def test_settings_arms_from_the_environment_are_json():
+    env = {"FAIRSTREAM_EXPERIMENT__NAME": "alpha",
+           "FAIRSTREAM_EXPERIMENT__ARMS": '[{"name": "control", "share": 0.7}, '
+                                          '{"name": "b", "share": 0.3, "version": 4}]'}
+    s = load_settings(env=env)
+    assert [(a.name, a.share, a.version) for a in s.experiment.arms] == \
+        [("control", 0.7, None), ("b", 0.3, 4)]
+    with pytest.raises(ConfigError, match=r"FAIRSTREAM_EXPERIMENT__ARMS=\[x: experiment.arms "
+                                          r"must be JSON"):
+        load_settings(env={**env, "FAIRSTREAM_EXPERIMENT__ARMS": "[x"})
+    with pytest.raises(ConfigError, match="shares sum to 1.1"):
+        load_settings(env={**env, "FAIRSTREAM_EXPERIMENT__ARMS":
+                           '[{"name": "control", "share": 0.7}, {"name": "b", "share": 0.4}]'})
