@@ -11,6 +11,7 @@ several workers in one interpreter without colliding series.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -357,10 +358,8 @@ class Metrics:
 
 
 def _remove(family, *labels: str) -> None:  # type: ignore[no-untyped-def]
-    try:
+    with contextlib.suppress(KeyError):  # never created
         family.remove(*labels)
-    except KeyError:  # never created
-        pass
 
 
 #: Route names used as the ``endpoint`` label (anything else is "other").

@@ -49,7 +49,7 @@ class Router:
     """An experiment's assignment, precomputed: ``arm(user)`` is the arm that serves them
     (the hash range's arm, or control / the winner where that one does not serve)."""
 
-    __slots__ = ("experiment", "_bounds", "_names", "_salt")
+    __slots__ = ("_bounds", "_names", "_salt", "experiment")
 
     def __init__(self, experiment: Experiment) -> None:
         self.experiment = experiment

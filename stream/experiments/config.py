@@ -22,7 +22,7 @@ True
 >>> book.create(Experiment(name="alpha", arms=[Arm(name="control", share=1.0)]))
 Traceback (most recent call last):
 ...
-stream.experiments.exceptions.InvalidExperiment: duplicate_experiment: experiment 'alpha' exists already (version 2); pick a new name
+stream.experiments.exceptions.InvalidExperiment: duplicate_experiment: experiment 'alpha' ...
 """
 
 from __future__ import annotations

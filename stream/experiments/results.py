@@ -196,7 +196,7 @@ class ExperimentResults:
                 "upper": math.nan if c is None else c.upper,
                 "p_value": math.nan if c is None else c.p_value,
                 "disparity": res.disparity(),
-                "status": arm.stopped and f"stopped: {arm.stopped}" or
+                "status": (arm.stopped and f"stopped: {arm.stopped}") or
                 ("winner" if exp.winner == arm.name else "running"
                  if exp.status == "running" else exp.status),
             })

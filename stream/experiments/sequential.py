@@ -114,7 +114,7 @@ class ClusteredMoments:
     (4, 3, 0.625, 0.09082)
     """
 
-    __slots__ = ("n", "total", "_per_user", "_ss", "_sn", "_nn")
+    __slots__ = ("_nn", "_per_user", "_sn", "_ss", "n", "total")
 
     def __init__(self) -> None:
         self.n = 0

@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import msgspec
+from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -64,18 +65,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from kafka.errors import KafkaError
-
 from stream.events import Click, EventCodec, Purchase
-from stream.experiments import Arm, Experiment, InvalidExperiment
 from stream.exceptions import ErasureNotWritten, InvalidEvent
+from stream.experiments import Arm, Experiment, InvalidExperiment
 from stream.metrics import ServeMetrics
 from stream.privacy import Pseudonymizer
 from stream.serve.attributes import check_user, name_the_attribute
 from stream.serve.exceptions import BadRequest, ServeError, Unauthorized
+from stream.serve.experiments import ExperimentControl
 from stream.serve.impressions import EventLog, ProducerHealth
 from stream.serve.recommender import Recommender
-from stream.serve.experiments import ExperimentControl
 from stream.serve.schema import (
     ExperimentState,
     FeedbackAccepted,

@@ -30,13 +30,13 @@ from stream.core.keys import refuse_dev_key
 from stream.core.recent import recent_impressions
 from stream.events import EventCodec
 from stream.experiments.config import experiment_from_settings
+from stream.kafka.experiments import kafka_publisher
 from stream.kafka.topics import ensure_topics
 from stream.metrics import ServeMetrics
 from stream.privacy import Pseudonymizer
 from stream.serve.app import ServeContext, create_app
-from stream.serve.follower import CatalogFollower, FeedbackFollower, PolicyFollower
-from stream.kafka.experiments import kafka_publisher
 from stream.serve.experiments import ExperimentControl, ExperimentFollower
+from stream.serve.follower import CatalogFollower, FeedbackFollower, PolicyFollower
 from stream.serve.forget import ErasureFollower
 from stream.serve.impressions import EventLog, ProducerHealth, kafka_send
 from stream.serve.recommender import Recommender

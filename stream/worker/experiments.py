@@ -126,7 +126,8 @@ class ExperimentResultsRoom:
             if p.experiment != name:
                 continue
             item_groups = [groups[index[i]] if i in index else "unknown" for i in p.items]
-            if res.observe(p.arm, p.user_id, p.rewards, item_groups, group_labels(*attr_codes(p.user))):
+            labels = group_labels(*attr_codes(p.user))
+            if res.observe(p.arm, p.user_id, p.rewards, item_groups, labels):
                 acc = counted.setdefault(p.arm, [0, 0.0])
                 acc[0] += 1
                 acc[1] += math.fsum(p.rewards) / len(p.rewards)

@@ -135,7 +135,7 @@ def test_a_a_false_positive_rate_is_at_most_nominal(movielens, groups):
     seeds, arrivals = 50, 4000
     positives, sizes = 0, []
     for seed in range(seeds):
-        res, looks = run(window(movielens, 1500 * seed, arrivals),
+        _res, looks = run(window(movielens, 1500 * seed, arrivals),
                          {"control": uniform, "b": uniform},
                          salt=f"aa-{seed}", seed=seed, arrivals=arrivals, groups=groups)
         positives += any(c.decided for _, c in looks)

@@ -99,7 +99,7 @@ def test_settings_experiment_is_checked_at_load(tmp_path):
                     '  {name = "low", share = 0.4},\n]\n')
     with pytest.raises(ConfigError, match=r"experiment.arms: shares sum to 0.9"):
         load_settings(path, env={})
-    with pytest.raises(ConfigError, match="experiment.error_rate"):
+    with pytest.raises(ConfigError, match=r"experiment\.error_rate"):
         load_settings(env={"FAIRSTREAM_EXPERIMENT__ERROR_RATE": "1.5"})
 
 
@@ -117,6 +117,6 @@ def test_settings_arms_from_the_environment_are_json():
     with pytest.raises(ConfigError, match=r"FAIRSTREAM_EXPERIMENT__ARMS=\[x: experiment.arms "
                                           r"must be JSON"):
         load_settings(env={**env, "FAIRSTREAM_EXPERIMENT__ARMS": "[x"})
-    with pytest.raises(ConfigError, match="shares sum to 1.1"):
+    with pytest.raises(ConfigError, match=r"shares sum to 1\.1"):
         load_settings(env={**env, "FAIRSTREAM_EXPERIMENT__ARMS":
                            '[{"name": "control", "share": 0.7}, {"name": "b", "share": 0.4}]'})

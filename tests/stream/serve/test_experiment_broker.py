@@ -91,7 +91,7 @@ def test_a_bad_arm_is_stopped_by_its_guardrail(make_settings, ml_items, encoder,
                                            {"by": "guardrail"}) == 1
                 state = client.get("/admin/experiment",
                                    headers={"authorization": f"Bearer {TOKEN}"}).json()
-                bad = [a for a in state["experiment"]["arms"] if a["name"] == "bad"][0]
+                bad = next(a for a in state["experiment"]["arms"] if a["name"] == "bad")
                 assert bad["stopped"].startswith("guardrail reward")
                 assert state["experiment"]["changed_by"] == "guardrail"
                 # Phase 4: the bad arm's users, and everyone else, get control now.

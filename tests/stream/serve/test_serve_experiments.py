@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from stream.events import EventCodec, Impression, compact
+from stream.events import EventCodec, compact
 from stream.experiments import Arm, Experiment
 from stream.metrics import ServeMetrics
 from stream.serve import PolicyFollower, Recommender, ServeContext, create_app
@@ -53,7 +53,7 @@ def _post(client, path, obj):
 
 
 def test_arms_serve_their_own_policy_and_impressions_carry_the_arm(served):
-    client, rec, control, metrics, log, sent = served
+    client, rec, _control, metrics, log, sent = served
     r = _post(client, "/admin/experiment", EXPERIMENT)
     assert r.status_code == 200, r.text
     assert r.json()["experiment"]["version"] == 1
@@ -86,7 +86,7 @@ def test_arms_serve_their_own_policy_and_impressions_carry_the_arm(served):
 
 
 def test_propensities_are_the_arm_policys(served, ml_catalog):
-    client, rec, control, *_ = served
+    _client, rec, control, *_ = served
     control.create(Experiment(name="ts-ab", arms=[
         Arm(name="control", share=0.5), Arm(name="eps", share=0.5, alpha=2.0)]))
     cands = ml_catalog.ids[:20]
@@ -117,7 +117,7 @@ def test_propensities_are_the_arm_policys(served, ml_catalog):
                              {"name": "b", "share": 0.5, "version": 99}]}, "unknown_version"),
 ])
 def test_bad_experiments_are_refused_and_nothing_changes(served, body, reason):
-    client, rec, control, metrics, *_ = served
+    client, rec, control, _metrics, *_ = served
     assert _post(client, "/admin/experiment", EXPERIMENT).status_code == 200
     assert _post(client, "/admin/experiment/rollback", {}).status_code == 200
     before = control.current
