@@ -16,7 +16,7 @@ class NoResults(FairstreamError):
 
 def experiment_report(settings, name: str, out: Path) -> tuple[str, Path]:  # type: ignore[no-untyped-def]
     """The report's text and the PNG it wrote, from the experiments topic."""
-    from stream.experiments.report import format_table, write_plot
+    from stream.experiments.report import format_groups, format_table, write_plot
     from stream.kafka.experiments import read_experiments
 
     book, results = read_experiments(settings)
@@ -33,7 +33,7 @@ def experiment_report(settings, name: str, out: Path) -> tuple[str, Path]:  # ty
             f"always-valid intervals (mSPRT, normal mixture τ={got['mixture_sd']:g}), "
             f"level {1 - got['alpha']:.0%}; * = control"]
     png = write_plot(got, out / f"experiment-{name}.png")
-    return "\n".join([*head, format_table(got["table"])]), png
+    return "\n".join([*head, format_table(got["table"]), "", *format_groups(got)]), png
 
 
 def cmd_experiment_report(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["format_table", "write_plot"]
+__all__ = ["format_groups", "format_table", "write_plot"]
 
 _HEAD = (f"{'arm':<9} {'share':>6} {'impr.':>9} {'reward':>7} {'diff':>9} "
          f"{'interval':>20} {'p':>8} {'dispar.':>8}  status")
@@ -40,6 +40,20 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                      f"{interval:>20} {_f(r['p_value'], '.4f'):>8} "
                      f"{_f(r['disparity'], '.4f'):>8}  {r['status']}")
     return "\n".join(lines)
+
+
+def format_groups(results: dict[str, Any]) -> list[str]:
+    """Per arm: mean reward per user group, and exposure share per item group."""
+    lines = []
+    for arm, r in results["arms"].items():
+        rewards = ", ".join(f"{g} {total / n:.4f} ({n:.0f})"
+                            for g, (n, total, _sq) in r["by_user_group"].items() if n)
+        exposure_total = sum(r["exposure"].values())
+        shares = ", ".join(f"{g} {e / exposure_total:.3f}" for g, e in r["exposure"].items()) \
+            if exposure_total else "—"
+        lines.append(f"{arm}: reward by user group: {rewards or '—'}")
+        lines.append(f"{arm}: exposure share by item group: {shares}")
+    return lines
 
 
 def write_plot(results: dict[str, Any], path: Path) -> Path:

@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterable
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 
 from learners.features import attr_codes
 from stream.core.catalog import Catalog
@@ -186,7 +187,11 @@ class ExperimentResultsRoom:
         if self.producer is None:
             self._adopt(stopped)  # no Kafka (a test of the room alone)
         else:
-            kafka_publisher(self.producer, self.settings.topics.experiments)(stopped)
+            try:
+                kafka_publisher(self.producer, self.settings.topics.experiments)(stopped)
+            except KafkaError as exc:  # not stopped yet: the next tick tries again
+                log.warning("could not publish the stop of %s/%s: %s", stopped.name, arm, exc)
+                return
         self._stopping.add((stopped.name, arm))
         self.metrics.experiment_stops.labels(stopped.name, arm).inc()
         log.warning("experiment %s: arm %s stopped by guardrail (v%d): %s", stopped.name,
