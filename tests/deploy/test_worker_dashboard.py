@@ -108,8 +108,17 @@ def test_dashboard_panels_and_group_series_on_a_scraped_worker(make_settings, mo
             runtime.wait_ready(60)
             served, clicks = _drive_server(server.url, catalog_items(movielens))
             total += served + clicks  # the server logs its impressions and forwards feedback
-            # One click past the served impressions' window on every partition: their
-            # windows close, so the experiment's arms get results (unjoined, "unknown_request").
+            # Once Kafka holds the served impressions and clicks, one click past their
+            # window on every partition closes them, so the experiment's arms get results
+            # (the ticks themselves join nothing: "unknown_request").
+            served_metrics = runtime.metrics.registry
+            deadline = time.monotonic() + 60
+            while (served_metrics.get_sample_value("fairstream_serve_impressions_logged_total")
+                   or 0) < served or (served_metrics.get_sample_value(
+                       "fairstream_serve_feedback_forwarded_total", {"type": "click"}) or 0) \
+                    < clicks:
+                assert time.monotonic() < deadline, "served events not acknowledged"
+                time.sleep(0.05)
             total += _advance_watermarks(settings)
             deadline = time.monotonic() + 120
             finetunes = worker.metrics.finetunes
