@@ -54,7 +54,7 @@ class Split:
             for a in experiment.arms}
         self._cache: dict[tuple[str, int, str], tuple[PolicyBundle, Policy, np.ndarray]] = {}
         self._lock = threading.Lock()
-        self._missing: set[int] = set()
+        self._missing: set[object] = set()  # warned about once: unkept versions, knobs
 
     def __repr__(self) -> str:
         e = self.experiment
@@ -93,8 +93,14 @@ class Split:
         policy = bundle.policy
         if arm.alpha is not None or arm.exploration is not None:
             policy = copy.copy(policy)
-            if arm.alpha is not None and hasattr(policy, "alpha"):
-                policy.alpha = float(arm.alpha)
-            if arm.exploration is not None and hasattr(policy, "exploration"):
-                policy.exploration = arm.exploration
+            for name, value in (("alpha", arm.alpha), ("exploration", arm.exploration)):
+                if value is None:
+                    continue
+                if hasattr(policy, name):
+                    setattr(policy, name, float(value) if name == "alpha" else value)
+                elif (arm.name, name) not in self._missing:
+                    self._missing.add((arm.name, name))  # the arm then serves as control
+                    log.warning("experiment %s arm %s: the served %s policy has no %s; "
+                                "ignored", self.experiment.name, arm.name,
+                                policy.algorithm, name)
         return bundle, policy, table
