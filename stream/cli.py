@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stream import cli_errors, cli_help, preflight
+from stream import cli_errors, cli_experiment, cli_help, preflight
 from stream.settings import Settings, load_settings
 
 DESCRIPTION = """\
@@ -208,7 +208,8 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
 
     results = run_serve_bench(_settings(args), bootstrap=args.bootstrap, requests=args.requests,
                               duration_s=args.duration, rate=args.rate,
-                              n_candidates=args.candidates, progress=True)
+                              n_candidates=args.candidates,
+                              experiment=not args.no_experiment, progress=True)
     print("fairstream bench serve")
     _emit(results, args.json)
     return 0
@@ -356,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--bootstrap")
     fg.set_defaults(func=cmd_forget)
 
+    cli_experiment.add_parser(sub)
+
     bench = sub.add_parser("bench", help="benchmarks (figures beside a same-run baseline)")
     bsub = bench.add_subparsers(dest="what", required=True)
     bl = bsub.add_parser("learners", help="embedding, fine-tune and consumer-stall figures")
@@ -375,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--duration", type=float, default=10.0, help="seconds per load phase")
     bs.add_argument("--rate", type=float, default=200.0, help="paced phase, requests/s")
     bs.add_argument("--candidates", type=int, default=100, help="candidates per request")
+    bs.add_argument("--no-experiment", action="store_true",
+                    help="skip the rounds with and without an experiment split")
     bs.add_argument("--json", type=Path)
     bs.set_defaults(func=cmd_bench_serve)
     bp = bsub.add_parser("pipeline", help="events/s learned end to end vs the raw consume rate")

@@ -62,13 +62,24 @@ class _Event(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, froze
     user_id: Id
 
 
+ArmName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
 class Impression(_Event, tag="impression"):
-    """A slate shown to a user, with the propensity of every shown item."""
+    """A slate shown to a user, with the propensity of every shown item.
+
+    ``experiment`` and ``arm`` (optional; both or neither) name the online experiment
+    and arm that served it (:mod:`stream.experiments`); the propensities are then the
+    arm's own policy's. Unset, they are not written at all: an impression outside any
+    experiment is encoded exactly as before they existed.
+    """
 
     items: list[Id]
     propensities: list[Propensity]
     policy_version: Id
     user: dict[str, str | int] = msgspec.field(default_factory=dict)
+    experiment: ArmName | msgspec.UnsetType = msgspec.UNSET
+    arm: ArmName | msgspec.UnsetType = msgspec.UNSET
 
 
 class Click(_Event, tag="click"):
@@ -179,6 +190,8 @@ class EventCodec:
                 )
             if n > 1 and len(set(event.items)) != n:
                 raise InvalidEvent("invalid_field", "items contains duplicates")
+            if (event.experiment is msgspec.UNSET) != (event.arm is msgspec.UNSET):
+                raise InvalidEvent("invalid_field", "experiment and arm come together")
         elif type(event) is Purchase and not math.isfinite(event.value):
             raise InvalidEvent("non_finite", f"value is {event.value}")
 
@@ -241,6 +254,8 @@ class Shown(msgspec.Struct, array_like=True, tag="s"):
     propensities: list[float]
     user: dict[str, str | int]
     policy_version: str = ""  # what chose the slate; "logged" for a replay (no policy)
+    experiment: str = ""  # the online experiment and arm that served it ("": none)
+    arm: str = ""
 
 
 class Feedback(msgspec.Struct, array_like=True, tag="f"):
@@ -259,7 +274,11 @@ def compact(event: Event) -> Shown | Feedback:
     than it uses (1.0-3.0 µs per event for the worker to decode, against 3.2-4.5 µs for
     the JSON itself, measured side by side on the MovieLens replay)."""
     if isinstance(event, Impression):
+        if event.experiment is msgspec.UNSET:
+            return Shown(event.event_id, event.request_id, event.user_id, event.ts,
+                         event.items, event.propensities, event.user, event.policy_version)
         return Shown(event.event_id, event.request_id, event.user_id, event.ts, event.items,
-                     event.propensities, event.user, event.policy_version)
+                     event.propensities, event.user, event.policy_version,
+                     event.experiment, event.arm)
     return Feedback(event.event_id, event.request_id, event.user_id, event.ts, event.item_id,
                     "click" if isinstance(event, Click) else "purchase")

@@ -11,6 +11,7 @@ several workers in one interpreter without colliding series.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -274,6 +275,45 @@ class Metrics:
             "fairstream_stats_publisher",
             "1 when this worker publishes the merged policy (it owns events partition 0).",
             registry=r)
+        # Online experiments: series of the current experiment only (declare_experiment
+        # removes the previous one's), at most MAX_ARMS arms: bounded labels.
+        arm = ["experiment", "arm"]
+        self.experiment_impressions = Counter(
+            "fairstream_experiment_impressions_total",
+            "Closed impressions of the running experiment, by arm.", arm, registry=r)
+        self.experiment_reward = Counter(
+            "fairstream_experiment_reward_sum_total",
+            "Reward of the running experiment's closed impressions (each its slate's mean), "
+            "by arm.", arm, registry=r)
+        self.experiment_reward_mean = Gauge(
+            "fairstream_experiment_reward_mean",
+            "Mean reward per impression (slate mean) of each arm.", arm, registry=r)
+        self.experiment_reward_diff = Gauge(
+            "fairstream_experiment_reward_diff",
+            "Arm minus control mean reward: the estimate and its always-valid interval "
+            "(mSPRT, level experiment.error_rate), bound = estimate | lower | upper.",
+            [*arm, "bound"], registry=r)
+        self.experiment_disparity = Gauge(
+            "fairstream_experiment_exposure_disparity",
+            "Each arm's exposure/merit disparity over item groups (total variation).",
+            arm, registry=r)
+        self.experiment_share = Gauge(
+            "fairstream_experiment_share",
+            "Each arm's traffic share in force (a stopped arm: 0).", arm, registry=r)
+        self.experiment_breached = Gauge(
+            "fairstream_experiment_guardrail_breached",
+            "1 while an arm is over a guardrail (reward below control beyond its interval, "
+            "or disparity over fairness.disparity_target).",
+            [*arm, "guardrail"], registry=r)
+        self.experiment_stops = Counter(
+            "fairstream_experiment_guardrail_stops_total",
+            "Arms stopped by a guardrail (experiment.auto_stop): their users went to control.",
+            arm, registry=r)
+        self.experiment_breaches = Counter(
+            "fairstream_experiment_guardrail_breaches_total",
+            "Guardrail breaches detected (counted once per arm and guardrail).",
+            [*arm, "guardrail"], registry=r)
+        self._experiment: tuple[str, tuple[str, ...]] | None = None
         # Series that exist from the start read as 0, not as missing, so the first
         # increase shows up in rate() instead of hiding in a series' first sample.
         from stream.events import REASONS
@@ -291,6 +331,33 @@ class Metrics:
         for reason in ("format", "checksum", "signature", "feature_space"):
             self.stats_rejected.labels(reason=reason)
 
+    def declare_experiment(self, name: str, arms: Iterable[str]) -> None:
+        """Create the experiment's series at 0 and drop the previous experiment's."""
+        key = (name, tuple(arms))
+        if self._experiment == key:
+            return
+        families = (self.experiment_impressions, self.experiment_reward,
+                    self.experiment_reward_mean, self.experiment_disparity,
+                    self.experiment_share, self.experiment_stops)
+        if self._experiment is not None:
+            old, old_arms = self._experiment
+            for arm in old_arms:
+                for family in families:
+                    _remove(family, old, arm)
+                for bound in ("estimate", "lower", "upper"):
+                    _remove(self.experiment_reward_diff, old, arm, bound)
+                for guardrail in ("reward", "disparity"):
+                    _remove(self.experiment_breached, old, arm, guardrail)
+                    _remove(self.experiment_breaches, old, arm, guardrail)
+        self._experiment = key
+        for arm in key[1]:
+            for family in (self.experiment_impressions, self.experiment_reward,
+                           self.experiment_stops):
+                family.labels(name, arm)
+            for guardrail in ("reward", "disparity"):
+                self.experiment_breached.labels(name, arm, guardrail).set(0)
+                self.experiment_breaches.labels(name, arm, guardrail)
+
     def declare_groups(self, user_groups: Iterable[str], item_groups: Iterable[str]) -> None:
         """Create the per-group series at 0 for the groups known up front."""
         for group in user_groups:
@@ -300,6 +367,11 @@ class Metrics:
             self.drift_detected.labels(segment=group)
         for group in item_groups:
             self.exposure.labels(item_group=group)
+
+
+def _remove(family, *labels: str) -> None:  # type: ignore[no-untyped-def]
+    with contextlib.suppress(KeyError):  # never created
+        family.remove(*labels)
 
 
 #: Route names used as the ``endpoint`` label (anything else is "other").
@@ -380,6 +452,20 @@ class ServeMetrics:
             "fairstream_serve_ready",
             "1 when a verified policy and the catalog are loaded, else 0.",
             registry=r)
+        self.experiment_version = Gauge(
+            "fairstream_serve_experiment_version",
+            "Version of the experiment configuration in force (0 = none).", registry=r)
+        self.experiment_changes = Counter(
+            "fairstream_serve_experiment_changes_total",
+            "Experiment versions adopted, by who made them (settings, admin, guardrail).",
+            ["by"], registry=r)
+        self.experiment_share = Gauge(
+            "fairstream_serve_experiment_share",
+            "Each arm's traffic share in this server (a stopped arm: 0); the current "
+            "experiment's only.", ["experiment", "arm"], registry=r)
+        self._experiment: tuple[str, tuple[str, ...]] | None = None
+        for by in ("settings", "admin", "guardrail", "other"):
+            self.experiment_changes.labels(by=by)
         for reason in SERVE_REASONS:
             self.invalid_requests.labels(reason=reason)
         for reason in BUNDLE_REASONS:
@@ -388,6 +474,16 @@ class ServeMetrics:
             self.feedback.labels(type=kind)
         # Label children resolved once: the hot path then costs two lock-free-ish incs.
         self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+
+    def declare_experiment(self, exp) -> None:  # type: ignore[no-untyped-def]
+        """Set each arm's share of ``exp`` (an Experiment); drop the previous one's series."""
+        key = (exp.name, tuple(a.name for a in exp.arms))
+        if self._experiment is not None and self._experiment != key:
+            for arm in self._experiment[1]:
+                _remove(self.experiment_share, self._experiment[0], arm)
+        self._experiment = key
+        for arm, share in exp.shares().items():
+            self.experiment_share.labels(exp.name, arm).set(share)
 
     def request(self, endpoint: str, code: int, seconds: float) -> None:
         """Count one answered request and observe its duration."""

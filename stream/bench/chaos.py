@@ -100,7 +100,8 @@ def worker_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     for section, values in msgspec.to_builtins(settings).items():
         for key, value in values.items():
-            text = str(value).lower() if isinstance(value, bool) else str(value)
+            text = str(value).lower() if isinstance(value, bool) else \
+                json.dumps(value) if isinstance(value, list | dict) else str(value)
             env[f"FAIRSTREAM_{section.upper()}__{key.upper()}"] = text
     return env
 

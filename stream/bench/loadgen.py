@@ -127,6 +127,11 @@ async def _main(spec: dict[str, Any]) -> dict[str, Any]:
     requests = [_request(spec["host"], "/recommend", b.encode()) for b in bodies]
     warm = dict(spec, max_requests=spec["warmup"], max_seconds=30.0)
     await _max_phase(warm, requests)
+    if spec.get("paced_only"):  # a further paced round of the same run (bench serve)
+        with CpuWindow() as host:
+            result = {"paced": await _paced_phase(spec, requests)}
+        result["paced"]["host_cpu"] = host.shares()
+        return result
     if spec["progress"]:
         print("loadgen: max-load phase", file=sys.stderr, flush=True)
     with CpuWindow() as host:

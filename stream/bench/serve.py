@@ -8,6 +8,15 @@ with ``n_candidates`` random candidates per request: first at saturation
 (``rps_max``), then open loop at ``rate`` req/s (``p50_ms_at_200rps``,
 ``p99_ms_at_200rps``, named for the default rate). Runs against
 ``bootstrap`` when given, else an embedded broker it starts and stops.
+
+With ``experiment`` (the default) the same run then measures the cost of an online
+experiment's split: further paced rounds at ``rate`` alternate (three pairs) between no experiment
+and a two-arm one (control and an arm at another ``alpha``: a keyed hash, a look-up
+and a second policy view per request), off, on, off, on, off, on; ``experiment`` in the result
+holds each round's p50/p99 and ``p99_overhead_ms`` (mean p99 on minus mean p99 off),
+and ``in_process``: ``Recommender.recommend`` timed with and without the split in
+alternation, call by call, in this process (the split's own cost, robust to a loaded
+host, where the HTTP rounds' p99 measures the host as much as the server).
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ def run_serve_bench(settings: Settings | None = None, *, bootstrap: str | None =
                     requests: int = 20_000, duration_s: float = 10.0, rate: float = 200.0,
                     n_candidates: int = 100, k: int = 5, connections: int = 4,
                     warmup: int = 500, n_items: int | None = None,
-                    encoder: Encoder | None = None,
+                    encoder: Encoder | None = None, experiment: bool = True,
                     progress: bool = True) -> dict[str, Any]:
     """Measure the server; returns ``rps_max``, ``p50_ms_at_200rps``, ``p99_ms_at_200rps``
     (and details). ``requests``/``duration_s`` bound each phase (whichever comes first);
@@ -104,16 +113,24 @@ def run_serve_bench(settings: Settings | None = None, *, bootstrap: str | None =
         with open(spec_path, "w") as f:
             json.dump(spec, f)
         t0 = time.monotonic()
-        with CpuWindow() as host:
-            proc = subprocess.run([sys.executable, "-m", "stream.bench.loadgen", spec_path],
+
+        def loadgen(path: str) -> dict[str, Any]:
+            proc = subprocess.run([sys.executable, "-m", "stream.bench.loadgen", path],
                                   capture_output=True, text=True,
                                   timeout=120 + 3 * duration_s + 2 * requests / rate)
-        if progress and proc.stderr:
-            sys.stderr.write(proc.stderr)
-        if proc.returncode != 0:
-            raise RuntimeError(f"load generator failed ({proc.returncode}): {proc.stderr[-2000:]}")
-        load = json.loads(proc.stdout.strip().splitlines()[-1])
+            if progress and proc.stderr:
+                sys.stderr.write(proc.stderr)
+            if proc.returncode != 0:
+                raise RuntimeError(f"load generator failed ({proc.returncode}): "
+                                   f"{proc.stderr[-2000:]}")
+            return json.loads(proc.stdout.strip().splitlines()[-1])
+
+        with CpuWindow() as host:
+            load = loadgen(spec_path)
         elapsed = time.monotonic() - t0
+        split = None
+        if experiment:
+            split = _experiment_rounds(runtime, spec, tmp, loadgen, say)
         m = runtime.metrics.registry
         result = {
             "rps_max": load["max"]["rps"],
@@ -134,7 +151,10 @@ def run_serve_bench(settings: Settings | None = None, *, bootstrap: str | None =
             # CPU share stolen by the hypervisor while loading: a tail percentile taken
             # while it is high measures the host more than the server.
             "host_cpu": host.shares(),
+            "load_average": os.getloadavg(),
         }
+        if split is not None:
+            result["experiment"] = split
         runtime.close()  # flush impressions before counting them
         result["impressions_logged"] = m.get_sample_value(
             "fairstream_serve_impressions_logged_total") or 0.0
@@ -144,6 +164,62 @@ def run_serve_bench(settings: Settings | None = None, *, bootstrap: str | None =
             + ("; host CPU stolen {:.1f} % / {:.1f} % (max / paced phase)".format(
                 *(100 * x for x in steal)) if None not in steal else ""))
         return result
+
+
+def _experiment_rounds(runtime: ServeRuntime, spec: dict[str, Any], tmp: str, loadgen: Any,
+                       say: Any) -> dict[str, Any]:
+    """Paced rounds without and with a two-arm experiment, alternating (see module doc)."""
+    from stream.experiments import Arm, Experiment
+
+    exp = Experiment(name="bench", arms=[Arm(name="control", share=0.5),
+                                         Arm(name="alt", share=0.5, alpha=0.5)])
+    path = os.path.join(tmp, "paced.json")
+    with open(path, "w") as f:
+        json.dump({**spec, "paced_only": True, "progress": False}, f)
+    rounds = []
+    for on in (False, True, False, True, False, True):
+        runtime.recommender.set_experiment(exp if on else None)
+        paced = loadgen(path)["paced"]
+        rounds.append({"experiment": on, "p50_ms": paced["p50_ms"], "p99_ms": paced["p99_ms"],
+                       "load_average_1m": os.getloadavg()[0]})
+        say(f"experiment {'on ' if on else 'off'}: p50 {paced['p50_ms']:.2f} ms, "
+            f"p99 {paced['p99_ms']:.2f} ms")
+    runtime.recommender.set_experiment(None)
+    off = [r["p99_ms"] for r in rounds if not r["experiment"]]
+    on_ = [r["p99_ms"] for r in rounds if r["experiment"]]
+    return {"rounds": rounds, "p99_ms_off": sum(off) / len(off),
+            "p99_ms_on": sum(on_) / len(on_),
+            "p99_overhead_ms": sum(on_) / len(on_) - sum(off) / len(off),
+            "in_process": _paired_calls(runtime, exp, spec)}
+
+
+def _paired_calls(runtime: ServeRuntime, exp: Any, spec: dict[str, Any],
+                  pairs: int = 3000) -> dict[str, Any]:
+    """``Recommender.recommend`` timed in this process, with and without the split in
+    alternation (the same request both ways, the order flipped every pair): the split's
+    own cost, which a loaded host cannot hide in one phase and not the other."""
+    rec = runtime.recommender
+    with open(spec["bodies"]) as f:
+        bodies = [json.loads(b) for b in json.load(f)]
+    split = rec.set_experiment(exp)
+    rec.split = None
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(pairs):
+        body = bodies[i % len(bodies)]
+        for on in ((False, True) if i % 2 else (True, False)):
+            rec.split = split if on else None
+            t0 = time.perf_counter()
+            rec.recommend(body["user_id"], body["user"], body["candidates"], body["k"])
+            times[on].append(time.perf_counter() - t0)
+    rec.split = None
+    out: dict[str, Any] = {"pairs": pairs}
+    for on, name in ((False, "off"), (True, "on")):
+        t = np.array(times[on]) * 1e3
+        out[f"p50_ms_{name}"] = float(np.percentile(t, 50))
+        out[f"p99_ms_{name}"] = float(np.percentile(t, 99))
+    out["p50_overhead_ms"] = out["p50_ms_on"] - out["p50_ms_off"]
+    out["p99_overhead_ms"] = out["p99_ms_on"] - out["p99_ms_off"]
+    return out
 
 
 def _warm_policy(state: LearningState, rng: np.random.Generator, rows: int = 2000) -> None:

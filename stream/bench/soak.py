@@ -87,7 +87,8 @@ def child_env(settings: Settings) -> dict[str, str]:
     for section, values in mine.items():
         for key, value in values.items():
             if value != default[section][key]:
-                shown = str(value).lower() if isinstance(value, bool) else str(value)
+                shown = str(value).lower() if isinstance(value, bool) else \
+                    json.dumps(value) if isinstance(value, list | dict) else str(value)
                 env[f"FAIRSTREAM_{section.upper()}__{key.upper()}"] = shown
     return env
 

@@ -47,6 +47,8 @@ class Pending:
     rewards: list[float] = field(default_factory=list)
     policy_version: str = ""  # what chose the slate (reward per policy version and source)
     partition: int = -1  # the events partition it came from (-1: not recorded)
+    experiment: str = ""  # the online experiment and arm that served it ("": none)
+    arm: str = ""
 
     def __post_init__(self) -> None:
         if not self.rewards:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from bandits import (
@@ -177,7 +178,9 @@ class LearningState:
             return self.joiner.add_impression(partition, Pending(
                 event.request_id, event.user_id, event.ts, tuple(event.items),
                 tuple(event.propensities), event.user, [0.0] * len(event.items),
-                event.policy_version, partition))
+                event.policy_version, partition,
+                "" if event.experiment is msgspec.UNSET else event.experiment,
+                "" if event.arm is msgspec.UNSET else event.arm))
         kind = "click" if isinstance(event, Click) else "purchase"
         assert isinstance(event, Click | Purchase)
         return self.joiner.add_feedback(partition, event.request_id, event.item_id, kind,
@@ -210,7 +213,7 @@ class LearningState:
                     closed += add_impression(partition, Pending(
                         event.request_id, event.user_id, event.ts, tuple(items),
                         tuple(event.propensities), event.user, [0.0] * len(items),
-                        event.policy_version, partition))
+                        event.policy_version, partition, event.experiment, event.arm))
             elif event.item_id not in known:
                 unknown.append(i)
             elif seen(event.event_id):

@@ -43,6 +43,9 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         # next owner restores (stream/kafka/profile_changelog.py).
         NewTopic(t.profiles, parts, 1, topic_configs=_COMPACTED),
         NewTopic(t.erasure, 1, 1, topic_configs=_COMPACTED),
+        # Experiment configurations (key config:<name>, every change a new version) and
+        # the worker's results (results:<name>); the latest of each is the state.
+        NewTopic(t.experiments, 1, 1, topic_configs=_COMPACTED),
     ]
 
 

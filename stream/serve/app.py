@@ -16,6 +16,10 @@
                        types (:mod:`stream.serve.openapi`); ``GET /docs`` renders it
 ``POST /admin/forget`` ``{user_id}``: erase a user (admin token): erasure markers on
                        fairstream.erasure, acknowledged, cached profile dropped → 202
+``/admin/experiment``  ``GET``: the experiment in force; ``POST {name, arms, ...}``:
+                       start one; ``POST .../shares|stop|promote|rollback``: change it
+                       (admin token; versioned, on fairstream.experiments, see
+                       :mod:`stream.serve.experiments`)
 =====================  ==========================================================
 
 User ids stop here: the handlers pass on only their pseudonyms, and of the attributes
@@ -52,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import msgspec
+from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -62,13 +67,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stream.events import Click, EventCodec, Purchase
 from stream.exceptions import ErasureNotWritten, InvalidEvent
+from stream.experiments import Arm, Experiment, InvalidExperiment
 from stream.metrics import ServeMetrics
 from stream.privacy import Pseudonymizer
 from stream.serve.attributes import check_user, name_the_attribute
 from stream.serve.exceptions import BadRequest, ServeError, Unauthorized
+from stream.serve.experiments import ExperimentControl
 from stream.serve.impressions import EventLog, ProducerHealth
 from stream.serve.recommender import Recommender
 from stream.serve.schema import (
+    ExperimentState,
     FeedbackAccepted,
     ForgetAccepted,
     Health,
@@ -131,6 +139,54 @@ class ForgetRequest(msgspec.Struct, forbid_unknown_fields=True):
     user_id: Id
 
 
+Reason = Annotated[str, msgspec.Meta(max_length=512)]
+
+
+class ArmSpec(msgspec.Struct, forbid_unknown_fields=True):
+    """One arm: its traffic share and what it changes (omitted: the served policy's)."""
+
+    name: Annotated[str, _doc("lower-case letters, digits, `_.-`; at most 48")]
+    share: Annotated[float, _doc("share of users, in [0, 1]; an experiment's sum to 1")]
+    alpha: Annotated[float | None, _doc("exploration width (UCB policies)")] = None
+    exploration: Annotated[Literal["ucb", "ts"] | None, _doc(
+        "exploration kind (policies that have both, e.g. hybrid_serving)")] = None
+    exposure_strength: Annotated[float | None, _doc(
+        "exposure controller strength λ for this arm")] = None
+    version: Annotated[int | None, _doc(
+        "serve this kept published policy version (`serve.keep_versions`)")] = None
+
+
+class ExperimentRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /admin/experiment``: a new experiment (a name never used before)."""
+
+    name: str
+    arms: Annotated[list[ArmSpec], msgspec.Meta(min_length=1, max_length=8)]
+    control: Annotated[str, _doc("the control arm's name")] = "control"
+    salt: Annotated[str, _doc("assignment salt; default: the name")] = ""
+    auto_stop: Annotated[bool, _doc(
+        "a guardrail breach stops the arm (its users go to control)")] = False
+
+
+class SharesRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """New traffic shares for every arm of the running experiment (summing to 1)."""
+
+    shares: dict[str, float]
+    reason: Reason = ""
+
+
+class ArmRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """The arm to stop (its users go to control) or promote (it takes all traffic)."""
+
+    arm: str
+    reason: Reason = ""
+
+
+class RollbackRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """End the running experiment: control takes all traffic."""
+
+    reason: Reason = ""
+
+
 @dataclass
 class ServeContext:
     """What the handlers need; :class:`stream.serve.server.ServeRuntime` builds the real one."""
@@ -147,6 +203,8 @@ class ServeContext:
     pin: Callable[[int | None], Any] | None = None
     health: ProducerHealth | None = None
     forget: Callable[[str], int] | None = None
+    #: online experiments (None: this server takes no experiment changes)
+    experiments: ExperimentControl | None = None
     #: the edge: raw user ids and attributes stop here (see stream.privacy)
     edge: Pseudonymizer = field(
         default_factory=lambda: Pseudonymizer.from_settings(PrivacySettings()))
@@ -158,6 +216,13 @@ _recommend_decoder = msgspec.json.Decoder(RecommendRequest)
 _feedback_decoder = msgspec.json.Decoder(FeedbackRequest)
 _pin_decoder = msgspec.json.Decoder(PinRequest)
 _forget_decoder = msgspec.json.Decoder(ForgetRequest)
+_experiment_decoder = msgspec.json.Decoder(ExperimentRequest)
+_shares_decoder = msgspec.json.Decoder(SharesRequest)
+_arm_decoder = msgspec.json.Decoder(ArmRequest)
+_rollback_decoder = msgspec.json.Decoder(RollbackRequest)
+#: InvalidExperiment reasons that are conflicts with the state in force (409), not bad input
+_CONFLICTS = frozenset({"duplicate_experiment", "experiment_running", "no_experiment",
+                        "experiment_conflict"})
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -393,6 +458,62 @@ def create_app(ctx: ServeContext) -> RecommendFastPath:
             raise BadRequest("kafka_unavailable", str(exc), 503) from None
         return _json(ForgetAccepted(True, markers), 202)
 
+    def control() -> ExperimentControl:
+        if ctx.experiments is None:
+            raise BadRequest("not_found", "this server takes no experiment changes", 404)
+        return ctx.experiments
+
+    async def changed(change: Callable[[], Experiment]) -> Response:
+        try:  # a change waits for Kafka's acknowledgement and its read-back: off the loop
+            exp = await asyncio.to_thread(change)
+        except InvalidExperiment as exc:
+            raise BadRequest(exc.reason, exc.detail,
+                             409 if exc.reason in _CONFLICTS else 400) from None
+        except (KafkaError, TimeoutError) as exc:
+            raise BadRequest("kafka_unavailable", f"experiment change not confirmed: {exc}",
+                             503) from None
+        return _json(ExperimentState(exp))
+
+    async def experiment_get(_request: Request) -> Response:
+        return _json(ExperimentState(control().current))
+
+    async def experiment_create(request: Request) -> Response:
+        req: ExperimentRequest = _decode(_experiment_decoder, await _body(request, limits))
+        c = control()
+        for arm in req.arms:
+            served = rec.bundle.version if rec.bundle is not None else None
+            if arm.version is not None and arm.version != served \
+                    and rec.kept(arm.version) is None:
+                raise BadRequest("unknown_version", f"arm {arm.name!r}: version "
+                                 f"{arm.version} is not kept by this server", 404)
+        exp = Experiment(name=req.name, control=req.control, salt=req.salt,
+                         auto_stop=req.auto_stop,
+                         arms=[Arm(name=a.name, share=a.share, alpha=a.alpha,
+                                   exploration=a.exploration,
+                                   exposure_strength=a.exposure_strength, version=a.version)
+                               for a in req.arms])
+        return await changed(lambda: c.create(exp))
+
+    async def experiment_shares(request: Request) -> Response:
+        req: SharesRequest = _decode(_shares_decoder, await _body(request, limits))
+        c = control()
+        return await changed(lambda: c.set_shares(req.shares, req.reason))
+
+    async def experiment_stop(request: Request) -> Response:
+        req: ArmRequest = _decode(_arm_decoder, await _body(request, limits))
+        c = control()
+        return await changed(lambda: c.stop(req.arm, req.reason))
+
+    async def experiment_promote(request: Request) -> Response:
+        req: ArmRequest = _decode(_arm_decoder, await _body(request, limits))
+        c = control()
+        return await changed(lambda: c.promote(req.arm, req.reason))
+
+    async def experiment_rollback(request: Request) -> Response:
+        req: RollbackRequest = _decode(_rollback_decoder, await _body(request, limits))
+        c = control()
+        return await changed(lambda: c.rollback(req.reason))
+
     async def not_found(request: Request, exc: Exception) -> Response:
         code = getattr(exc, "status_code", 404)
         reason = "method_not_allowed" if code == 405 else "not_found"
@@ -417,6 +538,18 @@ def create_app(ctx: ServeContext) -> RecommendFastPath:
         Route("/admin/reload", instrumented("admin", admin(reload)), methods=["POST"]),
         Route("/admin/pin", instrumented("admin", admin(pin)), methods=["POST"]),
         Route("/admin/forget", instrumented("admin", admin(forget)), methods=["POST"]),
+        Route("/admin/experiment", instrumented("admin", admin(experiment_get)),
+              methods=["GET"]),
+        Route("/admin/experiment", instrumented("admin", admin(experiment_create)),
+              methods=["POST"]),
+        Route("/admin/experiment/shares", instrumented("admin", admin(experiment_shares)),
+              methods=["POST"]),
+        Route("/admin/experiment/stop", instrumented("admin", admin(experiment_stop)),
+              methods=["POST"]),
+        Route("/admin/experiment/promote", instrumented("admin", admin(experiment_promote)),
+              methods=["POST"]),
+        Route("/admin/experiment/rollback", instrumented("admin", admin(experiment_rollback)),
+              methods=["POST"]),
         Route("/openapi.json", instrumented("other", openapi), methods=["GET"]),
         Route("/docs", instrumented("other", docs), methods=["GET"]),
     ]

@@ -35,6 +35,17 @@ REASONS = (
     "unknown_version",
     "not_found",
     "method_not_allowed",
+    # online experiments (stream.experiments.InvalidExperiment reasons)
+    "invalid_name",
+    "invalid_arms",
+    "invalid_arm",
+    "invalid_shares",
+    "duplicate_arm",
+    "unknown_arm",
+    "duplicate_experiment",
+    "experiment_running",
+    "no_experiment",
+    "experiment_conflict",
 )
 
 

@@ -194,6 +194,10 @@ class PolicyFollower(_Follower):
                      bundle.feature_space, bundle.created_at)
         return swapped
 
+    def kept(self, version: int) -> PolicyBundle | None:
+        """A kept verified bundle by version (an experiment arm pinned to it), or None."""
+        return self.bundles.get(version)
+
     def pin(self, version: int | None) -> PolicyBundle | None:
         """Serve a kept version until unpinned (``None``: back to the newest); None if unknown."""
         with self._lock:

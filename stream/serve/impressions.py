@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import msgspec
 from kafka.errors import KafkaError
 
 from stream.events import Click, Event, EventCodec, Impression, Purchase
@@ -142,10 +143,13 @@ class EventLog:
     def _emit(self, item: Any) -> None:
         if isinstance(item, tuple):
             rec, user_id, user, ts = item
+            # Every impression of an experiment carries its experiment and arm.
             event: Event = Impression(
                 event_id=f"{rec.request_id}-imp", request_id=rec.request_id, ts=ts,
                 user_id=user_id, items=rec.items, propensities=rec.propensities,
-                policy_version=rec.policy_version, user=dict(user))
+                policy_version=rec.policy_version, user=dict(user),
+                experiment=msgspec.UNSET if rec.experiment is None else rec.experiment,
+                arm=msgspec.UNSET if rec.arm is None else rec.arm)
             kind = "impression"
         else:
             event = item

@@ -24,10 +24,20 @@ from typing import Any
 
 import msgspec
 
-from stream.serve.app import FeedbackRequest, ForgetRequest, PinRequest, RecommendRequest
+from stream.serve.app import (
+    ArmRequest,
+    ExperimentRequest,
+    FeedbackRequest,
+    ForgetRequest,
+    PinRequest,
+    RecommendRequest,
+    RollbackRequest,
+    SharesRequest,
+)
 from stream.serve.recommender import Recommendation
 from stream.serve.schema import (
     ErrorBody,
+    ExperimentState,
     FeedbackAccepted,
     ForgetAccepted,
     Health,
@@ -54,6 +64,8 @@ class Endpoint:
     body: type | None = None
     admin: bool = False
     tags: tuple[str, ...] = field(default=("serving",))
+    #: default: the path's words (a second method on one path needs its own)
+    operation_id: str | None = None
 
 
 _BODY_LIMITS = {
@@ -65,6 +77,16 @@ _BODY_LIMITS = {
 _ADMIN_ERRORS = {
     401: (ErrorBody, "`unauthorized`: no `Authorization: Bearer <token>` header"),
     403: (ErrorBody, "`forbidden`: wrong token; `admin_disabled`: no `serve.admin_token` set"),
+}
+
+_EXPERIMENT_ERRORS = ("`malformed_json`, `invalid_field`, `invalid_name`, `invalid_arms`, "
+                      "`invalid_arm`, `invalid_shares`, `duplicate_arm`, `unknown_arm`")
+_EXPERIMENT_STATE = {
+    404: (ErrorBody, "`not_found`: no experiment control; `unknown_version`: a pinned "
+                     "version this server does not keep"),
+    409: (ErrorBody, "`duplicate_experiment`, `experiment_running`, `no_experiment`, "
+                     "`experiment_conflict` (another change came first)"),
+    503: (ErrorBody, "`kafka_unavailable`: the change was not acknowledged or read back"),
 }
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -129,6 +151,43 @@ ENDPOINTS: tuple[Endpoint, ...] = (
               404: (ErrorBody, "`not_found`: this server has no erasure topic"),
               503: (ErrorBody, "`kafka_unavailable`: the markers were not acknowledged")},
              body=ForgetRequest, admin=True, tags=("admin",)),
+    Endpoint("get", "/admin/experiment", "The experiment in force",
+             "The online experiment this server applies (`null`: none): its arms, their "
+             "shares, status and version.",
+             {200: (ExperimentState, "the experiment"), **_ADMIN_ERRORS,
+              404: (ErrorBody, "`not_found`: this server takes no experiment changes")},
+             admin=True, tags=("experiments",), operation_id="admin_experiment_get"),
+    Endpoint("post", "/admin/experiment", "Start an experiment",
+             "Starts an A/B split between arms (policy configurations) as version 1 of a "
+             "new experiment: users are assigned sticky by a keyed hash of their pseudonym "
+             "and the salt. Published on `fairstream.experiments`; every server and worker "
+             "follows it. Refused, with the configuration in force left as it is, when the "
+             "shares do not sum to 1, names repeat, the control is not an arm, the name was "
+             "used before, or another experiment runs.",
+             {200: (ExperimentState, "running"), 400: (ErrorBody, _EXPERIMENT_ERRORS),
+              **_ADMIN_ERRORS, **_EXPERIMENT_STATE},
+             body=ExperimentRequest, admin=True, tags=("experiments",)),
+    Endpoint("post", "/admin/experiment/shares", "Change the shares",
+             "New traffic shares for every arm of the running experiment (a new version).",
+             {200: (ExperimentState, "changed"), 400: (ErrorBody, _EXPERIMENT_ERRORS),
+              **_ADMIN_ERRORS, **_EXPERIMENT_STATE},
+             body=SharesRequest, admin=True, tags=("experiments",)),
+    Endpoint("post", "/admin/experiment/stop", "Stop an arm",
+             "The arm's users go to control (what a guardrail does with "
+             "`experiment.auto_stop`); no other user changes arm.",
+             {200: (ExperimentState, "stopped"), 400: (ErrorBody, _EXPERIMENT_ERRORS),
+              **_ADMIN_ERRORS, **_EXPERIMENT_STATE},
+             body=ArmRequest, admin=True, tags=("experiments",)),
+    Endpoint("post", "/admin/experiment/promote", "Promote an arm",
+             "Ends the experiment: the arm's configuration serves every user.",
+             {200: (ExperimentState, "promoted"), 400: (ErrorBody, _EXPERIMENT_ERRORS),
+              **_ADMIN_ERRORS, **_EXPERIMENT_STATE},
+             body=ArmRequest, admin=True, tags=("experiments",)),
+    Endpoint("post", "/admin/experiment/rollback", "Roll back",
+             "Ends the experiment: control serves every user.",
+             {200: (ExperimentState, "rolled back"), 400: (ErrorBody, _EXPERIMENT_ERRORS),
+              **_ADMIN_ERRORS, **_EXPERIMENT_STATE},
+             body=RollbackRequest, admin=True, tags=("experiments",)),
     Endpoint("get", "/openapi.json", "This document", "The OpenAPI 3.1 document.",
              {200: ("application/json", "the document")}, tags=("reference",)),
     Endpoint("get", "/docs", "The rendered reference",
@@ -160,7 +219,7 @@ def _content(kind: type | str) -> dict[str, Any]:
 
 def _operation(ep: Endpoint) -> dict[str, Any]:
     op: dict[str, Any] = {
-        "operationId": ep.path.strip("/").replace("/", "_").replace(".", "_"),
+        "operationId": ep.operation_id or ep.path.strip("/").replace("/", "_").replace(".", "_"),
         "summary": ep.summary, "description": ep.description, "tags": list(ep.tags),
         "responses": {str(code): {"description": why, "content": _content(kind)}
                       for code, (kind, why) in sorted(ep.responses.items())},

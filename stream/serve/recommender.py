@@ -59,8 +59,10 @@ from bandits import ExposureController, predicted_reward
 from learners import ProfileStore, user_groups
 from stream.core.bundle import PolicyBundle
 from stream.core.recent import RecentImpressions
+from stream.experiments import Experiment
 from stream.serve.exceptions import BadRequest, NotReady
 from stream.serve.explain import Explanation, explain_slate
+from stream.serve.split import Split
 from stream.settings import MAX_K
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,8 @@ class Recommendation(msgspec.Struct, frozen=True, omit_defaults=True):
     policy_version: str
     request_id: str
     explanations: list[Explanation] | None = None
+    experiment: str | None = None
+    arm: str | None = None
 
 
 def request_rng(seed: int, request_id: str) -> np.random.Generator:
@@ -110,6 +114,11 @@ ImpressionSink = Callable[[Recommendation, str, Mapping[str, Any], float], objec
 
 class Recommender:
     """Scores candidates with the latest verified policy; swaps policy and catalog atomically.
+
+    With an online experiment (:meth:`set_experiment`) each user is served by their arm
+    (:class:`stream.serve.split.Split`): the served policy with the arm's exploration
+    and exposure strength, or a pinned kept version (``kept``: version → bundle, the
+    policy follower's); the slate's propensities are that arm policy's own.
 
     ``max_candidates`` / ``max_k`` bound one request's work. ``impressions``
     (e.g. :meth:`stream.serve.impressions.EventLog.log_impression`) is called
@@ -145,6 +154,10 @@ class Recommender:
         self._id_prefix = uuid.uuid4().hex[:16] + "-"
         self._ids = itertools.count()
         self._attrs: dict[tuple[Any, Any], dict[str, Any]] = {}
+        #: the online experiment's split (None: none runs); swapped as a unit
+        self.split: Split | None = None
+        #: kept verified bundles by version (pinned arms): the policy follower's
+        self.kept: Callable[[int], PolicyBundle | None] = lambda _version: None
 
     def __repr__(self) -> str:
         v = self._view
@@ -176,6 +189,11 @@ class Recommender:
             table = self._table(bundle, old.emb)
             self._view = _View(bundle, str(bundle.version), old.ids, old.index, old.emb, table)
             return True
+
+    def set_experiment(self, experiment: Experiment | None) -> Split | None:
+        """Serve ``experiment``'s arms from the next request on (None: no experiment)."""
+        self.split = None if experiment is None else Split(experiment, self.exposure)
+        return self.split
 
     def set_catalog(self, ids: Sequence[str], embeddings: np.ndarray,
                     groups: Sequence[str] | None = None) -> None:
@@ -276,9 +294,9 @@ class Recommender:
         v = self._view  # the one read: a swap mid-request does not affect this request
         if v.bundle is None or v.table is None or not v.ids:
             raise NotReady("no verified policy yet" if v.bundle is None else "no catalog yet")
+        rows = None
         if candidates is None:
             ids: Sequence[str] = v.ids
-            adapted = v.table
         else:
             n = len(candidates)
             if n > self.max_candidates:
@@ -295,7 +313,6 @@ class Recommender:
             if len(set(rows)) != n:
                 raise BadRequest("duplicate_candidate", "candidates contains duplicates")
             ids = candidates
-            adapted = v.table[rows]
         n = len(ids)
         if isinstance(k, bool) or not isinstance(k, int | np.integer) \
                 or not 1 <= k <= min(self.max_k, n):
@@ -304,17 +321,25 @@ class Recommender:
                              f"(max_k={self.max_k}, {n} candidates)")
         if request_id is None:
             request_id = f"{self._id_prefix}{next(self._ids):x}"
-        fmap, policy = v.bundle.fmap, v.bundle.policy
+        split, exposure = self.split, self.exposure
+        if split is None:
+            bundle, policy, table, arm = v.bundle, v.bundle.policy, v.table, None
+        else:
+            arm = split.router.arm(user_id)
+            bundle, policy, table, exposure = split.resolve(arm, v.bundle, v.table, v.emb,
+                                                            self.kept)
+        fmap = bundle.fmap
+        adapted = table if rows is None else table[rows]
         if rng is None:
             rng = (_UNUSED_RNG if getattr(policy, "epsilon", None) == 0.0
                    else request_rng(self.seed, request_id))
         profile = self.profiles.get(user_id)
         X = fmap.transform(None, profile, self._canonical(user), adapted_items=adapted)
-        control = self.exposure is not None and self.exposure.lam > 0
+        control = exposure is not None and exposure.lam > 0
         if control:
             all_rows = range(len(ids)) if candidates is None else rows
             groups = [self._groups[r] for r in all_rows]
-            bonus = self.exposure.bonus(groups)
+            bonus = exposure.bonus(groups)
         by_id = ids if policy.uses_item_ids else None
         at = time.time() if now is None else now
         offset, seen = bonus if control else None, None
@@ -327,13 +352,16 @@ class Recommender:
         if control:
             # Merit = the model's estimated relevance of every candidate (FairCo); the
             # candidates target counts every candidate alike and needs no prediction.
-            merit = predicted_reward(policy, X, by_id) if self.exposure.needs_merit else None
-            self.exposure.observe(groups, slate.indices, merit)
+            merit = predicted_reward(policy, X, by_id) if exposure.needs_merit else None
+            exposure.observe(groups, slate.indices, merit)
         parts = explain_slate(policy, X, slate, ids, bonus if control else None,
                               k_item=fmap.k_item, k_profile=fmap.k_profile,
                               discount=seen) if explain else None
         rec = Recommendation([ids[i] for i in slate.indices.tolist()], slate.scores.tolist(),
-                             slate.propensities.tolist(), v.version, request_id, parts)
+                             slate.propensities.tolist(),
+                             v.version if bundle is v.bundle else str(bundle.version),
+                             request_id, parts,
+                             None if arm is None else split.experiment.name, arm)
         if self.recent is not None:
             self.recent.shown(user_id, rec.items, at)
         if self.impressions is not None:

@@ -18,6 +18,7 @@ from typing import Literal
 
 import msgspec
 
+from stream.experiments import Experiment
 from stream.serve.exceptions import REASONS
 
 #: What an error body's ``error`` can say: every refusal reason, and a 500's.
@@ -77,3 +78,11 @@ class PinResult(msgspec.Struct):
 
     pinned: int | None
     policy_version: int | None
+
+
+class ExperimentState(msgspec.Struct):
+    """The experiment in force after the call (``null``: none): its version, arms with
+    their configured shares (``stopped`` says why an arm's users go to control), status
+    (running, promoted, rolled_back) and who made the last change."""
+
+    experiment: Experiment | None

@@ -29,10 +29,13 @@ from learners import Encoder, ProfileStore
 from stream.core.keys import refuse_dev_key
 from stream.core.recent import recent_impressions
 from stream.events import EventCodec
+from stream.experiments.config import experiment_from_settings
+from stream.kafka.experiments import kafka_publisher
 from stream.kafka.topics import ensure_topics
 from stream.metrics import ServeMetrics
 from stream.privacy import Pseudonymizer
 from stream.serve.app import ServeContext, create_app
+from stream.serve.experiments import ExperimentControl, ExperimentFollower
 from stream.serve.follower import CatalogFollower, FeedbackFollower, PolicyFollower
 from stream.serve.forget import ErasureFollower
 from stream.serve.impressions import EventLog, ProducerHealth, kafka_send
@@ -78,6 +81,12 @@ class ServeRuntime:
         self.feedback = FeedbackFollower(settings, self.recommender, self.metrics)
         self.erasure = ErasureFollower(settings, self.recommender, self.metrics)
         self.feedback.erasures = self.erasure.erasures
+        self.recommender.kept = self.policies.kept
+        self.experiments = ExperimentControl(self.recommender, self.metrics)
+        configured = experiment_from_settings(settings.experiment)
+        if configured is not None:  # version 1 everywhere; the topic's later versions win
+            self.experiments.adopt(configured)
+        self.experiment_follower = ExperimentFollower(settings, self.experiments, self.metrics)
         self.ctx = self._context()
         self.app = create_app(self.ctx)
 
@@ -88,7 +97,7 @@ class ServeRuntime:
                             ready=self.readiness, reload=self.policies.request_reload,
                             pin=self.policies.pin, health=self.health,
                             edge=Pseudonymizer.from_settings(self.settings.privacy),
-                            forget=self.erasure.forget)
+                            forget=self.erasure.forget, experiments=self.experiments)
 
     def start(self) -> ServeRuntime:
         s = self.settings
@@ -114,19 +123,26 @@ class ServeRuntime:
         self.recommender.impressions = self.event_log.log_impression
         self.ctx.event_log = self.event_log
         self.erasure.producer = self.producer
-        for follower in (self.erasure, self.feedback, self.catalog, self.policies):
+        self.experiments.publish = kafka_publisher(self.producer, s.topics.experiments,
+                                                   timeout_s=timeout_ms / 1000)
+        for follower in self._followers:
             follower.start()
         return self
 
+    @property
+    def _followers(self) -> tuple[Any, ...]:
+        return (self.erasure, self.feedback, self.catalog, self.policies,
+                self.experiment_follower)
+
     def readiness(self) -> dict[str, Any]:
         rec = self.recommender
-        errors = {f.name: repr(f.error) for f in (self.policies, self.catalog, self.feedback,
-                                                  self.erasure) if f.error is not None}
+        errors = {f.name: repr(f.error) for f in self._followers if f.error is not None}
         if not self.health.producing:
             errors["events_producer"] = self.health.reason
         state = {
             "ready": (rec.ready and self.catalog.caught_up.is_set()
-                      and self.feedback.caught_up.is_set() and not errors),
+                      and self.feedback.caught_up.is_set()
+                      and self.experiment_follower.caught_up.is_set() and not errors),
             "policy_version": rec.bundle.version if rec.bundle else None,
             "catalog_items": rec.catalog_size,
             "catalog_loaded": self.catalog.caught_up.is_set(),
@@ -148,7 +164,7 @@ class ServeRuntime:
         gc.freeze()
 
     def close(self) -> None:
-        for follower in (self.policies, self.catalog, self.feedback, self.erasure):
+        for follower in self._followers:
             follower.stop()
         if self.event_log is not None:
             self.event_log.close()

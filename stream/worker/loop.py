@@ -19,6 +19,8 @@ short and delegates each job to a room of its own:
   atomically, commit; and the restore on start;
 * :class:`~stream.worker.finetune.FineTuneControl` — background fine-tunes and the
   NeuralLinear swap;
+* :class:`~stream.worker.experiments.ExperimentResultsRoom` — per-arm results of the
+  online experiment, its guardrails and the stop of a losing arm;
 * :mod:`stream.worker.process` — GC and BLAS tuning when the worker owns its process.
 
 On (re)start the worker resumes from its checkpoint's offsets, so a crash loses no
@@ -66,6 +68,7 @@ from stream.settings import Settings
 from stream.worker.checkpointer import Checkpointer
 from stream.worker.deadletter import DeadLetters
 from stream.worker.erasure import Forgetting
+from stream.worker.experiments import ExperimentResultsRoom
 from stream.worker.finetune import FineTuneControl
 from stream.worker.outcomes import Outcomes
 from stream.worker.process import tune_process
@@ -126,6 +129,7 @@ class Worker:
         self.finetune = FineTuneControl(settings, self.metrics)
         self.forgetting = Forgetting(settings)
         self.outcomes = Outcomes(self.metrics)  # reward and CTR by source and policy version
+        self.experiments = ExperimentResultsRoom(settings, self.metrics)  # online experiments
         self.progress = ProgressLine(settings.worker.log_every_s)
         self._metrics_server = None
 
@@ -177,6 +181,8 @@ class Worker:
                         self._assigned if self.exchange is not None else None))
             if self.publisher.pending:
                 self.publish()
+            if self.experiments.results is not None:
+                self.experiments.tick()  # the last results, for the report
             self.checkpoint()
         finally:
             self.report.elapsed_s = time.monotonic() - started
@@ -202,6 +208,8 @@ class Worker:
                 self.publish()
             if self.checkpointer.due(now):
                 self.checkpoint()
+            if self.experiments.due(now):
+                self.experiments.tick(now)
             self.metrics.checkpoint_age.set(self.checkpointer.age(now))
             if self.progress.due():
                 self._log_progress()
@@ -214,6 +222,7 @@ class Worker:
             if room is not None:
                 room.close()
         self.forgetting.close()
+        self.experiments.close()
         self.catalog_feed = self.dead_letters = self.publisher = self.exchange = None
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -223,6 +232,7 @@ class Worker:
         s = self.settings
         self.catalog_feed = CatalogFeed(s, self.catalog, self.encoder).open()
         self.forgetting.open()
+        self.experiments.open()
         k, w = s.kafka, s.worker
         self.dead_letters = DeadLetters(
             KafkaProducer(bootstrap_servers=k.bootstrap, acks="all", linger_ms=20,
@@ -255,6 +265,7 @@ class Worker:
             log.info("catalog grew to %d items", len(self.catalog))
         if self.forgetting.poll(self.state, self.lock):
             self.checkpoint()  # the file on disk stops holding the forgotten users now
+        self.experiments.poll()
         message = self.fetch.receive(timeout_s=self.settings.worker.poll_timeout_ms / 1000)
         if isinstance(message, Records):
             return self._handle_records(message)
@@ -379,6 +390,7 @@ class Worker:
         for group, exposure in learned.exposure_by_item_group.items():
             self.metrics.exposure.labels(item_group=group).inc(exposure)
         self.outcomes.count(closed)  # reward by source: per version, and per user group
+        self.experiments.observed(closed, self.catalog)  # reward and exposure per arm
         return learned
 
     def _log_progress(self) -> None:

@@ -64,6 +64,7 @@ def test_expected_alerts_exist():
         "FairstreamFinetuneFailing",
         "FairstreamServeLatencyHigh",
         "FairstreamFeedbackUnjoined",
+        "FairstreamExperimentGuardrailBreached",
     }
 
 

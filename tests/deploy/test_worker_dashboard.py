@@ -11,7 +11,7 @@ import httpx
 import pytest
 from promserver import RULE_FILES, PrometheusServer, dashboard_queries
 
-from stream.events import Click
+from stream.events import Click, EventCodec
 from stream.kafka.producers import (
     catalog_items,
     make_producer,
@@ -20,6 +20,7 @@ from stream.kafka.producers import (
     replay_events,
 )
 from stream.kafka.topics import ensure_topics
+from stream.privacy import Pseudonymizer
 from stream.serve import ServerThread, ServeRuntime
 from stream.sim.demo import MALFORMED
 from stream.worker import Worker, WorkerThread
@@ -47,11 +48,34 @@ def _drive_server(url: str, items) -> tuple[int, int]:
     return 60, 6
 
 
+def _advance_watermarks(settings) -> int:
+    edge = Pseudonymizer.from_settings(settings.privacy)
+    codec = EventCodec()
+    producer = make_producer(settings)
+    at = time.time() + 2 * settings.events.attribution_window_s
+    n = settings.kafka.events_partitions
+    for p in range(n):
+        event = edge.event(Click(event_id=f"tick-{p}", request_id=f"tick-{p}", ts=at,
+                                 user_id=f"tick-{p}", item_id="1"))
+        producer.send(settings.topics.events, key=event.user_id.encode(),
+                      value=codec.encode(event), partition=p)
+    producer.flush()
+    producer.close()
+    return n
+
+
 def test_dashboard_panels_and_group_series_on_a_scraped_worker(make_settings, movielens,
                                                                encoder):
+    # An online experiment splits the server's users (u0, u1, u3 get "wide" under this
+    # name and the test pseudonym key; the others control), so its panels have data.
     settings = make_settings(finetune={"enabled": True, "every_updates": 400, "min_rows": 300,
                                        "steps": 30, "duty_cycle": 1.0},
-                             events={"attribution_window_s": 60.0})
+                             events={"attribution_window_s": 60.0},
+                             experiment={"name": "dashboard", "min_users": 2,
+                                         "results_every_s": 0.5,
+                                         "arms": [{"name": "control", "share": 0.5},
+                                                  {"name": "wide", "share": 0.5,
+                                                   "alpha": 2.0}]})
     ensure_topics(settings)
     publish_catalog(settings, catalog_items(movielens))
     events = list(replay_events(movielens, limit=1200))
@@ -84,6 +108,18 @@ def test_dashboard_panels_and_group_series_on_a_scraped_worker(make_settings, mo
             runtime.wait_ready(60)
             served, clicks = _drive_server(server.url, catalog_items(movielens))
             total += served + clicks  # the server logs its impressions and forwards feedback
+            # Once Kafka holds the served impressions and clicks, one click past their
+            # window on every partition closes them, so the experiment's arms get results
+            # (the ticks themselves join nothing: "unknown_request").
+            served_metrics = runtime.metrics.registry
+            deadline = time.monotonic() + 60
+            while (served_metrics.get_sample_value("fairstream_serve_impressions_logged_total")
+                   or 0) < served or (served_metrics.get_sample_value(
+                       "fairstream_serve_feedback_forwarded_total", {"type": "click"}) or 0) \
+                    < clicks:
+                assert time.monotonic() < deadline, "served events not acknowledged"
+                time.sleep(0.05)
+            total += _advance_watermarks(settings)
             deadline = time.monotonic() + 120
             finetunes = worker.metrics.finetunes
             while worker.report.events < total or (

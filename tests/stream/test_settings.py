@@ -9,7 +9,8 @@ def test_defaults_are_valid():
     assert s == Settings()
     assert s.topics.all() == ["fairstream.items", "fairstream.events", "fairstream.events.dlq",
                               "fairstream.policies", "fairstream.fairness", "fairstream.stats",
-                              "fairstream.erasure", "fairstream.profiles"]
+                              "fairstream.erasure", "fairstream.profiles",
+                              "fairstream.experiments"]
 
 
 def test_file_then_environment(tmp_path):

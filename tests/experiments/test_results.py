@@ -1,0 +1,73 @@
+"""Per-arm results and guardrails against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from stream.experiments import Arm, Experiment
+from stream.experiments.results import ExperimentResults
+
+
+def _exp(**kw):
+    return Experiment(name="e", arms=[Arm(name="control", share=0.5),
+                                      Arm(name="b", share=0.5)], **kw)
+
+
+def test_reward_exposure_and_disparity_by_hand():
+    res = ExperimentResults(_exp())
+    res.observe("b", "u1", [1.0, 0.0], ["head", "tail"], ["gender=F", "age=25-34"])
+    res.observe("b", "u2", [0.0, 0.0], ["tail", "head"], ["gender=M"])
+    arm = res.arms["b"]
+    assert arm.reward.n == 2 and arm.reward.mean == 0.25 and arm.shown == 4
+    assert arm.by_user_group["gender=F"].mean == 0.5
+    assert arm.by_user_group["gender=M"].mean == 0.0
+    w2 = 1 / math.log2(3)
+    assert arm.exposure == pytest.approx({"head": 1 + w2, "tail": 1 + w2})
+    assert arm.merit == {"head": 1.0, "tail": 0.0}
+    assert arm.disparity() == pytest.approx(0.5)  # ½(|0.5 − 1| + |0.5 − 0|)
+    assert not res.observe("nope", "u", [1.0], ["head"], [])
+
+
+def test_reward_guardrail_and_no_guardrail_for_equal_arms():
+    res = ExperimentResults(_exp(), mixture_sd=0.1)
+    for i in range(300):
+        res.observe("control", f"c{i}", [float(i % 2)], ["head"], [])
+        res.observe("b", f"b{i}", [float(i % 2)], ["head"], [])
+    assert res.breaches() == []
+    for i in range(300, 1500):
+        res.observe("control", f"c{i}", [float(i % 2)], ["head"], [])
+        res.observe("b", f"b{i}", [float(i % 5 == 0)], ["head"], [])
+    [breach] = res.breaches()
+    assert breach.arm == "b" and breach.guardrail == "reward"
+    c = res.comparison("b")
+    assert c.upper < 0 and c.diff == pytest.approx(res.arms["b"].reward.mean - 0.5)
+
+
+def test_disparity_guardrail_after_min_impressions():
+    res = ExperimentResults(_exp(), disparity_target=0.1, min_impressions=50)
+
+    def show(i):  # b shows head and tail alike while only head items earn reward
+        res.observe("control", f"c{i}", [float(i % 2)], ["head"], [])
+        res.observe("b", f"b{i}", [0.0], ["tail"], [])
+        res.observe("b", f"x{i}", [float(i % 2)], ["head"], [])
+
+    for i in range(24):
+        show(i)
+    assert res.arms["b"].disparity() == pytest.approx(0.5)  # ½(|½ − 1| + |½ − 0|)
+    assert res.breaches() == []  # 48 impressions < min_impressions
+    show(24)
+    assert [(b.arm, b.guardrail) for b in res.breaches()] == [("b", "disparity")]
+
+
+def test_history_and_table():
+    res = ExperimentResults(_exp())
+    for i in range(10):
+        res.observe("control", f"c{i}", [1.0], ["head"], [])
+        res.observe("b", f"b{i}", [0.0], ["head"], [])
+        res.record(float(i))
+    assert len(res.history) == 10
+    rows = {r["arm"]: r for r in res.table()}
+    assert rows["control"]["control"] and rows["b"]["impressions"] == 10
+    assert rows["b"]["diff"] == -1.0
