@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scipy.sparse import csc_matrix
 
 from bandits import FeatureSpaceMismatch, HybridStats, SufficientStats
 from stream.exceptions import DeltaError
@@ -137,6 +138,32 @@ def load_delta(data: bytes, key: bytes) -> StatsDelta:
         raise DeltaError("format", f"{type(exc).__name__}: {exc}") from exc
 
 
+#: The Kafka record header naming a delta's ``partition,start,end`` (ASCII), so a reader
+#: can skip a delta it would not fold without verifying and decoding it.
+SPAN_HEADER = "fairstream-delta-span"
+
+
+def span_header(delta: StatsDelta) -> list[tuple[str, bytes]]:
+    return [(SPAN_HEADER, f"{delta.partition},{delta.start},{delta.end}".encode())]
+
+
+def delta_span(headers: Any) -> tuple[int, int, int] | None:
+    """``(partition, start, end)`` from a record's headers; None without (or with a
+    malformed) span header: the reader then decodes the delta to learn it.
+
+    >>> delta_span([(SPAN_HEADER, b"2,-1,40")]), delta_span([]), delta_span(None)
+    ((2, -1, 40), None, None)
+    """
+    for name, value in headers or ():
+        if name == SPAN_HEADER:
+            try:
+                p, start, end = (int(v) for v in value.split(b","))
+            except ValueError:
+                return None
+            return p, start, end
+    return None
+
+
 class StatsAccumulator:
     """Additive statistics of rows learnt since the last :meth:`take`, in one feature
     space: the shared ``(XᵀX, Xᵀr, n)`` and, with ``z`` (a hybrid policy's layout),
@@ -174,9 +201,8 @@ class StatsAccumulator:
         if item_ids is None:
             raise ValueError("a hybrid accumulator needs the rows' item ids")
         slot = self._slot
-        for i in item_ids:
-            if i not in slot:
-                slot[i] = len(slot)
+        inv = np.fromiter((slot.setdefault(i, len(slot)) for i in item_ids), dtype=np.intp,
+                          count=len(item_ids))
         if len(slot) > len(self._n):
             cap = 2 * len(slot)
             for name in ("_xz", "_zr", "_n"):
@@ -184,17 +210,11 @@ class StatsAccumulator:
                 new = np.zeros((cap, *old.shape[1:]))
                 new[:len(old)] = old
                 setattr(self, name, new)
-        inv = np.fromiter((slot[i] for i in item_ids), dtype=np.intp, count=len(item_ids))
-        Z = np.ones((len(X), 1)) if self.z == "bias" else X[:, list(self.z)]
-        # Rows grouped by item, then one reduceat per block (np.add.at is many times slower).
-        order = np.argsort(inv, kind="stable")
-        inv_o = inv[order]
-        starts = np.flatnonzero(np.r_[True, inv_o[1:] != inv_o[:-1]])
-        items = inv_o[starts]
-        Zo, Xo = Z[order], X[order]
-        self._xz[items] += np.add.reduceat(Zo[:, :, None] * Xo[:, None, :], starts, axis=0)
-        self._zr[items] += np.add.reduceat(Zo * r[order][:, None], starts, axis=0)
-        self._n[items] += np.diff(np.r_[starts, len(inv_o)])
+        items, group = np.unique(inv, return_inverse=True)
+        blocks, zr, counts = _item_blocks(X, r, group, len(items), self.z)
+        self._xz[items] += blocks
+        self._zr[items] += zr
+        self._n[items] += counts
 
     def take(self) -> SufficientStats:
         """The statistics accumulated so far; starts over."""
@@ -208,6 +228,22 @@ class StatsAccumulator:
                               item_zr=self._zr[:u], item_n=self._n[:u])
         self._reset()
         return out
+
+
+def _item_blocks(X: np.ndarray, r: np.ndarray, group: np.ndarray, groups: int,
+                 z: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per group ``g``: ``(Σ z_i x_iᵀ, Σ z_i r_i, count)`` over the rows ``i`` of ``g``.
+
+    One sparse product ``S @ X`` with ``S[g·k + j, i] = z_ij`` for row ``i`` of group ``g``:
+    no ``(rows, k, d)`` outer products in memory and no per-group reduction (a
+    ``reduceat`` over them cost about ten times as much)."""
+    n, d = X.shape
+    Z = np.ones((n, 1)) if z == "bias" else X[:, list(z)]
+    k = Z.shape[1]
+    rows = (group[:, None] * k + np.arange(k)).ravel()
+    S = csc_matrix((Z.ravel(), rows, np.arange(0, n * k + 1, k)), shape=(groups * k, n))
+    return ((S @ X).reshape(groups, k, d), (S @ r).reshape(groups, k),
+            np.bincount(group, minlength=groups).astype(np.float64))
 
 
 def cut_delta(state: LearningState, partition: int, start: int, stats: SufficientStats,

@@ -249,7 +249,10 @@ class Worker:
         if self.catalog_feed.poll():
             self.metrics.catalog_items.set(len(self.catalog))
             log.info("catalog grew to %d items", len(self.catalog))
-        if self.forgetting.poll(self.state, self.lock):
+        forgotten = self.forgetting.poll(self.state, self.lock)
+        if forgotten:
+            if self.exchange is not None:  # and their changelog records
+                self.exchange.forgotten(forgotten.users)
             self.checkpoint()  # the file on disk stops holding the forgotten users now
         message = self.fetch.receive(timeout_s=self.settings.worker.poll_timeout_ms / 1000)
         if isinstance(message, Records):
@@ -266,10 +269,16 @@ class Worker:
         """Seek newly assigned partitions to the checkpoint's offsets (with the statistics
         exchange: to where their last deltas end, read first)."""
         publisher = self.exchange is not None and self.exchange.assigned(partitions)
+        # Restored profiles may hold erased users (the changelog lags, deltas keep them).
+        forgotten = self.forgetting.reapply(self.state, self.lock) \
+            if self.exchange is not None else None
         offsets = self.state.offsets
         self.fetch.send(Seek({p: offsets[p] for p in partitions if p in offsets}))
         self._assigned.update(partitions)
         log.info("assigned %s", partitions)
+        if forgotten:
+            self.exchange.forgotten(forgotten.users)
+            self.checkpoint()  # their changelog records go now
         if publisher:
             self.publish()
 
