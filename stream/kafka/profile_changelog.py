@@ -61,8 +61,10 @@ from stream.settings import Settings
 log = logging.getLogger(__name__)
 
 MARKER = b"\x00marker"
-#: Profiles per changelog record (384 float32 each: about 0.8 MB a record).
+#: Profiles per changelog record at most (384 float32 each: about 0.8 MB a record) ...
 CHUNK = 512
+#: ... and fewer when profiles are wider: a record stays under Kafka's default 1 MB.
+CHUNK_BYTES = 900 * 1024
 
 
 class _Chunk(msgspec.Struct, array_like=True):
@@ -103,6 +105,15 @@ def decode_chunk(value: bytes) -> tuple[int, list[str], np.ndarray, np.ndarray, 
     if c.dim <= 0 or len(means) != n * c.dim or len(weights) != n or len(last_seen) != n:
         raise ValueError("chunk arrays do not match its user list")
     return c.end, c.users, means.reshape(n, c.dim), weights, last_seen
+
+
+def chunk_size(dim: int) -> int:
+    """Profiles per changelog record for profiles of ``dim`` floats.
+
+    >>> chunk_size(384), chunk_size(1024), chunk_size(10**6)
+    (512, 219, 1)
+    """
+    return max(1, min(CHUNK, CHUNK_BYTES // (4 * dim + 96)))
 
 
 @dataclass
@@ -186,13 +197,14 @@ class ProfileChangelog:
     def _send_chunks(self, p: int, end: int, users: list[str], means: np.ndarray,
                      weights: np.ndarray, last_seen: np.ndarray) -> int:
         ledger = self._ledger(p)
-        for lo in range(0, len(users), CHUNK):
+        per = chunk_size(means.shape[1] if means.ndim == 2 else 0)
+        for lo in range(0, len(users), per):
             key = f"c:{self._writer}:{self._seq}".encode()
             self._seq += 1
-            part = users[lo:lo + CHUNK]
+            part = users[lo:lo + per]
             self.producer.send(self.topic, partition=p, key=key, value=encode_chunk(
-                end, part, means[lo:lo + CHUNK], weights[lo:lo + CHUNK],
-                last_seen[lo:lo + CHUNK]))
+                end, part, means[lo:lo + per], weights[lo:lo + per],
+                last_seen[lo:lo + per]))
             ledger.wrote(key, part)
         return len(users)
 
