@@ -211,11 +211,23 @@ class ProfileStore:
         # Rows of one float32 array, not copies: a profile's array is replaced, never
         # written to, when it moves (see _fold).
         means = np.asarray(means, dtype=np.float32)
-        users, move = self._users, self._users.move_to_end
-        for u, mean, w, t in zip(user_ids, means, np.asarray(weights, np.float64).tolist(),
-                                 np.asarray(last_seen, np.float64).tolist(), strict=True):
-            users[u] = [mean, w, t]
-            move(u)
+        users = self._users
+        ws = np.asarray(weights, np.float64).tolist()
+        ts = np.asarray(last_seen, np.float64).tolist()
+        if not len(user_ids) == len(means) == len(ws) == len(ts):
+            raise ValueError("put: user ids, means, weights and last-seen times differ "
+                             "in length")
+        ids = list(user_ids)
+        if len(set(ids)) == len(ids):  # the usual case: one dict update (a restore's)
+            for u in ids:
+                if u in users:
+                    del users[u]  # re-inserted at the end: most recent last
+            users.update(zip(ids, map(list, zip(means, ws, ts, strict=True)), strict=True))
+        else:  # a user twice: its last entry wins and stands last
+            move = users.move_to_end
+            for u, mean, w, t in zip(ids, means, ws, ts, strict=True):
+                users[u] = [mean, w, t]
+                move(u)
         while len(self._users) > self.capacity:
             self._users.popitem(last=False)
             self.evictions += 1

@@ -8,7 +8,9 @@ Four measurements, in one run, on one broker:
   handled to the last (summed over the workers' ``/metrics``), with each process's CPU
   seconds in that window (learner, its fetch process) and the broker's;
 * **statistics-exchange overhead**: one worker with the exchange off against one with
-  it on, same backlog, same run;
+  it on, same run, each over a backlog (``overhead_ratings``, all of MovieLens 100k by
+  default) produced before the worker starts, so the window is learning alone; as
+  events/s and as the learner's CPU per 1,000 events;
 * **checkpoint seconds by user count**: a worker checkpoint of a state holding 10,000,
   100,000 and 1,000,000 users' profiles (synthetic, 384 float32 each), with the exchange
   (profiles left to their changelog: ``checkpoint_s_by_users``) and without (every
@@ -54,7 +56,8 @@ def run_scale_bench(settings=None, ratings: int = DEFAULT_RATINGS,
                     out_dir: str | os.PathLike[str] = "runs/bench-scale",
                     json_path: str | os.PathLike[str] | None = None,
                     progress: bool = True, bootstrap: str | None = None,
-                    restore_users: int = 100_000) -> dict[str, Any]:
+                    restore_users: int = 100_000,
+                    overhead_ratings: int = 100_000) -> dict[str, Any]:
     """Run the four measurements (module doc); write ``results.json`` to ``out_dir`` and
     to ``json_path`` when given; return the results."""
     import contextlib
@@ -65,6 +68,7 @@ def run_scale_bench(settings=None, ratings: int = DEFAULT_RATINGS,
     from stream.settings import load_settings
 
     started = time.perf_counter()
+    load_start = list(os.getloadavg())
 
     def say(msg: str) -> None:
         if progress:
@@ -89,21 +93,37 @@ def run_scale_bench(settings=None, ratings: int = DEFAULT_RATINGS,
             say(f"{n} worker(s), exchange on: {len(events)} events")
             runs[str(n)] = _throughput(settings, bootstrap, events, n, True, out, broker_pid)
             say(f"  {runs[str(n)]['events_per_s']:.0f} events/s")
-        say("1 worker, exchange off")
-        off = _throughput(settings, bootstrap, events, 1, False, out, broker_pid)
-        say(f"  {off['events_per_s']:.0f} events/s")
+        # The exchange's overhead: one worker, exchange on then off, each over a backlog
+        # produced before it starts (a longer one: the whole window is learning).
+        backlog = list(replay_events(ml, limit=overhead_ratings))
+        overhead = {}
+        for exchange in (True, False):
+            say(f"1 worker, exchange {'on' if exchange else 'off'}, backlog of "
+                f"{len(backlog)} events produced first")
+            overhead[exchange] = _throughput(settings, bootstrap, backlog, 1, exchange, out,
+                                             broker_pid, backlog_first=True)
+            say(f"  {overhead[exchange]['events_per_s']:.0f} events/s, "
+                f"{overhead[exchange]['worker_cpu_ms_per_1k_events']:.0f} ms CPU per 1k events")
         say(f"restore {restore_users} profiles from the changelog")
         restore = _changelog_restore(settings, bootstrap, restore_users)
         result["restore_profiles_per_s"] = restore["profiles_per_s"]
         result["restore_s"] = restore["seconds"]
         result["restore_profiles"] = restore_users
-    on = runs.get("1") or _throughput(settings, bootstrap, events, 1, True, out, broker_pid)
     result["events_per_s_by_workers"] = {n: r["events_per_s"] for n, r in runs.items()}
     result["cpu_by_workers"] = {n: r["cpu"] for n, r in runs.items()}
     result["wall_s_by_workers"] = {n: r["wall_s"] for n, r in runs.items()}
     result["publish_s_by_workers"] = {n: r["publish_s"] for n, r in runs.items()}
+    on, off = overhead[True], overhead[False]
+    result["overhead_events"] = len(backlog)
+    result["events_per_s_one_worker_exchange_on"] = on["events_per_s"]
     result["events_per_s_one_worker_exchange_off"] = off["events_per_s"]
     result["stats_overhead_pct"] = 100.0 * (1.0 - on["events_per_s"] / off["events_per_s"])
+    result["worker_cpu_ms_per_1k_events"] = {"exchange_on": on["worker_cpu_ms_per_1k_events"],
+                                             "exchange_off": off["worker_cpu_ms_per_1k_events"]}
+    result["stats_overhead_cpu_pct"] = 100.0 * (on["worker_cpu_ms_per_1k_events"]
+                                                / off["worker_cpu_ms_per_1k_events"] - 1.0)
+    result["cpu_overhead_runs"] = {"exchange_on": on["cpu"], "exchange_off": off["cpu"]}
+    result["load_average"] = {"start": load_start, "end": list(os.getloadavg())}
 
     say(f"checkpoints at {users} users")
     ck = _checkpoint_costs(settings, users, out)
@@ -130,13 +150,15 @@ def run_scale_bench(settings=None, ratings: int = DEFAULT_RATINGS,
 # -- throughput -----------------------------------------------------------------------------
 
 def _throughput(settings, bootstrap: str, events: list, n: int, exchange: bool, out: Path,
-                broker_pid: int | None) -> dict[str, Any]:
-    """A fresh topic namespace and group, the backlog produced first, then ``n`` worker
-    processes until every record is handled; rate and CPU over that window."""
+                broker_pid: int | None, backlog_first: bool = False) -> dict[str, Any]:
+    """A fresh topic namespace and group, ``n`` worker processes until every record is
+    handled; rate and CPU over that window. The backlog goes out once the group is
+    stable, or, with ``backlog_first``, before the workers start (then the window
+    measures learning alone, not the producer's pace)."""
     from stream.kafka.producers import catalog_items, publish_catalog, publish_events
     from stream.kafka.topics import ensure_topics
 
-    tag = f"bs{n}{'x' if exchange else 'o'}-{uuid.uuid4().hex[:6]}"
+    tag = f"bs{n}{'x' if exchange else 'o'}{'b' if backlog_first else ''}-{uuid.uuid4().hex[:6]}"
     s = settings.replace(kafka={"bootstrap": bootstrap, "group_id": tag},
                          topics={"prefix": tag}, finetune={"enabled": False},
                          stats={"exchange": exchange})
@@ -148,6 +170,11 @@ def _throughput(settings, bootstrap: str, events: list, n: int, exchange: bool, 
     run_dir = out / tag
     run_dir.mkdir(parents=True, exist_ok=True)
     procs, logs = [], []
+    publish_s = 0.0
+    if backlog_first:
+        t0 = time.perf_counter()
+        publish_events(s, iter(events), progress=False)
+        publish_s = time.perf_counter() - t0
     try:
         for i in range(n):
             log_path = run_dir / f"worker-{i}.log"
@@ -157,10 +184,11 @@ def _throughput(settings, bootstrap: str, events: list, n: int, exchange: bool, 
         # The backlog goes out once the group is stable (every partition owned, no
         # rebalance pending): the window measures learning, not group joins. The
         # producer shares the machine with the workers while it sends.
-        _wait_stable(procs, logs, s.kafka.events_partitions)
-        t0 = time.perf_counter()
-        publish_events(s, iter(events), progress=False)
-        publish_s = time.perf_counter() - t0
+        if not backlog_first:
+            _wait_stable(procs, logs, s.kafka.events_partitions)
+            t0 = time.perf_counter()
+            publish_events(s, iter(events), progress=False)
+            publish_s = time.perf_counter() - t0
         total = len(events)
         # The window opens at the last poll that saw nothing handled (so it holds the
         # first record: a slight overestimate, one poll interval at most).
@@ -194,7 +222,9 @@ def _throughput(settings, bootstrap: str, events: list, n: int, exchange: bool, 
     cpu = {name: {"cpu_s": round(cpu1[name] - cpu0.get(name, 0.0), 3),
                   "cpu_share": round((cpu1[name] - cpu0.get(name, 0.0)) / wall, 3)}
            for name in cpu1}
-    return {"events_per_s": total / wall, "wall_s": wall, "cpu": cpu, "publish_s": publish_s}
+    learner_cpu = sum(cpu[f"worker-{i}"]["cpu_s"] for i in range(n))
+    return {"events_per_s": total / wall, "wall_s": wall, "cpu": cpu, "publish_s": publish_s,
+            "worker_cpu_ms_per_1k_events": 1000.0 * learner_cpu / total * 1000.0}
 
 
 def _wait_stable(procs, logs: list[Path], partitions: int, timeout_s: float = 300.0) -> None:

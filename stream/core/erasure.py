@@ -33,7 +33,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from stream.core.join import Pending, RewardJoiner
@@ -74,6 +74,7 @@ class Forgotten:
 
     profiles: int = 0
     open_impressions: int = 0
+    users: list[str] = field(default_factory=list)  # whose profiles were dropped
 
     def __bool__(self) -> bool:
         return bool(self.profiles or self.open_impressions)
@@ -116,7 +117,9 @@ class Erasures:
         (a profile does not say when each of its parts was learnt)."""
         out = Forgotten()
         if self._at:
-            out.profiles = profiles.forget(self.erased(profiles.users()))
+            gone = sorted(self.erased(profiles.users()))
+            out.profiles = profiles.forget(gone)
+            out.users = gone
             if joiner is not None:
                 out.open_impressions = joiner.drop_if(lambda p: self.blocks(p.user_id, p.ts))
         return out

@@ -39,7 +39,8 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         # for ever: a worker without a checkpoint folds them all (docs/scaling.md).
         NewTopic(t.stats, parts, 1, topic_configs={
             "retention.ms": "-1", "max.message.bytes": str(settings.stats.max_delta_bytes)}),
-        # Each user's latest profile, in the user's events partition: what a partition's
+        # Each user's latest profile, in the user's events partition, in chunks of up to
+        # 512 profiles (under 1 MB, Kafka's default record limit): what a partition's
         # next owner restores (stream/kafka/profile_changelog.py).
         NewTopic(t.profiles, parts, 1, topic_configs=_COMPACTED),
         NewTopic(t.erasure, 1, 1, topic_configs=_COMPACTED),

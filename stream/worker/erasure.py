@@ -5,6 +5,8 @@ makes the state forget in three places:
 
 * at start, after the checkpoint is restored (:meth:`catch_up`): every marker on the
   topic, so an older checkpoint loses what was erased after it was written;
+* after a partition's profiles are restored from their changelog (:meth:`reapply`,
+  with the statistics exchange), so an erased user's profile never comes back;
 * between polls (:meth:`poll`): new markers drop profiles and open impressions at once;
 * on the way in (:meth:`observed`, :meth:`screen`): an impression of an erased user
   that predates the erasure (a replay from an older checkpoint) is dropped from the
@@ -59,6 +61,16 @@ class Forgetting:
     def catch_up(self, state: LearningState) -> Forgotten:
         """Read every marker so far and forget what ``state`` (just restored) holds."""
         return self._apply(self.feed.load(), state)
+
+    def reapply(self, state: LearningState, lock: threading.Lock) -> Forgotten:
+        """Forget again what ``state`` holds of erased users: after profiles came back
+        from elsewhere (a partition's changelog and deltas, docs/scaling.md)."""
+        with lock:
+            out = self.erasures.forget(state.profiles, state.joiner)
+        if out:
+            log.info("erasure after a restore: dropped %d profile(s) and %d open "
+                     "impression(s)", out.profiles, out.open_impressions)
+        return out
 
     def poll(self, state: LearningState, lock: threading.Lock) -> Forgotten:
         """Apply the markers that arrived since the last call."""

@@ -263,7 +263,10 @@ class Worker:
         if self.catalog_feed.poll():
             self.metrics.catalog_items.set(len(self.catalog))
             log.info("catalog grew to %d items", len(self.catalog))
-        if self.forgetting.poll(self.state, self.lock):
+        forgotten = self.forgetting.poll(self.state, self.lock)
+        if forgotten:
+            if self.exchange is not None:  # and their changelog records
+                self.exchange.forgotten(forgotten.users)
             self.checkpoint()  # the file on disk stops holding the forgotten users now
         self.experiments.poll()
         message = self.fetch.receive(timeout_s=self.settings.worker.poll_timeout_ms / 1000)
@@ -281,6 +284,9 @@ class Worker:
         """Seek newly assigned partitions to the checkpoint's offsets (with the statistics
         exchange: to where their last deltas end, read first)."""
         publisher = self.exchange is not None and self.exchange.assigned(partitions)
+        # Restored profiles may hold erased users (the changelog lags, deltas keep them).
+        forgotten = self.forgetting.reapply(self.state, self.lock) \
+            if self.exchange is not None else None
         offsets = self.state.offsets
         # Without the exchange this worker's state is its own: a partition it never
         # learnt from is read from the log start, not from where another member of the
@@ -292,6 +298,9 @@ class Worker:
         self._partitions_total = of or self._partitions_total
         log.info("assigned %s", partitions)
         self._check_whole()
+        if forgotten:
+            self.exchange.forgotten(forgotten.users)
+            self.checkpoint()  # their changelog records go now
         if publisher:
             self.publish()
 

@@ -32,9 +32,11 @@ from stream.core.delta import (
     StatsAccumulator,
     StatsDelta,
     cut_delta,
+    delta_span,
     dump_delta,
     fold_delta,
     load_delta,
+    span_header,
 )
 from stream.core.join import Pending
 from stream.core.state import Learned, LearningState, Observed
@@ -83,6 +85,8 @@ class StatsExchange:
         # The users whose profiles this worker holds, by partition: given back (dropped)
         # once a rebalance hands their partition to another worker.
         self._members: dict[int, set[str]] = {}
+        self._forgotten: set[str] = set()  # erased since the last settle
+        self._own_end: dict[int, int] = {}  # partition -> offset after its last own delta
 
     # -- start ----------------------------------------------------------------------------
 
@@ -114,10 +118,12 @@ class StatsExchange:
     # -- folding ----------------------------------------------------------------------------
 
     def catch_up(self, timeout_s: float = 120.0) -> int:
-        """Fold everything on the topic up to its current end; returns the rows folded."""
+        """Fold everything on the topic up to its current end (but the partitions this
+        worker owns: their deltas are its own); returns the rows folded."""
         rows = 0
-        for rec in read_to_end(self.consumer, self._tps, timeout_s):
-            rows += self._fold(rec.partition, rec.offset, rec.value)
+        tps = [tp for tp in self._tps if tp.partition not in self.owned]
+        for rec in read_to_end(self.consumer, tps, timeout_s):
+            rows += self._fold(rec)
         self._update_lag()
         return rows
 
@@ -126,14 +132,28 @@ class StatsExchange:
         rows = 0
         for records in self.consumer.poll(timeout_ms=timeout_ms).values():
             for rec in records:
-                rows += self._fold(rec.partition, rec.offset, rec.value)
+                rows += self._fold(rec)
         self._update_lag()
         return rows
 
-    def _fold(self, stats_partition: int, offset: int, value: bytes) -> int:
+    def _fold(self, rec: Any) -> int:
         m = self.metrics
+        stats_partition, offset = rec.partition, rec.offset
+        span = delta_span(rec.headers)
+        if span is not None:
+            # Decided before decoding: a delta that does not start where this worker's
+            # state of its partition stands (its own, or one folded already) is skipped
+            # unread. The header is not signed; one that says "foldable" is checked
+            # against the signed content below.
+            with self.lock:
+                if self.state.offsets.get(span[0], -1) != span[1]:
+                    self.state.stats_positions[stats_partition] = offset + 1
+                    m.stats_skipped.inc()
+                    return 0
         try:
-            delta = load_delta(value, key=self.key)
+            delta = load_delta(rec.value, key=self.key)
+            if span is not None and span != (delta.partition, delta.start, delta.end):
+                raise DeltaError("format", f"header {span} does not match the content")
         except DeltaError as exc:
             m.stats_rejected.labels(reason=exc.reason).inc()
             log.error("refused delta at %s/%d/%d: %s", self.topic, stats_partition, offset, exc)
@@ -167,7 +187,7 @@ class StatsExchange:
         lag = 0
         for tp in self._tps:
             high = self.consumer.highwater(tp)
-            if high is not None:
+            if high is not None and tp.partition not in self.owned:
                 lag += max(0, high - self.consumer.position(tp))
         self.metrics.stats_lag.set(lag)
 
@@ -187,11 +207,17 @@ class StatsExchange:
             self._users.setdefault(pending.partition, {})[pending.user_id] = None
             self._members.setdefault(pending.partition, set()).add(pending.user_id)
         parts = learned.partitions
-        for p in np.unique(parts).tolist():
-            rows = parts == p
-            ids = (None if learned.item_ids is None
-                   else [i for i, keep in zip(learned.item_ids, rows, strict=True) if keep])
-            self._accumulator(p).add(learned.X[rows], learned.rewards[rows], ids)
+        present = np.unique(parts).tolist()
+        if len(present) == 1:  # the usual batch: one poll's partition, no copies
+            self._accumulator(present[0]).add(learned.X, learned.rewards,
+                                              None if learned.item_ids is None
+                                              else list(learned.item_ids))
+            return
+        ids = None if learned.item_ids is None else np.asarray(learned.item_ids, dtype=object)
+        for p in present:
+            rows = np.flatnonzero(parts == p)
+            self._accumulator(p).add(learned.X[rows], learned.rewards[rows],
+                                     None if ids is None else ids[rows].tolist())
 
     def _accumulator(self, p: int) -> StatsAccumulator:
         acc = self._acc.get(p)
@@ -217,7 +243,8 @@ class StatsExchange:
                 continue
             future = self.producer.send(self.topic, partition=delta.partition,
                                         key=str(delta.partition).encode(),
-                                        value=dump_delta(delta, key=self.key))
+                                        value=dump_delta(delta, key=self.key),
+                                        headers=span_header(delta))
             self._unlogged.append((delta, future))
             sent += 1
         self.metrics.stats_sent.inc(sent)
@@ -245,9 +272,27 @@ class StatsExchange:
         self.emit()
         self.producer.flush()
         for delta, future in self._unlogged:
-            self.changelog.write(delta, future.get(timeout=60).offset)
-        self.changelog.flush()
+            offset = future.get(timeout=60).offset
+            self._own_end[delta.partition] = max(self._own_end.get(delta.partition, 0),
+                                                 offset + 1)
+            self.changelog.write(delta, offset)
         self._unlogged.clear()
+        # Erased users leave the changelog (chunks holding them are rewritten without
+        # them), and chunks mostly superseded are repacked: from the profiles as they
+        # stand now, which is as of each owned partition's last delta (just sent).
+        if self._forgotten:
+            self.changelog.forget(self._forgotten)
+            self._forgotten.clear()
+        with self.lock:
+            self.changelog.compact(self.state.profiles,
+                                   {p: self._emitted[p] for p in self.owned
+                                    if p in self._emitted})
+        self.changelog.flush()
+
+    def forgotten(self, users: list[str]) -> None:
+        """Users just erased from the profiles (:mod:`stream.worker.erasure`): their
+        profiles leave the changelog at the next :meth:`settle` (the caller checkpoints)."""
+        self._forgotten.update(users)
 
     # -- ownership --------------------------------------------------------------------------
 
@@ -265,6 +310,7 @@ class StatsExchange:
         with self.lock:
             for p in [p for p in self._current if p not in partitions]:  # now another's
                 self.state.profiles.drop(list(self._members.pop(p, ())))
+                self.changelog.drop(p)
                 del self._current[p]
             for p in partitions:
                 end = self.state.offsets.get(p, -1)
@@ -282,6 +328,8 @@ class StatsExchange:
                 self._acc.pop(p, None)
                 self._users.pop(p, None)
                 self._seen.pop(p, None)
+        # Its own partitions' deltas are this worker's: not fetched while it owns them.
+        self.consumer.pause(*[tp for tp in self._tps if tp.partition in self.owned])
         if self.publishes and not was:
             bundle = latest_bundle(self.settings)
             if bundle is not None:
@@ -291,10 +339,18 @@ class StatsExchange:
         return self.publishes and not was
 
     def revoked(self, partitions: list[int]) -> None:
-        """Give partitions up (after :meth:`settle` sent their last deltas)."""
+        """Give partitions up (after :meth:`settle` sent their last deltas), and read
+        their deltas again from after the last one this worker sent."""
         for p in partitions:
             if p in self.owned:
                 self._current[p] = self.state.offsets.get(p, -1)
+                tp = TopicPartition(self.topic, p)
+                if tp in self._tps:
+                    position = max(self.consumer.position(tp), self._own_end.get(p, 0))
+                    self.consumer.seek(tp, position)
+                    self.consumer.resume(tp)
+                    with self.lock:
+                        self.state.stats_positions[p] = position
             self.owned.discard(p)
             self._emitted.pop(p, None)
         self.metrics.stats_publisher.set(1 if self.publishes else 0)

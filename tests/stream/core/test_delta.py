@@ -15,6 +15,7 @@ from stream.core.delta import (
     StatsDelta,
     cut_delta,
     dump_delta,
+    dump_delta_v1,
     fold_delta,
     load_delta,
 )
@@ -64,6 +65,16 @@ def test_a_delta_round_trips_and_any_changed_byte_is_refused():
     assert exc.value.reason == "signature"
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 1
+    with pytest.raises(DeltaError) as exc:
+        load_delta(bytes(flipped), key=b"k")
+    assert exc.value.reason == "signature"
+    # Format 1 deltas, still on the topic after an upgrade, read the same.
+    old = load_delta(dump_delta_v1(delta, key=b"k"), key=b"k")
+    assert (old.partition, old.start, old.end, old.users, old.seen) == \
+        (2, 7, 19, ["u"], ["e1", "e2"])
+    assert old.stats.allclose(stats) and old.stats.z == (2,)
+    flipped = bytearray(dump_delta_v1(delta, key=b"k"))
+    flipped[len(flipped) // 2] ^= 1
     with pytest.raises(DeltaError) as exc:
         load_delta(bytes(flipped), key=b"k")
     assert exc.value.reason == "checksum"

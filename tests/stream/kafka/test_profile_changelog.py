@@ -10,7 +10,7 @@ from kafka import KafkaProducer
 from bandits import SufficientStats
 from learners import ProfileStore
 from stream.core.delta import StatsDelta, dump_delta
-from stream.kafka.profile_changelog import ProfileChangelog, encode_profile
+from stream.kafka.profile_changelog import CHUNK, MARKER, ProfileChangelog, encode_chunk
 from stream.kafka.topics import ensure_topics
 
 pytestmark = pytest.mark.broker
@@ -43,13 +43,23 @@ def test_restore_is_the_changelog_then_the_deltas_after_its_last_marker(make_set
         for d, offset in zip(chain[:2], offsets[:2], strict=True):  # the writer died after 2
             changelog.write(d, offset)
         # A record of a range no delta covers yet (a writer cut off mid-batch): ignored.
-        changelog.producer.send(settings.topics.profiles, partition=p, key=b"a",
-                                value=encode_profile(99, np.ones(4, np.float32), 1.0, 99.0))
+        changelog.producer.send(settings.topics.profiles, partition=p, key=b"c:cut:0",
+                                value=encode_chunk(99, ["a"], np.ones((1, 4), np.float32),
+                                                   np.ones(1), np.full(1, 99.0)))
         changelog.flush()
 
         store = ProfileStore(emb_dim=4, capacity=100)
         restored = changelog.restore(store, p, end=52)
-        assert (restored.from_changelog, restored.from_deltas) == (4, 3)
+        assert (restored.from_changelog, restored.from_deltas) == (3, 3)  # users: a, b, c
+        # The restorer wrote what the deltas carried, as of 52, with a marker: the next
+        # restore needs no delta.
+        changelog.flush()
+        again = ProfileChangelog(settings)
+        try:
+            replayed = again.restore(ProfileStore(emb_dim=4, capacity=100), p, end=52)
+        finally:
+            again.close()
+        assert (replayed.from_changelog, replayed.from_deltas) == (4, 0)
         latest = {}
         for d in chain:
             for i, u in enumerate(d.users):
@@ -66,3 +76,75 @@ def test_restore_is_the_changelog_then_the_deltas_after_its_last_marker(make_set
     finally:
         changelog.close()
         producer.close()
+
+
+def _records(settings, p):
+    """Every record of changelog partition ``p`` as ``(key, value)``, in log order."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from stream.kafka.tail import read_to_end
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap,
+                             enable_auto_commit=False, fetch_max_wait_ms=20)
+    try:
+        tp = TopicPartition(settings.topics.profiles, p)
+        consumer.assign([tp])
+        consumer.seek(tp, 0)
+        return [(r.key, r.value) for r in read_to_end(consumer, [tp])]
+    finally:
+        consumer.close()
+
+
+def _live(records):
+    """What compaction would keep: each key's last record, without tombstones."""
+    last = {}
+    for key, value in records:
+        last[key] = value
+    return {k: v for k, v in last.items() if v is not None and k != MARKER}
+
+
+def test_chunks_are_repacked_and_tombstoned_and_erased_users_leave(make_settings):
+    """Rewriting most users of a chunk repacks it (its current users in a new chunk, the
+    old one tombstoned); forgetting a user rewrites its chunk without it; a restore
+    reads the result, one record per chunk."""
+    from stream.kafka.profile_changelog import decode_chunk
+
+    settings = make_settings(stats={"exchange": True})
+    ensure_topics(settings)
+    rng = np.random.default_rng(1)
+    p, n = 1, CHUNK + 10
+    users = [f"u{i}" for i in range(n)]
+    store = ProfileStore(emb_dim=4, capacity=10 * n)
+    changelog = ProfileChangelog(settings)
+    try:
+        first = _delta(p, -1, 10, users, rng)  # two chunks: CHUNK and 10 profiles
+        store.put(first.users, first.means, first.weights, first.last_seen)
+        changelog.write(first, 0)
+        # Most of the first chunk's users change: it falls under half current.
+        moved = users[:CHUNK // 2 + 1]
+        second = _delta(p, 10, 20, moved, rng)
+        store.put(second.users, second.means, second.weights, second.last_seen)
+        changelog.write(second, 1)
+        assert changelog.compact(store, {p: 20}) == CHUNK - len(moved)
+        changelog.forget(["u3", f"u{n - 1}"])  # erased: held in the second and first chunks
+        store.forget(["u3", f"u{n - 1}"])
+        assert changelog.compact(store, {p: 20}) == (len(moved) - 1) + 9
+        changelog.flush()
+        live = _live(_records(settings, p))
+        held = [u for v in live.values() for u in decode_chunk(v)[1]]
+        assert sorted(held) == sorted(set(users) - {"u3", f"u{n - 1}"})  # each once
+        assert len(live) <= 3
+
+        restored = ProfileStore(emb_dim=4, capacity=10 * n)
+        out = ProfileChangelog(settings)
+        try:
+            r = out.restore(restored, p, end=20)
+        finally:
+            out.close()
+        assert "u3" not in restored and f"u{n - 1}" not in restored
+        assert r.from_changelog == n - 2 and r.from_deltas == 0
+        for u in users:
+            if u in restored:
+                np.testing.assert_array_equal(restored.get(u), store.get(u))
+    finally:
+        changelog.close()
