@@ -16,7 +16,7 @@ from kafka.errors import KafkaError
 
 from stream.core.erasure import decode_marker, encode_marker, token
 from stream.exceptions import ErasureNotWritten, InvalidEvent
-from stream.kafka.follow import FromBeginning
+from stream.kafka.follow import DecodedFeed
 from stream.privacy import Pseudonymizer
 from stream.settings import Settings
 
@@ -58,7 +58,7 @@ def publish_erasure(settings: Settings, user_id: str, producer: KafkaProducer | 
     return [(t, erased_at) for t in tokens]
 
 
-class ErasureFeed(FromBeginning):
+class ErasureFeed(DecodedFeed):
     """Follows ``fairstream.erasure`` from its beginning: ``poll`` returns the markers that
     arrived as ``(token, erased_at)``, ``load`` reads to the end (a start's catch-up)."""
 
@@ -77,16 +77,4 @@ class ErasureFeed(FromBeginning):
                                 record.offset)
         return out
 
-    def at_end(self) -> bool:
-        high = self.consumer.end_offsets([self.tp])[self.tp]
-        return self.consumer.position(self.tp) >= high
 
-    def load(self, timeout_s: float = 60.0) -> list[tuple[str, float]]:
-        """Every marker up to the topic's current end."""
-        out: list[tuple[str, float]] = []
-        deadline = time.monotonic() + timeout_s
-        while not self.at_end():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.tp.topic} not read to its end in {timeout_s} s")
-            out += self.poll(timeout_ms=200)
-        return out

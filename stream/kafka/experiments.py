@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 from stream.experiments import Experiment, ExperimentBook, InvalidExperiment
 from stream.experiments.config import decode_experiment, encode_experiment
-from stream.kafka.follow import FromBeginning
+from stream.kafka.follow import DecodedFeed
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ def kafka_publisher(producer: Any, topic: str, timeout_s: float = 10.0
     return publish
 
 
-class ExperimentFeed(FromBeginning):
+class ExperimentFeed(DecodedFeed):
     """Follows the experiments topic: ``poll`` returns new configuration versions (decoded,
     validated; malformed ones are logged and skipped) and stores results records."""
 
@@ -73,19 +72,7 @@ class ExperimentFeed(FromBeginning):
                         log.warning("skipping results record at offset %d", record.offset)
         return out
 
-    def at_end(self) -> bool:
-        high = self.consumer.end_offsets([self.tp])[self.tp]
-        return self.consumer.position(self.tp) >= high
 
-    def load(self, timeout_s: float = 60.0) -> list[Experiment]:
-        """Every configuration version up to the topic's current end."""
-        out: list[Experiment] = []
-        deadline = time.monotonic() + timeout_s
-        while not self.at_end():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.tp.topic} not read to its end in {timeout_s} s")
-            out += self.poll(timeout_ms=200)
-        return out
 
 
 def read_experiments(settings: Settings, timeout_s: float = 60.0

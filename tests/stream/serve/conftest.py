@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from stream.core.bundle import dump_bundle, load_bundle
@@ -44,3 +46,15 @@ def make_bundle(settings, catalog, version: int, updates: int = 200) -> bytes:
 def open_bundle(settings, data: bytes):
     return load_bundle(data, key=settings.policy.signing_key.encode(),
                        dim=settings.features.dim)
+
+
+def wait_for(cond, timeout_s: float, what: str):
+    """Poll ``cond`` until it returns something truthy (returned) or ``timeout_s`` passes:
+    a bound on a phase the test waits for, never what decides the test."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")

@@ -18,21 +18,12 @@ from stream.serve import ServerThread, ServeRuntime
 from stream.settings import ServeSettings
 from stream.worker import Worker
 from stream.worker.runner import WorkerThread
+from tests.stream.serve.conftest import wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.model]
 
 WINDOW_S = 1.0
 TOKEN = "guard-token"
-
-
-def wait_for(cond, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def test_a_bad_arm_is_stopped_by_its_guardrail(make_settings, ml_items, encoder, tmp_path):

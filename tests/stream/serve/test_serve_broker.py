@@ -20,19 +20,9 @@ from stream.kafka.topics import ensure_topics
 from stream.privacy import Pseudonymizer
 from stream.serve import ServerThread, ServeRuntime, request_rng
 from stream.settings import ServeSettings
-from tests.stream.serve.conftest import make_bundle, open_bundle
+from tests.stream.serve.conftest import make_bundle, open_bundle, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.model]
-
-
-def wait_for(cond, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def send_policy(settings, data: bytes) -> None:
