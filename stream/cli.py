@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "checkpoint and restore costs (docs/scaling.md)")
     bsc.add_argument("--ratings", type=int, default=20_000, help="MovieLens ratings replayed")
     bsc.add_argument("--overhead-ratings", type=int, default=100_000,
-                     help="MovieLens ratings in the backlog of the exchange-overhead pair")
+                     help="MovieLens ratings in the backlog that measures the exchange's cost")
     bsc.add_argument("--workers", type=_int_list, default=[1, 2, 4],
                      help="worker counts to measure, comma-separated")
     bsc.add_argument("--users", type=_int_list, default=[10_000, 100_000, 1_000_000],
