@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from stream.metrics import ServeMetrics
 from stream.serve import PolicyFollower, Recommender, ServeContext, ServerThread, create_app
+from stream.serve.experiments import ExperimentControl
 from stream.serve.impressions import EventLog
 from stream.settings import ServeSettings, Settings
 from tests.stream.serve.conftest import make_bundle
@@ -46,8 +47,9 @@ def server(ml_catalog):
     log = EventLog(lambda topic, key, value, kind: sent.append(value), "fuzz.events",
                    capacity=100_000, metrics=metrics).start()
     rec.impressions = log.log_impression
+    rec.kept = follower.kept
     ctx = ServeContext(rec, serve, metrics, event_log=log, reload=follower.request_reload,
-                       pin=follower.pin)
+                       pin=follower.pin, experiments=ExperimentControl(rec, metrics))
     with ServerThread(create_app(ctx)) as srv:
         yield srv, ml_catalog
     log.close()
@@ -117,7 +119,8 @@ json_values = st.recursive(
                                                                 max_size=4),
     max_leaves=12)
 fields = st.sampled_from(["user_id", "user", "candidates", "k", "type", "request_id",
-                          "item_id", "value", "event_id", "ts", "version", "extra"])
+                          "item_id", "value", "event_id", "ts", "version", "extra",
+                          "name", "arms", "arm", "shares", "salt", "auto_stop"])
 field_values = st.one_of(ids, json_values, st.lists(ids, max_size=5),
                          st.dictionaries(st.text(max_size=70), ids, max_size=40))
 
@@ -144,7 +147,16 @@ def json_bodies(draw) -> bytes:
 nested = st.integers(1, 30_000).flatmap(lambda n: st.sampled_from([
     b'{"user_id": ' + b"[" * n + b"]" * n + b"}", b"[" * n + b"]" * n,
     b'{"version": ' + b'{"a": ' * n + b"1" + b"}" * n + b"}"]))
-bodies = st.one_of(json_bodies(), st.binary(max_size=300), nested,
+arm_fields = st.sampled_from(["name", "share", "alpha", "exploration", "exposure_strength",
+                              "version", "stopped", "extra"])
+numbers = st.one_of(st.floats(), st.integers(-2**70, 2**70), st.sampled_from([0, 0.5, 1, -1]))
+experiment_bodies = st.fixed_dictionaries(
+    {"name": st.one_of(ids, st.sampled_from(["ab", "ab"])),
+     "arms": st.lists(st.dictionaries(arm_fields, st.one_of(field_values, numbers),
+                                      max_size=5), max_size=4)},
+    optional={"auto_stop": json_values, "salt": json_values, "shares": json_values,
+              "arm": ids}).map(lambda obj: json.dumps(obj).encode())  # NaN/Infinity too
+bodies = st.one_of(json_bodies(), experiment_bodies, st.binary(max_size=300), nested,
                    st.sampled_from([b"", b"null", b"[]", b"{}", b'"x"', b"1e999"]))
 headers = st.lists(st.one_of(
     st.tuples(st.just(b"Content-Type"), st.sampled_from(
@@ -157,11 +169,14 @@ headers = st.lists(st.one_of(
               st.binary(min_size=1, max_size=40).filter(lambda b: b"\r" not in b
                                                         and b"\n" not in b))), max_size=4)
 paths = st.sampled_from([b"/recommend", b"/feedback", b"/admin/reload", b"/admin/pin",
+                         b"/admin/experiment", b"/admin/experiment/shares",
+                         b"/admin/experiment/stop", b"/admin/experiment/promote",
+                         b"/admin/experiment/rollback",
                          b"/healthz", b"/readyz", b"/metrics", b"/nope", b"/recommend?x=\xff"])
 methods = st.sampled_from([b"POST", b"POST", b"POST", b"GET", b"PUT", b"DELETE"])
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, database=None,
+@settings(max_examples=400, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
 @given(method=methods, path=paths, body=bodies, hdrs=headers)
