@@ -50,7 +50,9 @@ def message_limit(admin: Any, topic: str) -> tuple[int | None, str]:
     """(bytes, where it came from) for the largest batch the broker takes on ``topic``:
     the topic's ``max.message.bytes``, else the smallest ``message.max.bytes`` any broker
     reports; (None, why) when the broker reports neither. All of a resource's configs
-    are asked for: Tansu drops the connection on a request that names config keys."""
+    are asked for, unfiltered: Tansu drops the connection on a request that names config
+    keys, and tags configs set at creation as defaults, which kafka-python's default
+    filter ("modified") leaves out."""
     try:
         described = admin.describe_configs(
             [ConfigResource(ConfigResourceType.TOPIC, topic)],
