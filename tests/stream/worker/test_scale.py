@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -27,6 +26,7 @@ from stream.kafka.producers import catalog_items, publish_catalog, publish_event
 from stream.kafka.profile_changelog import ProfileChangelog
 from stream.kafka.topics import ensure_topics
 from stream.worker import Worker, WorkerThread
+from tests.stream.worker.conftest import handled
 
 pytestmark = [pytest.mark.broker, pytest.mark.model]
 
@@ -241,14 +241,6 @@ def _checkpoint_offsets(path) -> dict[int, int]:
     return read_checkpoint(path).offsets if os.path.exists(path) else {}
 
 
-def _handled(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(("fairstream_events_consumed_total{",
-                                   "fairstream_events_rejected_total{",
-                                   "fairstream_events_duplicate_total ")))
-
 
 def test_a_worker_killed_mid_stream_is_replaced_from_its_last_delta(
         make_settings, movielens, encoder, tmp_path):
@@ -296,7 +288,7 @@ def test_a_worker_killed_mid_stream_is_replaced_from_its_last_delta(
             _checkpoint_offsets(paths["b"]).get(p) == high2a[p] for p in b_parts), both)
         publish_events(settings, iter(phase2b), progress=False)
         b_share = 2 * k + sum(1 for e in phase2b if _partition(e) in b_parts)
-        _wait("B to handle its share of phase 2b", lambda: _handled(port) == b_share, both)
+        _wait("B to handle its share of phase 2b", lambda: handled(port) == b_share, both)
         procs["b"].send_signal(signal.SIGKILL)
         procs["b"].wait()
         b_ck = _checkpoint_offsets(paths["b"])

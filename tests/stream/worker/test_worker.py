@@ -38,6 +38,7 @@ from stream.kafka.producers import (
 from stream.kafka.topics import ensure_topics
 from stream.sim.demo import MALFORMED
 from stream.worker import Worker, WorkerThread
+from tests.stream.worker.conftest import handled
 
 pytestmark = [pytest.mark.broker, pytest.mark.model]
 
@@ -219,15 +220,6 @@ def _checkpointed(path) -> int:
     return sum(read_checkpoint(path).offsets.values()) if os.path.exists(path) else 0
 
 
-def _handled(port: int) -> float:
-    """Records the worker has handled: consumed, rejected and duplicate, from /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(("fairstream_events_consumed_total{",
-                                   "fairstream_events_rejected_total{",
-                                   "fairstream_events_duplicate_total ")))
-
 
 def test_sigkill_after_learning_past_a_checkpoint_then_restart_equals_one_run(
         make_settings, movielens, encoder, tmp_path, same_policy):
@@ -269,7 +261,7 @@ def test_sigkill_after_learning_past_a_checkpoint_then_restart_equals_one_run(
         _wait_for("the phase-1 checkpoint", lambda: _checkpointed(path) == phase1, first, log_path)
 
         publish_events(settings, iter(events[cut1:cut2]), progress=False)
-        _wait_for("phase 2 handled", lambda: _handled(port) == phase1 + cut2 - cut1,
+        _wait_for("phase 2 handled", lambda: handled(port) == phase1 + cut2 - cut1,
                   first, log_path)
         first.send_signal(signal.SIGKILL)
         first.wait()
