@@ -105,6 +105,7 @@ class ExperimentResultsRoom:
         self.metrics.declare_experiment(current.name, [a.name for a in current.arms])
         for arm, share in current.shares().items():
             self.metrics.experiment_share.labels(current.name, arm).set(share)
+        self._next = 0.0  # the report shows a new version (a stop, a promotion) at once
         log.info("experiment %s v%d (%s): shares %s", current.name, current.version,
                  current.status, current.shares())
 

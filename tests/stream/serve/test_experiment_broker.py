@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from stream.cli_experiment import experiment_report
+from stream.kafka.experiments import read_experiments
 from stream.kafka.producers import publish_catalog
 from stream.kafka.topics import ensure_topics
 from stream.serve import ServerThread, ServeRuntime
@@ -89,9 +90,12 @@ def test_a_bad_arm_is_stopped_by_its_guardrail(make_settings, ml_items, encoder,
                 for user in list(arms)[:60]:
                     r = client.post("/recommend", json={"user_id": user}).json()
                     assert r["arm"] == "control"
-                # The report reads what the worker published.
+                # The report reads what the worker published: its results for v2 (the
+                # worker publishes them once it adopts v2; the send is asynchronous).
                 wait_for(lambda: wm.get_sample_value(
                     "fairstream_experiment_share", share) == 0, 30, "worker follows v2")
+                wait_for(lambda: read_experiments(settings)[1].get("guard", {}).get("version")
+                         == 2, 30, "results of v2 on the experiments topic")
             text, png = experiment_report(settings, "guard", tmp_path)
         finally:
             runtime.close()
