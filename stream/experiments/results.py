@@ -33,6 +33,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from bandits import position_weights
 from stream.experiments.config import Experiment
 from stream.experiments.sequential import ClusteredMoments, Comparison, Moments, compare
@@ -90,6 +92,27 @@ class ArmResults:
                 "by_user_group": {k: _m(v) for k, v in sorted(self.by_user_group.items())},
                 "exposure": dict(sorted(self.exposure.items())),
                 "merit": dict(sorted(self.merit.items()))}
+
+
+    def state(self) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+        """Everything, to restore exactly (a checkpoint's header part, the users and their
+        per-user sums)."""
+        sums, users, rows = self.reward.state()
+        return {"reward": sums, "shown": self.shown,
+                "by_user_group": {k: _m(v) for k, v in self.by_user_group.items()},
+                "exposure": dict(self.exposure), "merit": dict(self.merit)}, users, rows
+
+    @classmethod
+    def from_state(cls, head: dict[str, Any], users: np.ndarray,
+                   rows: np.ndarray) -> ArmResults:
+        arm = cls()
+        arm.reward = ClusteredMoments.from_state(head["reward"], users, rows)
+        arm.shown = int(head["shown"])
+        arm.by_user_group = {k: Moments(int(n), float(t), float(sq))
+                             for k, (n, t, sq) in head["by_user_group"].items()}
+        arm.exposure = {k: float(v) for k, v in head["exposure"].items()}
+        arm.merit = {k: float(v) for k, v in head["merit"].items()}
+        return arm
 
 
 def _m(m: Moments) -> list[float]:
@@ -211,6 +234,33 @@ class ExperimentResults:
         if len(self.history) > MAX_HISTORY:  # thin the older half: the whole run stays
             self.history = self.history[:MAX_HISTORY // 2:2] + self.history[MAX_HISTORY // 2:]
         return point
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """What a worker checkpoint keeps, so that a restart goes on counting where the
+        checkpoint's offsets stand instead of afresh: per arm everything
+        :class:`ArmResults` sums (its users' sums as arrays), the running minimum
+        p-values and the history. The per-user sums make it grow with the experiment's
+        users (two floats and an id each)."""
+        arms, arrays = {}, {}
+        for i, (name, res) in enumerate(self.arms.items()):
+            arms[name], arrays[f"{i}.users"], arrays[f"{i}.sums"] = res.state()
+        return {"experiment": self.experiment.name, "version": self.experiment.version,
+                "arms": arms, "p_min": dict(self._p_min), "history": self.history}, arrays
+
+    def load_state(self, head: dict[str, Any], arrays: dict[str, np.ndarray]) -> bool:
+        """Take what :meth:`state` saved if it is of this experiment (any version: a
+        newer version keeps the results, as :meth:`follow` does); False, with nothing
+        changed, for another experiment."""
+        if head.get("experiment") != self.experiment.name:
+            return False
+        arms = {name: ArmResults.from_state(h, arrays[f"{i}.users"], arrays[f"{i}.sums"])
+                for i, (name, h) in enumerate(head["arms"].items())}
+        for arm in self.experiment.arms:
+            arms.setdefault(arm.name, ArmResults())
+        self.arms = arms
+        self._p_min = {k: float(v) for k, v in head["p_min"].items()}
+        self.history = list(head["history"])
+        return True
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: the experiment, the level, per-arm sums, the table and history."""

@@ -49,6 +49,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 __all__ = ["ClusteredMoments", "Comparison", "Moments", "compare", "half_width",
            "mixture_ratio"]
 
@@ -153,6 +155,35 @@ class ClusteredMoments:
 
     def to_list(self) -> list[float]:
         return [self.n, self.total, len(self._per_user)]
+
+    def state(self) -> tuple[list[float], np.ndarray, np.ndarray]:
+        """Everything, to restore exactly: the running sums, the users, and their
+        ``(n_u, S_u)`` rows (a checkpoint's arrays; no pickle)."""
+        users = np.array(list(self._per_user), dtype=str)
+        rows = np.array(list(self._per_user.values()), dtype=np.float64).reshape(-1, 2)
+        return [self.n, self.total, self._ss, self._sn, self._nn], users, rows
+
+    @classmethod
+    def from_state(cls, sums: list[float], users: np.ndarray,
+                   rows: np.ndarray) -> ClusteredMoments:
+        """The inverse of :meth:`state`: bit for bit the moments that were saved.
+
+        >>> m = ClusteredMoments()
+        >>> for user, x in [("a", 1.0), ("a", 1.0), ("b", 0.0), ("c", 0.5)]:
+        ...     m.add(user, x)
+        >>> back = ClusteredMoments.from_state(*m.state())
+        >>> back.add("b", 1.0); m.add("b", 1.0)
+        >>> (back.n, back.users, back.var_of_mean) == (m.n, m.users, m.var_of_mean)
+        True
+        """
+        if len(users) != len(rows):
+            raise ValueError(f"{len(users)} users for {len(rows)} per-user rows")
+        m = cls()
+        m._per_user = {str(u): [float(a), float(b)] for u, (a, b) in
+                       zip(users.tolist(), rows.tolist(), strict=True)}
+        n, m.total, m._ss, m._sn, m._nn = (float(x) for x in sums)
+        m.n = int(n)
+        return m
 
 
 @dataclass(frozen=True)

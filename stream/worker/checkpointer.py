@@ -21,7 +21,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
+
+import numpy as np
 
 from learners import FeatureMap
 from stream.core.catalog import Catalog
@@ -45,15 +47,29 @@ class Acked(Protocol):
         """Return once everything sent so far is acknowledged (or raise)."""
 
 
+class Part(Protocol):
+    """State of another room that a checkpoint carries beside the learning state, so it
+    moves with the same offsets (the experiment results: a restart goes on counting)."""
+
+    name: str
+
+    def dump(self) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        """JSON-able header and arrays (None: nothing to keep)."""
+
+    def load(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Take back what :meth:`dump` gave."""
+
+
 class Checkpointer:
     """Flush, write, commit (see module doc); due after ``worker.checkpoint_every_events``
     records or ``worker.checkpoint_every_s`` seconds."""
 
     def __init__(self, settings: Settings, metrics: Metrics,
-                 acked: Sequence[Acked] = ()) -> None:
+                 acked: Sequence[Acked] = (), parts: Sequence[Part] = ()) -> None:
         self.settings = settings
         self.metrics = metrics
         self.acked = list(acked)
+        self.parts = list(parts)
         self.path = checkpoint_file(settings)  # worker.checkpoint_path, or the group's default
         self.version_path = self.path.with_name(self.path.name + ".published")
         self._last = time.monotonic()
@@ -71,6 +87,12 @@ class Checkpointer:
         else:
             state = LearningState.from_checkpoint(self.settings, catalog, ck)
             log.info("resumed from checkpoint at offsets %s", ck.offsets)
+            saved = ck.header.get("parts", {})
+            for part in self.parts:
+                if part.name in saved:
+                    prefix = f"part.{part.name}."
+                    part.load(saved[part.name], {k.removeprefix(prefix): v for k, v in
+                                                 ck.arrays.items() if k.startswith(prefix)})
         # Versions published after the last checkpoint must not be reused: servers only
         # swap to a newer number, so a reused one would be ignored.
         state.skip_versions_to(self.published_version())
@@ -113,6 +135,11 @@ class Checkpointer:
         with lock:
             # With the statistics exchange, profiles live in their changelog topic.
             ck = state.to_checkpoint(profiles=not self.settings.stats.exchange)
+            for part in self.parts:
+                got = part.dump()
+                if got is not None:
+                    ck.header.setdefault("parts", {})[part.name] = got[0]
+                    ck.arrays.update({f"part.{part.name}.{k}": v for k, v in got[1].items()})
             write_checkpoint(self.path, ck)
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
         self.metrics.checkpoints.inc()

@@ -16,10 +16,12 @@ group, exposure per item group) and, every ``experiment.results_every_s``:
 * publishes the results (``results:<name>``) for ``fairstream experiment report``.
 
 Who stops an arm: the worker, because it alone sees rewards; the servers only follow
-versions from the topic, so a stop reaches them like any admin change. Limits: the
-results live in the worker's memory (a restart counts afresh; the intervals stay
-valid on what is counted), and with the statistics exchange each worker counts its
-own partitions (users are split by partition, so each is a valid random subset).
+versions from the topic, so a stop reaches them like any admin change. The results
+are part of the worker's checkpoint (:meth:`ExperimentResultsRoom.dump`): they move
+with its offsets, so a restart goes on counting exactly where the checkpoint stands.
+Limit: with the statistics exchange each worker counts its own partitions (users are
+split by partition, so each is a valid random subset), and a partition that moves to
+another worker leaves its past counts with the previous one.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ import logging
 import math
 import time
 from collections.abc import Iterable
+from typing import Any
 
+import numpy as np
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
@@ -108,6 +112,22 @@ class ExperimentResultsRoom:
         self._next = 0.0  # the report shows a new version (a stop, a promotion) at once
         log.info("experiment %s v%d (%s): shares %s", current.name, current.version,
                  current.status, current.shares())
+
+    # -- checkpoint part (stream.worker.checkpointer.Part) ---------------------------------
+
+    name = "experiment"
+
+    def dump(self) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        return None if self.results is None else self.results.state()
+
+    def load(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        if self.results is not None and self.results.load_state(header, arrays):
+            log.info("experiment %s: results resumed from the checkpoint (%s impressions)",
+                     self.results.experiment.name,
+                     {a: r.reward.n for a, r in self.results.arms.items()})
+        elif header.get("experiment"):
+            log.info("experiment %s in the checkpoint is not the one running: counted afresh",
+                     header["experiment"])
 
     def poll(self) -> None:
         """Adopt configuration versions published since the last call."""

@@ -125,11 +125,11 @@ class Worker:
         self.dead_letters: DeadLetters | None = None
         self.publisher: Publisher | None = None
         self.exchange: StatsExchange | None = None  # with stats.exchange (docs/scaling.md)
-        self.checkpointer = Checkpointer(settings, self.metrics)
         self.finetune = FineTuneControl(settings, self.metrics)
         self.forgetting = Forgetting(settings)
         self.outcomes = Outcomes(self.metrics)  # reward and CTR by source and policy version
         self.experiments = ExperimentResultsRoom(settings, self.metrics)  # online experiments
+        self.checkpointer = Checkpointer(settings, self.metrics, parts=[self.experiments])
         self.progress = ProgressLine(settings.worker.log_every_s)
         self._metrics_server = None
 

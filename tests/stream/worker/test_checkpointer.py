@@ -62,3 +62,35 @@ def test_a_garbled_version_record_is_a_checkpoint_error(setup):
         ck.restore(catalog)
     assert isinstance(err.value, FairstreamError)
 
+
+
+def test_the_experiment_results_move_with_the_checkpoint(setup):
+    """The worker's experiment results are a part of its checkpoint: a worker restored
+    from it holds the counts the checkpoint's offsets cover, not a fresh count."""
+    from stream.core.join import Pending
+    from stream.worker.experiments import ExperimentResultsRoom
+
+    settings, catalog = setup
+    settings = settings.replace(experiment={
+        "name": "e", "arms": [{"name": "control", "share": 0.5}, {"name": "b", "share": 0.5}]})
+    items = catalog.ids[:3]
+    closed = [Pending(f"r{i}", f"u{i % 7}", float(i), tuple(items), (1.0, 1.0, 1.0),
+                      {"gender": "F"}, [float(i % 3 == 0), 0.0, 0.0],
+                      experiment="e", arm="b" if i % 2 else "control") for i in range(40)]
+    room = ExperimentResultsRoom(settings, Metrics())
+    ck = Checkpointer(settings, Metrics(), parts=[room])
+    state = ck.restore(catalog)
+    room.observed(closed, catalog)
+    written = ck.checkpoint(state, lock=threading.Lock())
+    assert written.header["parts"]["experiment"]["experiment"] == "e"
+    room.observed(closed[:10], catalog)  # after the checkpoint: not in it
+
+    again = ExperimentResultsRoom(settings, Metrics())
+    Checkpointer(settings, Metrics(), parts=[again]).restore(catalog)
+    assert {a: (r.reward.n, r.shown) for a, r in again.results.arms.items()} \
+        == {"control": (20, 60), "b": (20, 60)}
+    mine = {a: r.reward.state()[0] for a, r in again.results.arms.items()}
+    # The room before its last ten impressions: the same sums, bit for bit.
+    before = ExperimentResultsRoom(settings, Metrics())
+    before.observed(closed, catalog)
+    assert mine == {a: r.reward.state()[0] for a, r in before.results.arms.items()}
