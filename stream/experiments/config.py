@@ -255,8 +255,8 @@ def experiment_from_settings(e: ExperimentSettings) -> Experiment | None:
     """The experiment ``[experiment]`` configures (validated), or None."""
     if not e.name:
         return None
-    arms = [Arm(name=a.name, share=a.share, alpha=a.alpha, exploration=a.exploration,
-                exposure_strength=a.exposure_strength, version=a.version) for a in e.arms]
+    # ExperimentArmSettings is Arm less ``stopped`` (settings stay below this package).
+    arms = [Arm(**msgspec.structs.asdict(a)) for a in e.arms]
     return Experiment(name=e.name, arms=arms, control=e.control, salt=e.salt,
                       auto_stop=e.auto_stop).validate()
 

@@ -120,3 +120,16 @@ def test_settings_arms_from_the_environment_are_json():
     with pytest.raises(ConfigError, match=r"shares sum to 1\.1"):
         load_settings(env={**env, "FAIRSTREAM_EXPERIMENT__ARMS":
                            '[{"name": "control", "share": 0.7}, {"name": "b", "share": 0.4}]'})
+
+
+def test_an_arm_in_settings_is_an_arm_less_its_stop():
+    """``[experiment]`` arms and the wire format's arms name the same fields (the settings
+    cannot import this package): a field added to one and not the other fails here."""
+    import msgspec
+
+    from stream.experiments.config import Arm
+    from stream.settings import ExperimentArmSettings
+
+    settings_fields = {f.name for f in msgspec.structs.fields(ExperimentArmSettings)}
+    wire_fields = {f.name for f in msgspec.structs.fields(Arm)}
+    assert settings_fields == wire_fields - {"stopped"}
