@@ -233,7 +233,8 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
     results = run_scale_bench(_settings(args), ratings=args.ratings, users=tuple(args.users),
                               workers=tuple(args.workers), out_dir=args.out,
                               json_path=args.json, bootstrap=args.bootstrap,
-                              overhead_ratings=args.overhead_ratings)
+                              overhead_ratings=args.overhead_ratings,
+                              overhead_repeats=args.overhead_repeats)
     print("fairstream bench scale")
     _emit({k: v for k, v in results.items() if not isinstance(v, dict)}, None)
     return 0
@@ -396,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     bsc.add_argument("--ratings", type=int, default=20_000, help="MovieLens ratings replayed")
     bsc.add_argument("--overhead-ratings", type=int, default=100_000,
                      help="MovieLens ratings in the backlog that measures the exchange's cost")
+    bsc.add_argument("--overhead-repeats", type=int, default=3,
+                     help="exchange on/off pairs for the overhead (median and each pair)")
     bsc.add_argument("--workers", type=_int_list, default=[1, 2, 4],
                      help="worker counts to measure, comma-separated")
     bsc.add_argument("--users", type=_int_list, default=[10_000, 100_000, 1_000_000],

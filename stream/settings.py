@@ -563,3 +563,32 @@ def load_settings(path: str | os.PathLike[str] | None = None,
         from stream.settings_ranges import name_the_source
 
         raise ConfigError(name_the_source(str(exc), env)) from None
+
+
+def settings_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a process of ours that should run on ``settings``: ``base``
+    (default ``os.environ``) without its ``FAIRSTREAM_*`` variables, plus one for every
+    value that differs from the defaults. :func:`load_settings` reads it back.
+
+    >>> s = Settings().replace(kafka={"bootstrap": "127.0.0.1:1"}, finetune={"enabled": False})
+    >>> env = settings_env(s, base={"PATH": "/bin", "FAIRSTREAM_KAFKA__GROUP_ID": "x"})
+    >>> for name in sorted(env):
+    ...     print(name, env[name])
+    FAIRSTREAM_FINETUNE__ENABLED false
+    FAIRSTREAM_KAFKA__BOOTSTRAP 127.0.0.1:1
+    PATH /bin
+    >>> load_settings(env=env) == s
+    True
+    """
+    import json
+
+    base = os.environ if base is None else base
+    env = {k: v for k, v in base.items() if not k.startswith(ENV_PREFIX)}
+    mine, default = msgspec.to_builtins(settings), msgspec.to_builtins(Settings())
+    for section, values in mine.items():
+        for key, value in values.items():
+            if value != default[section][key]:
+                env[f"{ENV_PREFIX}{section.upper()}__{key.upper()}"] = (
+                    str(value).lower() if isinstance(value, bool)
+                    else json.dumps(value) if isinstance(value, list | dict) else str(value))
+    return env

@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.partitioner.default import murmur2
@@ -55,7 +54,7 @@ from stream.data import MovieLens
 from stream.events import Event, EventCodec
 from stream.kafka.producers import catalog_items, publish_catalog, replay_events
 from stream.kafka.topics import ensure_topics
-from stream.settings import Settings
+from stream.settings import Settings, settings_env
 
 KILL_KINDS = ("after_checkpoint", "mid_batch", "publish", "finetune", "random")
 
@@ -95,17 +94,6 @@ class ChaosError(AssertionError):
     """The worker did not behave: it died on its own, or a phase never completed."""
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
-    """``settings``, every key, as ``FAIRSTREAM_*`` variables for a worker process."""
-    env = dict(os.environ)
-    for section, values in msgspec.to_builtins(settings).items():
-        for key, value in values.items():
-            text = str(value).lower() if isinstance(value, bool) else \
-                json.dumps(value) if isinstance(value, list | dict) else str(value)
-            env[f"FAIRSTREAM_{section.upper()}__{key.upper()}"] = text
-    return env
-
-
 class _Run:
     """One ``fairstream worker`` process, its log, and its /metrics port."""
 
@@ -115,7 +103,7 @@ class _Run:
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker", *idle],
                                          stdout=log, stderr=subprocess.STDOUT,
-                                         env=worker_env(settings))
+                                         env=settings_env(settings))
         self.port: int | None = None
 
     def wait_for(self, what: str, condition: Callable[[], Any], timeout_s: float = 180.0,

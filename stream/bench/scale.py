@@ -10,7 +10,8 @@ Four measurements, in one run, on one broker:
 * **statistics-exchange overhead**: one worker with the exchange off against one with
   it on, same run, each over a backlog (``overhead_ratings``, all of MovieLens 100k by
   default) produced before the worker starts, so the window is learning alone; as
-  events/s and as the learner's CPU per 1,000 events;
+  events/s and as the learner's CPU per 1,000 events, in ``overhead_repeats`` pairs
+  (alternating which goes first), reported per pair and as the median;
 * **checkpoint seconds by user count**: a worker checkpoint of a state holding 10,000,
   100,000 and 1,000,000 users' profiles (synthetic, 384 float32 each), with the exchange
   (profiles left to their changelog: ``checkpoint_s_by_users``) and without (every
@@ -44,6 +45,8 @@ from typing import Any
 import numpy as np
 
 from stream.bench.procstats import child_pids, proc_sample
+from stream.core.keys import run_key
+from stream.settings import settings_env
 
 DEFAULT_RATINGS = 20_000
 DEFAULT_USERS = (10_000, 100_000, 1_000_000)
@@ -57,7 +60,8 @@ def run_scale_bench(settings=None, ratings: int = DEFAULT_RATINGS,
                     json_path: str | os.PathLike[str] | None = None,
                     progress: bool = True, bootstrap: str | None = None,
                     restore_users: int = 100_000,
-                    overhead_ratings: int = 100_000) -> dict[str, Any]:
+                    overhead_ratings: int = 100_000,
+                    overhead_repeats: int = 3) -> dict[str, Any]:
     """Run the four measurements (module doc); write ``results.json`` to ``out_dir`` and
     to ``json_path`` when given; return the results."""
     import contextlib
@@ -74,7 +78,8 @@ def run_scale_bench(settings=None, ratings: int = DEFAULT_RATINGS,
         if progress:
             print(f"[bench {time.perf_counter() - started:6.1f}s] {msg}", flush=True)
 
-    settings = settings or load_settings()
+    # The workers are `fairstream worker` processes: they refuse the built-in keys.
+    settings = run_key(settings or load_settings())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data.fetch(settings.data.cache_dir, ("ml100k",))
@@ -93,17 +98,23 @@ def run_scale_bench(settings=None, ratings: int = DEFAULT_RATINGS,
             say(f"{n} worker(s), exchange on: {len(events)} events")
             runs[str(n)] = _throughput(settings, bootstrap, events, n, True, out, broker_pid)
             say(f"  {runs[str(n)]['events_per_s']:.0f} events/s")
-        # The exchange's overhead: one worker, exchange on then off, each over a backlog
-        # produced before it starts (a longer one: the whole window is learning).
+        # The exchange's overhead: one worker, exchange on and off, each over a backlog
+        # produced before it starts (a longer one: the whole window is learning), in
+        # ``overhead_repeats`` pairs ordered on/off, off/on, ... so that a drift of the
+        # machine's load between runs does not land on one side.
         backlog = list(replay_events(ml, limit=overhead_ratings))
-        overhead = {}
-        for exchange in (True, False):
-            say(f"1 worker, exchange {'on' if exchange else 'off'}, backlog of "
-                f"{len(backlog)} events produced first")
-            overhead[exchange] = _throughput(settings, bootstrap, backlog, 1, exchange, out,
-                                             broker_pid, backlog_first=True)
-            say(f"  {overhead[exchange]['events_per_s']:.0f} events/s, "
-                f"{overhead[exchange]['worker_cpu_ms_per_1k_events']:.0f} ms CPU per 1k events")
+        pairs: list[dict[bool, dict[str, Any]]] = []
+        for i in range(overhead_repeats):
+            pair = {}
+            for exchange in ((True, False) if i % 2 == 0 else (False, True)):
+                say(f"pair {i + 1}/{overhead_repeats}: 1 worker, exchange "
+                    f"{'on' if exchange else 'off'}, backlog of {len(backlog)} events "
+                    f"produced first")
+                run = pair[exchange] = _throughput(settings, bootstrap, backlog, 1, exchange,
+                                                   out, broker_pid, backlog_first=True)
+                say(f"  {run['events_per_s']:.0f} events/s, "
+                    f"{run['worker_cpu_ms_per_1k_events']:.0f} ms CPU per 1k events")
+            pairs.append(pair)
         say(f"restore {restore_users} profiles from the changelog")
         restore = _changelog_restore(settings, bootstrap, restore_users)
         result["restore_profiles_per_s"] = restore["profiles_per_s"]
@@ -113,16 +124,8 @@ def run_scale_bench(settings=None, ratings: int = DEFAULT_RATINGS,
     result["cpu_by_workers"] = {n: r["cpu"] for n, r in runs.items()}
     result["wall_s_by_workers"] = {n: r["wall_s"] for n, r in runs.items()}
     result["publish_s_by_workers"] = {n: r["publish_s"] for n, r in runs.items()}
-    on, off = overhead[True], overhead[False]
+    result.update(_overhead(pairs))
     result["overhead_events"] = len(backlog)
-    result["events_per_s_one_worker_exchange_on"] = on["events_per_s"]
-    result["events_per_s_one_worker_exchange_off"] = off["events_per_s"]
-    result["stats_overhead_pct"] = 100.0 * (1.0 - on["events_per_s"] / off["events_per_s"])
-    result["worker_cpu_ms_per_1k_events"] = {"exchange_on": on["worker_cpu_ms_per_1k_events"],
-                                             "exchange_off": off["worker_cpu_ms_per_1k_events"]}
-    result["stats_overhead_cpu_pct"] = 100.0 * (on["worker_cpu_ms_per_1k_events"]
-                                                / off["worker_cpu_ms_per_1k_events"] - 1.0)
-    result["cpu_overhead_runs"] = {"exchange_on": on["cpu"], "exchange_off": off["cpu"]}
     result["load_average"] = {"start": load_start, "end": list(os.getloadavg())}
 
     say(f"checkpoints at {users} users")
@@ -148,6 +151,39 @@ def run_scale_bench(settings=None, ratings: int = DEFAULT_RATINGS,
 
 
 # -- throughput -----------------------------------------------------------------------------
+
+def _overhead(pairs: list[dict[bool, dict[str, Any]]]) -> dict[str, Any]:
+    """The exchange's overhead from on/off pairs: per pair and the median (headline keys).
+
+    >>> run = lambda eps, ms: {"events_per_s": eps, "worker_cpu_ms_per_1k_events": ms,
+    ...                        "cpu": {}}
+    >>> got = _overhead([{True: run(90, 22), False: run(100, 20)},
+    ...                  {True: run(95, 21), False: run(100, 20)},
+    ...                  {True: run(100, 20), False: run(80, 20)}])
+    >>> [round(x, 6) for x in got["stats_overhead_pct_runs"]], round(got["stats_overhead_pct"], 6)
+    ([10.0, 5.0, -25.0], 5.0)
+    >>> [round(x, 6) for x in got["stats_overhead_cpu_pct_runs"]]
+    [10.0, 5.0, 0.0]
+    """
+    eps = {x: [p[x]["events_per_s"] for p in pairs] for x in (True, False)}
+    ms = {x: [p[x]["worker_cpu_ms_per_1k_events"] for p in pairs] for x in (True, False)}
+    pct = [100.0 * (1.0 - on / off) for on, off in zip(eps[True], eps[False], strict=True)]
+    cpu_pct = [100.0 * (on / off - 1.0) for on, off in zip(ms[True], ms[False], strict=True)]
+    return {
+        # headline figures: medians over the pairs; each pair's in the *_runs lists
+        "stats_overhead_pct": float(np.median(pct)),
+        "stats_overhead_pct_runs": pct,
+        "stats_overhead_cpu_pct": float(np.median(cpu_pct)),
+        "stats_overhead_cpu_pct_runs": cpu_pct,
+        "events_per_s_one_worker_exchange_on": float(np.median(eps[True])),
+        "events_per_s_one_worker_exchange_off": float(np.median(eps[False])),
+        "events_per_s_one_worker_runs": {"exchange_on": eps[True], "exchange_off": eps[False]},
+        "worker_cpu_ms_per_1k_events": {"exchange_on": float(np.median(ms[True])),
+                                        "exchange_off": float(np.median(ms[False]))},
+        "cpu_overhead_runs": [{"exchange_on": p[True]["cpu"], "exchange_off": p[False]["cpu"]}
+                              for p in pairs],
+    }
+
 
 def _throughput(settings, bootstrap: str, events: list, n: int, exchange: bool, out: Path,
                 broker_pid: int | None, backlog_first: bool = False) -> dict[str, Any]:
@@ -250,17 +286,8 @@ def _wait_stable(procs, logs: list[Path], partitions: int, timeout_s: float = 30
 
 
 def _worker(s, log_path: Path, checkpoint: Path) -> subprocess.Popen:
-    env = {**os.environ,
-           "FAIRSTREAM_KAFKA__BOOTSTRAP": s.kafka.bootstrap,
-           "FAIRSTREAM_KAFKA__GROUP_ID": s.kafka.group_id,
-           "FAIRSTREAM_KAFKA__EVENTS_PARTITIONS": str(s.kafka.events_partitions),
-           "FAIRSTREAM_TOPICS__PREFIX": s.topics.prefix,
-           "FAIRSTREAM_DATA__CACHE_DIR": s.data.cache_dir,
-           "FAIRSTREAM_MODEL__EMBEDDING_CACHE": str(s.embedding_cache_dir),
-           "FAIRSTREAM_FINETUNE__ENABLED": "false",
-           "FAIRSTREAM_STATS__EXCHANGE": "true" if s.stats.exchange else "false",
-           "FAIRSTREAM_WORKER__CHECKPOINT_PATH": str(checkpoint),
-           "FAIRSTREAM_WORKER__METRICS_PORT": "0"}
+    env = settings_env(s.replace(worker={"checkpoint_path": str(checkpoint),
+                                         "metrics_port": 0}))
     with open(log_path, "w") as log:  # the child keeps its own descriptor
         return subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], stdout=log,
                                 stderr=subprocess.STDOUT, env=env)

@@ -52,7 +52,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import numpy as np
 
 from stream.bench.hoststats import CpuWindow
@@ -61,7 +60,7 @@ from stream.bench.soakload import PacedLoad, Replay, Requests
 from stream.bench.soakreport import plot, summarize, targets
 from stream.core.keys import run_key
 from stream.exceptions import FairstreamError
-from stream.settings import Settings
+from stream.settings import Settings, settings_env
 
 __all__ = ["SoakFailure", "run_soak", "summarize"]
 
@@ -72,25 +71,6 @@ DISCOUNT_ITEMS = 10
 
 class SoakFailure(FairstreamError):
     """A process died, a load thread failed, or a stop was not clean."""
-
-
-def child_env(settings: Settings) -> dict[str, str]:
-    """This process's environment with ``settings`` as ``FAIRSTREAM_*`` overrides: every
-    value that differs from the defaults, and no inherited ``FAIRSTREAM_*`` variable.
-
-    >>> env = child_env(Settings().replace(kafka={"bootstrap": "127.0.0.1:1"}))
-    >>> env["FAIRSTREAM_KAFKA__BOOTSTRAP"], "FAIRSTREAM_KAFKA__GROUP_ID" in env
-    ('127.0.0.1:1', False)
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FAIRSTREAM_")}
-    mine, default = msgspec.to_builtins(settings), msgspec.to_builtins(Settings())
-    for section, values in mine.items():
-        for key, value in values.items():
-            if value != default[section][key]:
-                shown = str(value).lower() if isinstance(value, bool) else \
-                    json.dumps(value) if isinstance(value, list | dict) else str(value)
-                env[f"FAIRSTREAM_{section.upper()}__{key.upper()}"] = shown
-    return env
 
 
 def _metric_sums(text: str) -> dict[str, float]:
@@ -206,7 +186,7 @@ def run_soak(settings: Settings, minutes: float, *, out_dir: str | os.PathLike[s
                     "metrics_port": metrics_port, "metrics_host": "127.0.0.1"})
         ensure_topics(settings)
         publish_catalog(settings, items)
-        env = child_env(settings)
+        env = settings_env(settings)
 
         def kill_children() -> None:  # on failure only; the clean path stops them first
             stop.set()
