@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -44,8 +45,10 @@ def tansu_binary() -> str:
         raise BrokerError(str(exc)) from exc
 
 
-def wait_for_kafka(bootstrap: str, timeout_s: float = 30.0) -> None:
-    """Block until ``bootstrap`` answers a Kafka metadata request."""
+def wait_for_kafka(bootstrap: str, timeout_s: float = 30.0,
+                   alive: Callable[[], bool] | None = None) -> None:
+    """Block until ``bootstrap`` answers a Kafka metadata request. With ``alive`` (is the
+    broker's process still running?), a broker that exits ends the wait at once."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
@@ -53,6 +56,8 @@ def wait_for_kafka(bootstrap: str, timeout_s: float = 30.0) -> None:
     last: Exception | None = None
     host, _, port = bootstrap.rpartition(":")
     while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise BrokerError(f"the broker at {bootstrap} exited before it answered")
         try:
             # A plain TCP probe first keeps the client from logging refused connections.
             socket.create_connection((host, int(port)), timeout=1.0).close()
@@ -96,8 +101,9 @@ class EmbeddedBroker:
         finally:
             if self.log_path:
                 out.close()
+        proc = self._proc
         try:
-            wait_for_kafka(self.bootstrap, timeout_s)
+            wait_for_kafka(self.bootstrap, timeout_s, alive=lambda: proc.poll() is None)
         except BrokerError:
             self.stop()
             raise
@@ -150,7 +156,13 @@ def run_broker(port: int) -> int:
     # Handlers first: a signal that lands while the broker starts must still stop it.
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    broker.start()
+    try:
+        broker.start()
+    except BrokerError:
+        if not stopping:
+            raise
+        print("fairstream: broker stopped before it was ready", flush=True)
+        return 0
     print(f"fairstream: Kafka-compatible broker (Tansu) listening on {broker.bootstrap}",
           flush=True)
     if stopping:
