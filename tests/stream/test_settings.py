@@ -10,7 +10,7 @@ def test_defaults_are_valid():
     assert s.topics.all() == ["fairstream.items", "fairstream.events", "fairstream.events.dlq",
                               "fairstream.policies", "fairstream.fairness", "fairstream.stats",
                               "fairstream.erasure", "fairstream.profiles",
-                              "fairstream.experiments"]
+                              "fairstream.experiments", "fairstream.profiles.serving"]
 
 
 def test_file_then_environment(tmp_path):
