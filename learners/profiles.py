@@ -163,8 +163,9 @@ class ProfileStore:
     def folded(self, user_id: Hashable, items: Iterable[tuple[np.ndarray, float, float]]
                ) -> tuple[np.ndarray, float, float] | None:
         """The user's ``(mean, weight, last_seen)`` with ``items`` — ``(float32 embedding,
-        reward, time)``, oldest first — folded in as :meth:`observe` would, without changing
-        the store; None when the user has no profile and no item has ``reward > 0``.
+        reward, time)``, oldest first — folded in as :meth:`walk` would (items without
+        ``reward > 0`` change nothing), without changing the store; None when the user has
+        no profile and no item has ``reward > 0``.
 
         >>> store = ProfileStore(emb_dim=2, decay=0.5)
         >>> store.observe("u", np.array([1.0, 0.0]), reward=1.0, now=1.0)
@@ -258,6 +259,23 @@ class ProfileStore:
                 move(u)
         while len(self._users) > self.capacity:
             self._users.popitem(last=False)
+            self.evictions += 1
+
+    def put_rows(self, user_ids: Sequence[Hashable], means: Sequence[np.ndarray],
+                 weights: Sequence[float], last_seen: Sequence[float]) -> None:
+        """:meth:`put` for profiles that arrive one by one (a server's serving profiles):
+        each mean is kept as given, its own float32 array that the caller never writes to
+        again, so no batch array outlives the profiles it held (``put`` keeps rows of one
+        block, right for a restore, where they live and go together)."""
+        users = self._users
+        for u, mean, w, t in zip(user_ids, means, weights, last_seen, strict=True):
+            mean = np.asarray(mean, dtype=np.float32)
+            if mean.shape != (self.emb_dim,):
+                raise ValueError(f"profile of {mean.shape} values, want ({self.emb_dim},)")
+            users.pop(u, None)
+            users[u] = [mean, float(w), float(t)]  # the most recent last
+        while len(users) > self.capacity:
+            users.popitem(last=False)
             self.evictions += 1
 
     def drop(self, user_ids: Sequence[Hashable]) -> int:

@@ -264,8 +264,7 @@ class Recommender:
             if drop:
                 self.profiles.forget(drop)
             if user_ids:
-                self.profiles.put(user_ids, np.stack(means) if len(means) else means,
-                                  np.asarray(weights), np.asarray(last_seen))
+                self.profiles.put_rows(user_ids, means, weights, last_seen)
 
     def forget_profiles(self, erased: Callable[[Iterable[str]], set[str]]) -> int:
         """Drop the profiles (and what the impression discount remembers) of the users

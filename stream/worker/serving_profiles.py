@@ -116,6 +116,11 @@ class ServingProfiles:
 
     # -- writing ----------------------------------------------------------------------------
 
+    @property
+    def pending(self) -> int:
+        """Users that moved since the last flush."""
+        return len(self._dirty)
+
     def due(self, now: float) -> bool:
         return bool(self._dirty) and now - self._last >= self.every_s
 
