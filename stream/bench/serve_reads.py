@@ -15,7 +15,8 @@ Per phase and mode: records and bytes the server read (its
 memory at the end and its growth over the phase, its CPU seconds (idle polling
 included: the phases differ in length); beside them the broker's CPU seconds over the
 phase (when the bench started the broker; it also serves the producer and the worker)
-and the host's load average.
+and the host's load average; and the time the worker's loop spent on serving profiles
+(marking users, building and sending records).
 """
 
 from __future__ import annotations
@@ -189,6 +190,7 @@ def run_serve_reads_bench(settings: Settings | None = None, *, bootstrap: str | 
                       "ready servers")
                 before = {m: s.sample() for m, s in servers.items()}
                 broker0 = proc_sample(broker_pid) if broker_pid else None
+                busy0 = worker.serving.busy_s
                 load0, t0 = load_average(), time.monotonic()
                 n_events = 0
                 say(f"×{factor}: {users * impressions * factor:,} impressions, "
@@ -228,7 +230,9 @@ def run_serve_reads_bench(settings: Settings | None = None, *, bootstrap: str | 
                     "events_produced": n_events, "seconds": round(time.monotonic() - t0, 2),
                     "load_average": [load0, load_average()],
                     "broker_cpu_s": round(broker1.cpu_s - broker0.cpu_s, 2)
-                    if broker0 and broker1 else None}
+                    if broker0 and broker1 else None,
+                    # the worker's loop time writing serving profiles in the phase
+                    "worker_serving_s": round(worker.serving.busy_s - busy0, 3)}
                 for m in MODES:
                     b, a = before[m], after[m]
                     phase[m] = {"records_read": int(a["records"] - b["records"]),
@@ -251,4 +255,5 @@ def run_serve_reads_bench(settings: Settings | None = None, *, bootstrap: str | 
             result[f"{m}_mb_read_x{factor}"] = round(p[m]["bytes_read"] / 2**20, 2)
             result[f"{m}_rss_mb_x{factor}"] = p[m]["rss_mb"]
         result[f"broker_cpu_s_x{factor}"] = p["broker_cpu_s"]
+        result[f"worker_serving_s_x{factor}"] = p["worker_serving_s"]
     return result

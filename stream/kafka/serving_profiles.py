@@ -27,9 +27,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import msgspec
 import numpy as np
+
+if TYPE_CHECKING:
+    from stream.settings import Settings
 
 #: The format this code writes; a reader refuses others.
 FORMAT = 1
@@ -81,3 +85,25 @@ def decode_profile(value: bytes, dim: int | None = None) -> ServingProfile:
             and math.isfinite(r.as_of) and np.isfinite(mean).all()):
         raise ValueError("serving profile with a non-finite number or a weight <= 0")
     return ServingProfile(mean, r.weight, r.last_seen, r.as_of)
+
+
+def read_serving_profiles(settings: Settings, timeout_s: float = 120.0
+                          ) -> dict[str, ServingProfile | None]:
+    """Each user's latest record on the topic, read to its end: a profile, or None for
+    a tombstone (tooling and tests; a server follows the topic instead)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from stream.kafka.tail import read_to_end
+
+    topic = settings.topics.serving_profiles
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap,
+                             enable_auto_commit=False, group_id=None)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic)
+                                                        or ())]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        return {r.key.decode(): None if r.value is None else decode_profile(r.value)
+                for r in read_to_end(consumer, tps, timeout_s)}
+    finally:
+        consumer.close()

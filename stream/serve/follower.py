@@ -350,8 +350,10 @@ class ProfileFollower(_Follower):
             latest: dict[str, tuple[bytes | None, int]] = {}
             for records in batch.values():
                 for record in records:  # a user's records are in one partition, in order
-                    if record.key is not None:
+                    try:
                         latest[record.key.decode()] = (record.value, record.offset)
+                    except (AttributeError, UnicodeDecodeError):  # no key, or not a pseudonym
+                        self._outcome["invalid"].inc()
                 self._read.inc(len(records))
                 self._bytes.inc(sum(max(0, r.serialized_value_size) for r in records))
             self.apply(latest)

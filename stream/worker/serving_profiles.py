@@ -55,6 +55,9 @@ class ServingProfiles:
         self._last = time.monotonic()
         self._lock = threading.Lock()  # the producer's callbacks run on its thread
         self.failed = 0
+        #: seconds the worker's loop spent here (marking users, building and sending
+        #: records): what this room costs the learner (``fairstream bench serve-reads``)
+        self.busy_s = 0.0
 
     def __repr__(self) -> str:
         return f"ServingProfiles(dirty={len(self._dirty)}, open_users={len(self._open)})"
@@ -77,6 +80,7 @@ class ServingProfiles:
     def observed(self, state: LearningState, events: Sequence[Shown | Feedback]) -> None:
         """After a chunk went into the join: its feedback that joined an open impression
         marks the user (call with the state's lock held)."""
+        t0 = time.perf_counter()
         pending = state.joiner.pending
         dirty, open_, as_of = self._dirty, self._open, self._as_of
         for e in events:
@@ -90,15 +94,18 @@ class ServingProfiles:
             dirty[user] = None
             if e.ts > as_of.get(user, float("-inf")):
                 as_of[user] = e.ts
+        self.busy_s += time.perf_counter() - t0
 
     def learned(self, closed: Iterable[Pending]) -> None:
         """Closed impressions with a reward moved their users' learnt profiles."""
+        t0 = time.perf_counter()
         dirty, as_of = self._dirty, self._as_of
         for p in closed:
             if any(r > 0 for r in p.rewards):
                 dirty[p.user_id] = None
                 if p.ts > as_of.get(p.user_id, float("-inf")):
                     as_of[p.user_id] = p.ts
+        self.busy_s += time.perf_counter() - t0
 
     def forgotten(self, users: Iterable[str], erasures: Erasures) -> int:
         """Tombstones, at once, for erased users: ``users`` (whose learnt profiles were
@@ -129,6 +136,7 @@ class ServingProfiles:
         self._last = time.monotonic()
         if not self._dirty:
             return 0
+        t0 = time.perf_counter()
         with lock:
             records = [(user, self._value(state, user)) for user in self._dirty]
             self._dirty.clear()
@@ -139,6 +147,7 @@ class ServingProfiles:
             self.metrics.serving_profiles_written.labels(kind="tombstone").inc(tombstones)
         self.metrics.serving_profiles_written.labels(kind="profile").inc(
             len(records) - tombstones)
+        self.busy_s += time.perf_counter() - t0
         return len(records)
 
     def _value(self, state: LearningState, user: str) -> bytes | None:

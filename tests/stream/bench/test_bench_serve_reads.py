@@ -22,5 +22,6 @@ def test_serve_reads_bench_counts(make_settings, broker, encoder):
         assert phase["events_produced"] == result[f"events_records_read_x{factor}"]
         assert users <= result[f"topic_records_read_x{factor}"] <= users * clicks
         assert phase["broker_cpu_s"] is None  # not the bench's broker: not measured
+        assert phase["worker_serving_s"] > 0  # it wrote profiles in every phase
         for mode in ("topic", "events"):
             assert phase[mode]["rss_mb"] > 0 and phase[mode]["bytes_read"] > 0
