@@ -143,18 +143,47 @@ class ProfileStore:
                 self._users.popitem(last=False)
                 self.evictions += 1
             return entry
-        w_old = self.decay * entry[1]
-        w_new = w_old + reward
-        # (w_old·mean + reward·e) / w_new: weights in float64, vectors in float32 (a Python
-        # float keeps a float32 array float32). A new array: views handed out by get()
-        # keep the profile they were taken from.
-        mean = entry[0] * (w_old / w_new)
-        mean += e * (reward / w_new)
-        entry[0] = mean
-        entry[1] = w_new
+        entry[0], entry[1] = self._step(entry[0], entry[1], e, reward)
         entry[2] = now
         self._users.move_to_end(user_id)
         return entry
+
+    def _step(self, mean: np.ndarray, weight: float, e: np.ndarray,
+              reward: float) -> tuple[np.ndarray, float]:
+        """One fold: ``(w_old·mean + reward·e) / w_new`` with ``w_old = decay·weight``."""
+        w_old = self.decay * weight
+        w_new = w_old + reward
+        # Weights in float64, vectors in float32 (a Python float keeps a float32 array
+        # float32). A new array: views handed out by get() keep the profile they were
+        # taken from.
+        out = mean * (w_old / w_new)
+        out += e * (reward / w_new)
+        return out, w_new
+
+    def folded(self, user_id: Hashable, items: Iterable[tuple[np.ndarray, float, float]]
+               ) -> tuple[np.ndarray, float, float] | None:
+        """The user's ``(mean, weight, last_seen)`` with ``items`` — ``(float32 embedding,
+        reward, time)``, oldest first — folded in as :meth:`walk` would (items without
+        ``reward > 0`` change nothing), without changing the store; None when the user has
+        no profile and no item has ``reward > 0``.
+
+        >>> store = ProfileStore(emb_dim=2, decay=0.5)
+        >>> store.observe("u", np.array([1.0, 0.0]), reward=1.0, now=1.0)
+        >>> mean, weight, last = store.folded("u", [(np.array([0.0, 1.0], np.float32), 1.0, 2.0)])
+        >>> [round(float(v), 3) for v in mean], weight, last, store.get("u").tolist()
+        ([0.333, 0.667], 1.5, 2.0, [1.0, 0.0])
+        """
+        entry = self._users.get(user_id)
+        mean, weight, last = (None, 0.0, 0.0) if entry is None else entry
+        for e, reward, now in items:
+            if not reward > 0.0:
+                continue
+            if mean is None:
+                mean, weight = np.array(e, dtype=np.float32), float(reward)
+            else:
+                mean, weight = self._step(mean, weight, e, float(reward))
+            last = float(now)
+        return None if mean is None else (mean, weight, last)
 
     def get(self, user_id: Hashable, now: float | None = None) -> np.ndarray:
         """The user's profile (float32, read-only), zeros when unknown or expired."""
@@ -230,6 +259,23 @@ class ProfileStore:
                 move(u)
         while len(self._users) > self.capacity:
             self._users.popitem(last=False)
+            self.evictions += 1
+
+    def put_rows(self, user_ids: Sequence[Hashable], means: Sequence[np.ndarray],
+                 weights: Sequence[float], last_seen: Sequence[float]) -> None:
+        """:meth:`put` for profiles that arrive one by one (a server's serving profiles):
+        each mean is kept as given, its own float32 array that the caller never writes to
+        again, so no batch array outlives the profiles it held (``put`` keeps rows of one
+        block, right for a restore, where they live and go together)."""
+        users = self._users
+        for u, mean, w, t in zip(user_ids, means, weights, last_seen, strict=True):
+            mean = np.asarray(mean, dtype=np.float32)
+            if mean.shape != (self.emb_dim,):
+                raise ValueError(f"profile of {mean.shape} values, want ({self.emb_dim},)")
+            users.pop(u, None)
+            users[u] = [mean, float(w), float(t)]  # the most recent last
+        while len(users) > self.capacity:
+            users.popitem(last=False)
             self.evictions += 1
 
     def drop(self, user_ids: Sequence[Hashable]) -> int:

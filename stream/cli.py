@@ -215,6 +215,21 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_serve_reads(args: argparse.Namespace) -> int:
+    from stream.bench.serve_reads import run_serve_reads_bench
+
+    results = run_serve_reads_bench(_settings(args), bootstrap=args.bootstrap,
+                                    users=args.users, impressions=args.impressions,
+                                    clicks=args.clicks, factors=tuple(args.factors))
+    print("fairstream bench serve-reads")
+    _emit({k: v for k, v in results.items() if not isinstance(v, dict)}, None)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(f"written: {args.json}")
+    return 0
+
+
 def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     from stream.bench.pipeline import run_pipeline_bench
 
@@ -384,6 +399,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip the rounds with and without an experiment split")
     bs.add_argument("--json", type=Path)
     bs.set_defaults(func=cmd_bench_serve)
+    bsr = bsub.add_parser("serve-reads",
+                          help="a server's Kafka reads and memory in both serve.profiles "
+                               "modes, as event volume grows at the same users")
+    bsr.add_argument("--bootstrap", help="use this broker instead of starting one")
+    bsr.add_argument("--users", type=int, default=5_000, help="users with traffic")
+    bsr.add_argument("--impressions", type=int, default=4,
+                     help="impressions per user at factor 1")
+    bsr.add_argument("--clicks", type=int, default=2, help="clicks per user in each phase")
+    bsr.add_argument("--factors", type=_int_list, default=[1, 10],
+                     help="event volume factors (more impressions), comma-separated")
+    bsr.add_argument("--json", type=Path, help="also write the results as JSON here")
+    bsr.set_defaults(func=cmd_bench_serve_reads)
     bp = bsub.add_parser("pipeline", help="events/s learned end to end vs the raw consume rate")
     bp.add_argument("--events", type=int,
                     help="MovieLens ratings in the timed backlog (default: 98,000; 2,000 more "

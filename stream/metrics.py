@@ -68,6 +68,14 @@ class Metrics:
             "Events ignored because their event_id was already processed.",
             registry=r,
         )
+        self.serving_profiles_written = Counter(
+            "fairstream_worker_serving_profiles_written_total",
+            "Records sent to fairstream.profiles.serving, by kind (profile, tombstone; "
+            "failed: not acknowledged).",
+            ["kind"], registry=r,
+        )
+        for kind in ("profile", "tombstone", "failed"):
+            self.serving_profiles_written.labels(kind=kind)
         self.bandit_updates = Counter(
             "fairstream_bandit_updates_total",
             "(features, reward) rows applied to the bandit's statistics.",
@@ -448,6 +456,26 @@ class ServeMetrics:
             "fairstream_serve_profile_users",
             "Users with a profile in the server's profile store.",
             registry=r)
+        self.follow_records = Counter(
+            "fairstream_serve_follow_records_total",
+            "Records the server read to keep profiles current, by topic (its profile "
+            "source: fairstream.profiles.serving or fairstream.events).",
+            ["topic"], registry=r)
+        self.follow_bytes = Counter(
+            "fairstream_serve_follow_bytes_total",
+            "Bytes of record values the server read to keep profiles current, by topic.",
+            ["topic"], registry=r)
+        self.profile_records = Counter(
+            "fairstream_serve_profile_records_total",
+            "Records of fairstream.profiles.serving applied or not, by outcome (profile, "
+            "tombstone, erased: predates its user's erasure, invalid).",
+            ["outcome"], registry=r)
+        self.profile_freshness = Histogram(
+            "fairstream_serve_profile_freshness_seconds",
+            "When a serving profile is applied: now minus the event time of the latest "
+            "feedback it reflects (how far the served profiles trail the events).",
+            buckets=(0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600, 86_400),
+            registry=r)
         self.ready = Gauge(
             "fairstream_serve_ready",
             "1 when a verified policy and the catalog are loaded, else 0.",
@@ -472,6 +500,8 @@ class ServeMetrics:
             self.policy_rejected.labels(reason=reason)
         for kind in ("click", "purchase"):
             self.feedback.labels(type=kind)
+        for outcome in ("profile", "tombstone", "erased", "invalid"):
+            self.profile_records.labels(outcome=outcome)
         # Label children resolved once: the hot path then costs two lock-free-ish incs.
         self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 

@@ -84,9 +84,14 @@ class TopicSettings(_Section):
     def experiments(self) -> str:
         return f"{self.prefix}.experiments"
 
+    @property
+    def serving_profiles(self) -> str:
+        """Each user's latest profile for servers (compacted, key = user id)."""
+        return f"{self.prefix}.profiles.serving"
+
     def all(self) -> list[str]:
         return [self.items, self.events, self.dlq, self.policies, self.fairness, self.stats,
-                self.erasure, self.profiles, self.experiments]
+                self.erasure, self.profiles, self.experiments, self.serving_profiles]
 
 
 class EventSettings(_Section):
@@ -160,6 +165,10 @@ class WorkerSettings(_Section):
     # mark, or below its log start: the broker lost or trimmed the log). "fail": stop with
     # an error naming the partition and both ranges; "earliest": resume from the log start.
     offset_out_of_range: Literal["fail", "earliest"] = "fail"
+    # How often the worker writes the serving profiles of the users whose profile moved
+    # since (fairstream.profiles.serving: each user at most once per interval, so the
+    # topic's rate is bounded by changed users, not by events; docs/scaling.md).
+    serving_profiles_every_s: float = 1.0
 
 
 #: The built-in signing key: for ``fairstream demo`` and the tests only (the worker and
@@ -280,6 +289,11 @@ class ServeSettings(_Section):
     #: consecutive failed sends after which the server is not ready and /feedback answers
     #: 503 kafka_unavailable; the next acknowledged send makes it ready again
     produce_failures_unready: int = 1
+    #: where user profiles come from: "topic" reads the workers' compacted
+    #: fairstream.profiles.serving (a server's reads grow with its users' changes, not with
+    #: all traffic; a fresh server starts with every profile); "events" folds every
+    #: click/purchase of fairstream.events itself (reads every event; docs/scaling.md)
+    profiles: Literal["topic", "events"] = "topic"
 
 
 class ExperimentArmSettings(_Section):

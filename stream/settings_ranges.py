@@ -39,6 +39,7 @@ BOUNDS: dict[str, tuple[float, bool]] = {
     "bandit.alpha": (0, True),
     "bandit.v": (0, True),
     "worker.checkpoint_every_s": (0, False),
+    "worker.serving_profiles_every_s": (0, False),
     "worker.log_every_s": (0, True),
     "worker.poll_timeout_ms": (0, False),
     "worker.dlq_max_request_bytes": (0, False),

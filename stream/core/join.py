@@ -86,6 +86,10 @@ class RewardJoiner:
     # add_impression, add_feedback and _advance run once per event: they look the partition
     # up inline, and _advance leaves at once when the watermark closes nothing.
 
+    def pending(self, request_id: str) -> Pending | None:
+        """The open impression of ``request_id`` (None: none open, or already closed)."""
+        return self._open.get(request_id)
+
     def add_impression(self, partition: int, pending: Pending) -> list[Pending]:
         state = self._partitions.get(partition) or self._state(partition)
         if pending.request_id in self._open:

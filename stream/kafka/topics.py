@@ -47,6 +47,11 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         # Experiment configurations (key config:<name>, every change a new version) and
         # the worker's results (results:<name>); the latest of each is the state.
         NewTopic(t.experiments, 1, 1, topic_configs=_COMPACTED),
+        # Each user's latest serving profile (key = user id: it lands like the user's
+        # events), written by the worker that learns the user, at most once per
+        # worker.serving_profiles_every_s; servers read it instead of fairstream.events
+        # (stream/kafka/serving_profiles.py).
+        NewTopic(t.serving_profiles, parts, 1, topic_configs=_COMPACTED),
     ]
 
 

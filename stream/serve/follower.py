@@ -14,9 +14,15 @@ server never joins or rebalances the workers' group and starts in seconds:
   :class:`~stream.kafka.catalog_feed.CatalogFeed` (embedding new items with the
   frozen encoder into a :class:`~stream.core.catalog.Catalog`), then swapping the
   catalog snapshot in.
-* :class:`FeedbackFollower` — every partition of ``fairstream.events`` from
-  the end at start-up; clicks and purchases move user profiles (raw feedback,
-  see :mod:`stream.serve.recommender`). Impressions are skipped.
+* :class:`ProfileFollower` (``serve.profiles = "topic"``, the default) — every
+  partition of the compacted ``fairstream.profiles.serving`` from the beginning: each
+  user's latest profile as the workers learn it, a tombstone dropping one. The server
+  is ready once it has read to the end, so it starts with every profile, and its reads
+  follow the users whose profiles change, not the events (docs/scaling.md).
+* :class:`FeedbackFollower` (``serve.profiles = "events"``) — every partition of
+  ``fairstream.events`` from the end at start-up; clicks and purchases move user
+  profiles (raw feedback, see :mod:`stream.serve.recommender`). Impressions are
+  skipped, but fetched: its reads grow with all traffic.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from stream.core.keys import KeyRing
 from stream.events import Click, EventCodec, Purchase
 from stream.exceptions import InvalidEvent
 from stream.kafka.catalog_feed import CatalogFeed
+from stream.kafka.serving_profiles import decode_profile
 from stream.metrics import ServeMetrics
 from stream.serve.recommender import Recommender
 from stream.settings import Settings
@@ -255,6 +262,9 @@ class FeedbackFollower(_Follower):
                                 settings.events.max_clock_skew_s)
         self.observed = 0
         self.erasures: Erasures | None = None  # the erasure follower's, once wired
+        topic = settings.topics.events
+        self._read = metrics.follow_records.labels(topic=topic)
+        self._bytes = metrics.follow_bytes.labels(topic=topic)
 
     def _open(self) -> KafkaConsumer:
         # fairstream.events carries this server's own impressions too: fetch in large
@@ -281,6 +291,8 @@ class FeedbackFollower(_Follower):
         for records in batch.values():
             for record in records:
                 self.handle(record.value)
+            self._read.inc(len(records))
+            self._bytes.inc(sum(r.serialized_value_size for r in records))
         if batch:
             self.metrics.profile_users.set(len(self.recommender.profiles))
 
@@ -299,3 +311,90 @@ class FeedbackFollower(_Follower):
                 self.observed += 1
                 return True
         return False
+
+
+class ProfileFollower(_Follower):
+    """Follows fairstream.profiles.serving into the recommender's profiles (module doc)."""
+
+    name = "profiles"
+
+    def __init__(self, settings: Settings, recommender: Recommender,
+                 metrics: ServeMetrics) -> None:
+        super().__init__(settings, recommender, metrics)
+        self.topic = settings.topics.serving_profiles
+        self.erasures: Erasures | None = None  # the erasure follower's, once wired
+        self.applied = 0
+        self._tps: list[TopicPartition] = []
+        self._read = metrics.follow_records.labels(topic=self.topic)
+        self._bytes = metrics.follow_bytes.labels(topic=self.topic)
+        self._outcome = {o: metrics.profile_records.labels(outcome=o)
+                         for o in ("profile", "tombstone", "erased", "invalid")}
+
+    def _open(self) -> KafkaConsumer:
+        consumer = self._consumer("profiles")
+        deadline = time.monotonic() + 30
+        parts = consumer.partitions_for_topic(self.topic)
+        while not parts and time.monotonic() < deadline and not self._stop.is_set():
+            time.sleep(0.2)
+            parts = consumer.partitions_for_topic(self.topic)
+        if not parts:
+            raise RuntimeError(f"topic {self.topic} has no partitions")
+        self._tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        consumer.assign(self._tps)
+        consumer.seek_to_beginning(*self._tps)
+        return consumer
+
+    def _step(self) -> None:
+        batch = self.consumer.poll(timeout_ms=_POLL_MS, max_records=5000)
+        if batch:
+            latest: dict[str, tuple[bytes | None, int]] = {}
+            for records in batch.values():
+                for record in records:  # a user's records are in one partition, in order
+                    try:
+                        latest[record.key.decode()] = (record.value, record.offset)
+                    except (AttributeError, UnicodeDecodeError):  # no key, or not a pseudonym
+                        self._outcome["invalid"].inc()
+                self._read.inc(len(records))
+                self._bytes.inc(sum(max(0, r.serialized_value_size) for r in records))
+            self.apply(latest)
+            self.metrics.profile_users.set(len(self.recommender.profiles))
+        if not self.caught_up.is_set() and self._at_end(self._tps):
+            log.info("profiles: %d users from %s", len(self.recommender.profiles), self.topic)
+            self.caught_up.set()
+
+    def apply(self, latest: dict[str, tuple[bytes | None, int]]) -> int:
+        """Each user's latest record of a poll: a profile is set, a tombstone drops it, a
+        profile older than its user's erasure is dropped too. Returns profiles set."""
+        users, means, weights, last_seen, drop = [], [], [], [], []
+        now, dim = time.time(), self.recommender.profiles.emb_dim
+        blocks = self.erasures.blocks if self.erasures is not None else None
+        fresh = []
+        for user, (value, offset) in latest.items():
+            if value is None:
+                drop.append(user)
+                self._outcome["tombstone"].inc()
+                continue
+            try:
+                p = decode_profile(value, dim)
+            except ValueError as exc:
+                self._outcome["invalid"].inc()
+                log.warning("skipping the serving profile at %s offset %d: %s", self.topic,
+                            offset, exc)
+                continue
+            if blocks is not None and blocks(user, p.as_of):
+                drop.append(user)  # learnt before the user's erasure
+                self._outcome["erased"].inc()
+                continue
+            users.append(user)
+            means.append(p.mean)
+            weights.append(p.weight)
+            last_seen.append(p.last_seen)
+            fresh.append(now - p.as_of)
+        self.recommender.set_profiles(users, means, weights, last_seen, drop)
+        if users:
+            self._outcome["profile"].inc(len(users))
+            if self.caught_up.is_set():  # the backlog read at start is not freshness
+                for age in fresh:
+                    self.metrics.profile_freshness.observe(max(0.0, age))
+        self.applied += len(users)
+        return len(users)

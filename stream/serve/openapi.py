@@ -120,8 +120,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("get", "/healthz", "Liveness", "200 while the process answers.",
              {200: (Health, "up")}, tags=("operations",)),
     Endpoint("get", "/readyz", "Readiness",
-             "Ready once a verified policy and the catalog are loaded, the feedback topic "
-             "is followed and events reach Kafka.",
+             "Ready once a verified policy and the catalog are loaded, the user profiles "
+             "are loaded (`serve.profiles = topic`: every serving profile read; `events`: "
+             "the events followed; `feedback_following`) and events reach Kafka.",
              {200: (Readiness, "ready"), 503: (Readiness, "not ready; `errors` says why")},
              tags=("operations",)),
     Endpoint("get", "/metrics", "Prometheus metrics",

@@ -12,11 +12,14 @@ Scoring, per request::
     X = φ(user, candidates) = fmap.transform(profile(user), attrs, adapted_items=table[rows])
     slate = policy.select(X, k, rng, item_ids=candidates)   # indices, propensities, scores
 
-Profiles here are fed by *raw feedback* (every click/purchase seen on
-fairstream.events, weighted by ``events.click_weight`` / ``purchase_weight``),
-not by the worker's joined rewards: the server has no attribution window, so
-its profiles can differ slightly from the worker's (e.g. a click the worker
-would drop as outside the window still moves the server's profile).
+Profiles here come from the workers (``serve.profiles = "topic"``, the default:
+:meth:`set_profiles`, each user's profile as the worker that learns the user holds
+it, joined feedback on open impressions included), or, with ``"events"``, from *raw
+feedback* (every click/purchase seen on fairstream.events, weighted by
+``events.click_weight`` / ``purchase_weight``: :meth:`observe_feedback`): the server
+has no attribution window, so those profiles can differ slightly from the worker's
+(e.g. a click the worker would drop as outside the window still moves the server's
+profile).
 
 Randomness: a request without an explicit ``rng`` uses
 :func:`request_rng` ``(seed, request_id)``, so any logged impression can be
@@ -251,6 +254,17 @@ class Recommender:
                                   now=ts)
         self.note_click(user_id, item_id)
         return True
+
+    def set_profiles(self, user_ids: Sequence[str], means: Sequence[np.ndarray],
+                     weights: Sequence[float], last_seen: Sequence[float],
+                     drop: Sequence[str] = ()) -> None:
+        """Take these users' profiles as their workers learnt them, and drop ``drop``'s
+        (``serve.profiles = "topic"``: :class:`stream.serve.follower.ProfileFollower`)."""
+        with self._profile_lock:
+            if drop:
+                self.profiles.forget(drop)
+            if user_ids:
+                self.profiles.put_rows(user_ids, means, weights, last_seen)
 
     def forget_profiles(self, erased: Callable[[Iterable[str]], set[str]]) -> int:
         """Drop the profiles (and what the impression discount remembers) of the users

@@ -36,7 +36,12 @@ from stream.metrics import ServeMetrics
 from stream.privacy import Pseudonymizer
 from stream.serve.app import ServeContext, create_app
 from stream.serve.experiments import ExperimentControl, ExperimentFollower
-from stream.serve.follower import CatalogFollower, FeedbackFollower, PolicyFollower
+from stream.serve.follower import (
+    CatalogFollower,
+    FeedbackFollower,
+    PolicyFollower,
+    ProfileFollower,
+)
 from stream.serve.forget import ErasureFollower
 from stream.serve.impressions import EventLog, ProducerHealth, kafka_send
 from stream.serve.protocol import REASON as HEAD_TIMEOUT
@@ -78,7 +83,11 @@ class ServeRuntime:
         self.policies = PolicyFollower(settings, self.recommender, self.metrics,
                                        keep_versions=self.serve.keep_versions)
         self.catalog = CatalogFollower(settings, self.recommender, self.metrics, self.encoder)
-        self.feedback = FeedbackFollower(settings, self.recommender, self.metrics)
+        # What keeps profiles current: the workers' serving profiles (reads grow with the
+        # users whose profiles change) or every event (reads grow with all traffic).
+        self.feedback: ProfileFollower | FeedbackFollower = (
+            ProfileFollower if self.serve.profiles == "topic" else FeedbackFollower)(
+                settings, self.recommender, self.metrics)
         self.erasure = ErasureFollower(settings, self.recommender, self.metrics)
         self.feedback.erasures = self.erasure.erasures
         self.recommender.kept = self.policies.kept

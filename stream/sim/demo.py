@@ -79,7 +79,8 @@ def run_demo(settings: Settings, events: int | None = None, out_dir: str | Path 
               f"http://{settings.worker.metrics_host}:{port}/metrics", flush=True)
         running = WorkerThread(worker, flush_on_exit=True).start(timeout_s=None)
         # The serving side, in-process: it follows fairstream.policies (verifying every
-        # bundle), the catalog and the feedback, exactly as `fairstream serve` does.
+        # bundle), the catalog and the worker's serving profiles, exactly as
+        # `fairstream serve` does.
         server = ServeRuntime(settings, encoder=worker.encoder).start()
         server.recommender.impressions = None  # the simulator publishes the impressions
         server.wait_ready(timeout_s=120)

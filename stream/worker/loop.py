@@ -21,6 +21,8 @@ short and delegates each job to a room of its own:
   NeuralLinear swap;
 * :class:`~stream.worker.experiments.ExperimentResultsRoom` — per-arm results of the
   online experiment, its guardrails and the stop of a losing arm;
+* :class:`~stream.worker.serving_profiles.ServingProfiles` — each changed user's
+  profile, coalesced, to the compacted topic servers read;
 * :mod:`stream.worker.process` — GC and BLAS tuning when the worker owns its process.
 
 On (re)start the worker resumes from its checkpoint's offsets, so a crash loses no
@@ -74,6 +76,7 @@ from stream.worker.outcomes import Outcomes
 from stream.worker.process import tune_process
 from stream.worker.progress import ProgressLine
 from stream.worker.publisher import Publisher
+from stream.worker.serving_profiles import ServingProfiles
 from stream.worker.stats_exchange import StatsExchange
 
 log = logging.getLogger(__name__)
@@ -130,6 +133,7 @@ class Worker:
         self.outcomes = Outcomes(self.metrics)  # reward and CTR by source and policy version
         self.experiments = ExperimentResultsRoom(settings, self.metrics)  # online experiments
         self.checkpointer = Checkpointer(settings, self.metrics, parts=[self.experiments])
+        self.serving = ServingProfiles(settings, self.metrics)  # what servers read
         self.progress = ProgressLine(settings.worker.log_every_s)
         self._metrics_server = None
 
@@ -164,7 +168,9 @@ class Worker:
             self.catalog, fmap=self.exchange.adopted_feature_map() if self.exchange else None)
         if self.exchange is not None:
             self.exchange.bind(self.state, self.lock)
-        if self.forgetting.catch_up(self.state):
+        forgotten = self.forgetting.catch_up(self.state)
+        if forgotten:
+            self.serving.forgotten(forgotten.users, self.forgetting.erasures)
             self.checkpoint()  # an older checkpoint held erased users: replace it now
         self.finetune.warm_up(self.state)
         if self.own_process:
@@ -206,6 +212,8 @@ class Worker:
                 break
             if self.publisher.due(now):
                 self.publish()
+            if self.serving.due(now):
+                self.serving.flush(self.state, self.lock)
             if self.checkpointer.due(now):
                 self.checkpoint()
             if self.experiments.due(now):
@@ -223,6 +231,7 @@ class Worker:
                 room.close()
         self.forgetting.close()
         self.experiments.close()
+        self.serving.close()
         self.catalog_feed = self.dead_letters = self.publisher = self.exchange = None
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -233,6 +242,7 @@ class Worker:
         self.catalog_feed = CatalogFeed(s, self.catalog, self.encoder).open()
         self.forgetting.open()
         self.experiments.open()
+        self.serving.open()
         k, w = s.kafka, s.worker
         self.dead_letters = DeadLetters(
             KafkaProducer(bootstrap_servers=k.bootstrap, acks="all", linger_ms=20,
@@ -241,7 +251,7 @@ class Worker:
             s.topics.dlq, max_value_bytes=w.dlq_max_value_bytes, retries=w.dlq_retries)
         self.publisher = Publisher(s, self.metrics, self.checkpointer.record_published)
         # What a checkpoint covers must be acknowledged before it is written.
-        self.checkpointer.acked = [self.dead_letters, self.publisher]
+        self.checkpointer.acked = [self.dead_letters, self.publisher, self.serving]
         if s.stats.exchange:
             self.exchange = StatsExchange(s, self.metrics,
                                           source=f"{socket.gethostname()}-{os.getpid()}")
@@ -267,6 +277,7 @@ class Worker:
         if forgotten:
             if self.exchange is not None:  # and their changelog records
                 self.exchange.forgotten(forgotten.users)
+            self.serving.forgotten(forgotten.users, self.forgetting.erasures)
             self.checkpoint()  # the file on disk stops holding the forgotten users now
         self.experiments.poll()
         message = self.fetch.receive(timeout_s=self.settings.worker.poll_timeout_ms / 1000)
@@ -300,6 +311,7 @@ class Worker:
         self._check_whole()
         if forgotten:
             self.exchange.forgotten(forgotten.users)
+            self.serving.forgotten(forgotten.users, self.forgetting.erasures)
             self.checkpoint()  # their changelog records go now
         if publisher:
             self.publish()
@@ -338,6 +350,7 @@ class Worker:
                                                       chunk.next_offset)
                 closed += observed.closed
                 self.forgetting.observed(self.state, chunk.events)
+                self.serving.observed(self.state, chunk.events)
                 if self.exchange is not None:
                     self.exchange.observed(chunk, observed)
                 duplicates += observed.duplicates
@@ -389,6 +402,7 @@ class Worker:
         t0 = time.perf_counter()
         closed = self.forgetting.screen(closed)
         learned = self.state.learn(closed)
+        self.serving.learned(closed)
         if self.exchange is not None:
             self.exchange.learned(closed, learned)
         self.metrics.bandit_update_seconds.observe(time.perf_counter() - t0)
@@ -452,7 +466,10 @@ class Worker:
 
     def checkpoint(self, commit: bool = True) -> None:
         """Flush what must be acked, write state + offsets atomically, then (optionally)
-        commit those offsets (:class:`~stream.worker.checkpointer.Checkpointer`)."""
+        commit those offsets (:class:`~stream.worker.checkpointer.Checkpointer`). The users
+        whose profiles moved are written first: on a revocation, while it holds them."""
+        if self.state is not None:
+            self.serving.flush(self.state, self.lock)
         self.checkpointer.checkpoint(self.state, self.lock,
                                      commit=self._commit if commit else None)
 

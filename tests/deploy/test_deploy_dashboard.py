@@ -65,6 +65,9 @@ def test_required_views_are_on_the_dashboard():
         "sum by (source, policy_version) (rate(fairstream_policy_reward_sum_total",
         "sum by (source, policy_version) (rate(fairstream_policy_clicked_total",
         "sum by (reason) (rate(fairstream_feedback_unjoined_total",
+        # what servers read to keep profiles current, and how far those profiles trail
+        "sum by (instance, topic) (rate(fairstream_serve_follow_records_total",
+        "fairstream_serve_profile_freshness_seconds_bucket",
     ]
     missing = [r for r in required if r not in exprs]
     assert not missing, missing

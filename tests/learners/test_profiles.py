@@ -135,3 +135,50 @@ def test_walk_rejects_embeddings_of_another_width_or_type():
         store.walk(["u"], [0.0], [[0]], [[1.0]], np.ones((3, 5), dtype=np.float32))
     with pytest.raises(ValueError, match="float32 rows of 4"):
         store.walk(["u"], [0.0], [[0]], [[1.0]], np.ones((3, 4)))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    before=st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0]), max_size=6),
+    after=st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0, -1.0]), min_size=1, max_size=6),
+    seed=st.integers(0, 2**16),
+)
+def test_folded_is_observe_without_changing_the_store(before, after, seed):
+    """What serving profiles are made of: ``folded`` gives, bit for bit, what the worker's
+    walk would (observing the rewarded items; others do not move a profile there), and
+    leaves the store as it was."""
+    rng = np.random.default_rng(seed)
+    embs = rng.normal(size=(len(before) + len(after), 8)).astype(np.float32)
+    store, twin = (ProfileStore(emb_dim=8, decay=0.7, capacity=10) for _ in range(2))
+    for i, r in enumerate(before):
+        store.observe("u", embs[i], r, now=float(i))
+        twin.observe("u", embs[i], r, now=float(i))
+    held = store.get("u").copy()
+    got = store.folded("u", [(embs[len(before) + i], r, 100.0 + i)
+                             for i, r in enumerate(after)])
+    for i, r in enumerate(after):
+        if r > 0:
+            twin.observe("u", embs[len(before) + i], r, now=100.0 + i)
+    np.testing.assert_array_equal(store.get("u"), held)
+    if "u" not in twin:
+        assert got is None
+    else:
+        mean, weight, last = got
+        _, means, weights, lasts = twin.entries(["u"])
+        np.testing.assert_array_equal(mean, means[0])
+        assert weight == weights[0] and last == lasts[0]
+
+
+def test_put_rows_keeps_each_mean_and_the_cap():
+    """Serving profiles arrive one by one: each is kept as its own array (no batch array
+    pinned by a survivor), most recent last, least recent evicted beyond the cap."""
+    store = ProfileStore(emb_dim=3, capacity=2)
+    rows = [np.full(3, i, dtype=np.float32) for i in range(3)]
+    store.put_rows(["a", "b"], rows[:2], [1.0, 2.0], [10.0, 11.0])
+    store.put_rows(["a", "c"], [rows[2], rows[2]], [3.0, 4.0], [12.0, 13.0])
+    assert store.users() == ["a", "c"] and store.evictions == 1  # b was least recent
+    assert store.get("a").tolist() == [2.0, 2.0, 2.0]
+    _, _, weights, last = store.entries(["a", "c"])
+    assert weights.tolist() == [3.0, 4.0] and last.tolist() == [12.0, 13.0]
+    with pytest.raises(ValueError, match="want"):
+        store.put_rows(["d"], [np.zeros(4, np.float32)], [1.0], [0.0])

@@ -26,7 +26,7 @@ def test_the_configuration_example_is_valid_settings(tmp_path):
 
 
 def test_the_command_line_section_lists_every_command():
-    listed = re.findall(r"^fairstream ([a-z]+(?: [a-z|]+)?)", section("Command line"), re.M)
+    listed = re.findall(r"^fairstream ([a-z]+(?: [a-z|-]+)?)", section("Command line"), re.M)
     words = {w for line in listed for w in re.split(r"[ |]", line)}
     leaves = [p for p in parsers(build_parser()) if p._subparsers is None]
     assert len(leaves) > 15

@@ -10,7 +10,7 @@ def test_defaults_are_valid():
     assert s.topics.all() == ["fairstream.items", "fairstream.events", "fairstream.events.dlq",
                               "fairstream.policies", "fairstream.fairness", "fairstream.stats",
                               "fairstream.erasure", "fairstream.profiles",
-                              "fairstream.experiments"]
+                              "fairstream.experiments", "fairstream.profiles.serving"]
 
 
 def test_file_then_environment(tmp_path):
@@ -41,6 +41,10 @@ def test_bad_file_keys_are_named(tmp_path, text, key):
     ({"FAIRSTREAM_BANDIT__GAMMA": "1.5"}, "bandit.gamma"),
     ({"FAIRSTREAM_FEATURES__DIM": "0"}, "features.dim"),
     ({"FAIRSTREAM_BANDIT__EPSILON": "-0.1"}, "bandit.epsilon"),
+    ({"FAIRSTREAM_WORKER__SERVING_PROFILES_EVERY_S": "0"}, "worker.serving_profiles_every_s"),
+    ({"FAIRSTREAM_WORKER__SERVING_PROFILES_EVERY_S": "nan"},
+     "worker.serving_profiles_every_s"),
+    ({"FAIRSTREAM_SERVE__PROFILES": "both"}, "serve.profiles"),
 ])
 def test_bad_environment_overrides_are_named(env, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -93,7 +93,8 @@ def test_forgotten_users_leave_every_file_and_compacted_topic(make_settings, ml_
     ckpt = Path(settings.worker.checkpoint_path)
 
     running = WorkerThread(Worker(settings, encoder=encoder)).start()
-    runtime = ServeRuntime(settings, ServeSettings(admin_token=TOKEN), encoder=encoder).start()
+    runtime = ServeRuntime(settings, ServeSettings(admin_token=TOKEN, profiles="events"),
+                           encoder=encoder).start()
     server = ServerThread(runtime.app).start()
     try:
         runtime.wait_ready(60)

@@ -53,7 +53,8 @@ def server(make_settings, ml_items, ml_catalog, encoder):
     ensure_topics(settings)
     publish_catalog(settings, ml_items)
     send_policy(settings, make_bundle(settings, ml_catalog, 1))
-    runtime = ServeRuntime(settings, ServeSettings(seed=7), encoder=encoder).start()
+    runtime = ServeRuntime(settings, ServeSettings(seed=7, profiles="events"),
+                           encoder=encoder).start()
     with ServerThread(runtime.app) as srv:
         runtime.wait_ready(60)
         yield settings, runtime, httpx.Client(base_url=srv.url, timeout=10)

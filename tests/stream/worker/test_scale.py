@@ -24,6 +24,7 @@ from stream.core.checkpoint import read_checkpoint
 from stream.core.state import LearningState
 from stream.kafka.producers import catalog_items, publish_catalog, publish_events, replay_events
 from stream.kafka.profile_changelog import ProfileChangelog
+from stream.kafka.serving_profiles import read_serving_profiles
 from stream.kafka.topics import ensure_topics
 from stream.worker import Worker, WorkerThread
 from tests.stream.worker.conftest import handled
@@ -124,7 +125,7 @@ def _run_threads(settings, encoder, n, tmp_path, events):
 
 def test_1_2_and_4_workers_end_with_one_workers_statistics(make_settings, movielens, encoder,
                                                           tmp_path):
-    results = {}
+    results, serving = {}, {}
     for n in (1, 2, 4):
         settings = _settings(make_settings)
         events = _load(settings, movielens)
@@ -143,6 +144,7 @@ def test_1_2_and_4_workers_end_with_one_workers_statistics(make_settings, moviel
         ref = workers[0].state.policy
         np.testing.assert_allclose(last._beta, ref.beta, rtol=1e-7, atol=1e-10)
         results[n] = (workers, last)
+        serving[n] = read_serving_profiles(settings)
     ref = results[1][0][0].state.policy.total_stats
     for n in (2, 4):
         workers, last = results[n]
@@ -156,6 +158,13 @@ def test_1_2_and_4_workers_end_with_one_workers_statistics(make_settings, moviel
             (sorted(w._assigned), len(h)) for w, h in zip(workers, held, strict=True)]
         assert sum(map(len, held)) == len(set().union(*held))
         np.testing.assert_allclose(last._beta, results[1][1]._beta, rtol=1e-7, atol=1e-10)
+        # Each owner writes its partitions' users' serving profiles: the topic ends with
+        # what one worker wrote, user for user.
+        got = read_serving_profiles(workers[0].settings)
+        assert got.keys() == serving[1].keys() and len(got) > 0
+        for user, p in serving[1].items():
+            np.testing.assert_allclose(got[user].mean, p.mean, rtol=1e-6, atol=1e-7)
+            assert got[user].weight == pytest.approx(p.weight, rel=1e-9)
 
 
 def reference_state(settings, movielens, encoder, events):
