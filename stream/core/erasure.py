@@ -75,6 +75,7 @@ class Forgotten:
     profiles: int = 0
     open_impressions: int = 0
     users: list[str] = field(default_factory=list)  # whose profiles were dropped
+    markers: int = 0  # new erasure markers this pass applied (0: nothing new to forget)
 
     def __bool__(self) -> bool:
         return bool(self.profiles or self.open_impressions)

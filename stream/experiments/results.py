@@ -29,7 +29,7 @@ control's own disparity is reported, never a breach: it is what runs today).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -234,6 +234,18 @@ class ExperimentResults:
         if len(self.history) > MAX_HISTORY:  # thin the older half: the whole run stays
             self.history = self.history[:MAX_HISTORY // 2:2] + self.history[MAX_HISTORY // 2:]
         return point
+
+    def forget(self, erased: Callable[[Iterable[str]], set[str]]) -> list[str]:
+        """Drop the users ``erased`` picks out of those held (an erasure): their per-user
+        sums, where the pseudonym is, and their part of each arm's reward. Per-group and
+        per-item-group sums carry no identifier and keep their share. Returns the users
+        dropped."""
+        gone: set[str] = set()
+        for res in self.arms.values():
+            users = erased(res.reward.users_held())
+            res.reward.forget(users)
+            gone |= users
+        return sorted(gone)
 
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """What a worker checkpoint keeps, so that a restart goes on counting where the

@@ -47,6 +47,7 @@ guide with novel ideas. KDD.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,6 +129,9 @@ class ClusteredMoments:
     def users(self) -> int:
         return len(self._per_user)
 
+    def users_held(self) -> list[str]:
+        return list(self._per_user)
+
     def add(self, user: str, x: float) -> None:
         acc = self._per_user.get(user)
         if acc is None:
@@ -155,6 +159,32 @@ class ClusteredMoments:
 
     def to_list(self) -> list[float]:
         return [self.n, self.total, len(self._per_user)]
+
+    def forget(self, users: Iterable[str]) -> int:
+        """Remove these users and everything they contributed (an erasure): the moments
+        become those of the other users' impressions. Returns how many were held.
+
+        >>> m, ref = ClusteredMoments(), ClusteredMoments()
+        >>> for user, x in [("a", 1.0), ("b", 0.0), ("a", 1.0), ("c", 0.5)]:
+        ...     m.add(user, x)
+        ...     if user != "a":
+        ...         ref.add(user, x)
+        >>> m.forget(["a", "nobody"]), (m.n, m.users, m.mean) == (ref.n, ref.users, ref.mean)
+        (1, True)
+        """
+        held = 0
+        for user in users:
+            acc = self._per_user.pop(user, None)
+            if acc is None:
+                continue
+            held += 1
+            a, b = acc
+            self.n -= int(a)
+            self.total -= b
+            self._nn -= a * a
+            self._sn -= a * b
+            self._ss -= b * b
+        return held
 
     def state(self) -> tuple[list[float], np.ndarray, np.ndarray]:
         """Everything, to restore exactly: the running sums, the users, and their

@@ -50,9 +50,11 @@ class Forgetting:
         self.feed.close()
 
     def _apply(self, markers: list[tuple[str, float]], state: LearningState) -> Forgotten:
-        if not any([self.erasures.add(t, at) for t, at in markers]):
+        new = sum([self.erasures.add(t, at) for t, at in markers])
+        if not new:
             return Forgotten()
         out = self.erasures.forget(state.profiles, state.joiner)
+        out.markers = new
         if out:
             log.info("erasure: dropped %d profile(s) and %d open impression(s)",
                      out.profiles, out.open_impressions)

@@ -30,7 +30,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -128,6 +128,17 @@ class ExperimentResultsRoom:
         elif header.get("experiment"):
             log.info("experiment %s in the checkpoint is not the one running: counted afresh",
                      header["experiment"])
+
+    def forget(self, erased: Callable[[Iterable[str]], set[str]]) -> int:
+        """Drop erased users from the results (:meth:`ExperimentResults.forget`); returns
+        how many were held (the caller then checkpoints: the file stops holding them)."""
+        if self.results is None:
+            return 0
+        gone = self.results.forget(erased)
+        if gone:
+            log.info("erasure: dropped %d user(s) from experiment %s's results", len(gone),
+                     self.results.experiment.name)
+        return len(gone)
 
     def poll(self) -> None:
         """Adopt configuration versions published since the last call."""

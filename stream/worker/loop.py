@@ -169,8 +169,10 @@ class Worker:
         if self.exchange is not None:
             self.exchange.bind(self.state, self.lock)
         forgotten = self.forgetting.catch_up(self.state)
+        dropped = self.experiments.forget(self.forgetting.erasures.erased)
         if forgotten:
             self.serving.forgotten(forgotten.users, self.forgetting.erasures)
+        if forgotten or dropped:
             self.checkpoint()  # an older checkpoint held erased users: replace it now
         self.finetune.warm_up(self.state)
         if self.own_process:
@@ -274,10 +276,13 @@ class Worker:
             self.metrics.catalog_items.set(len(self.catalog))
             log.info("catalog grew to %d items", len(self.catalog))
         forgotten = self.forgetting.poll(self.state, self.lock)
+        dropped = self.experiments.forget(self.forgetting.erasures.erased) \
+            if forgotten.markers else 0
         if forgotten:
             if self.exchange is not None:  # and their changelog records
                 self.exchange.forgotten(forgotten.users)
             self.serving.forgotten(forgotten.users, self.forgetting.erasures)
+        if forgotten or dropped:
             self.checkpoint()  # the file on disk stops holding the forgotten users now
         self.experiments.poll()
         message = self.fetch.receive(timeout_s=self.settings.worker.poll_timeout_ms / 1000)

@@ -121,3 +121,35 @@ def test_state_round_trip_resumes_bit_for_bit():
     other = ExperimentResults(Experiment(name="other", arms=[Arm(name="control", share=1.0)]))
     assert not other.load_state(head, arrays)
     assert other.arms["control"].reward.n == 0
+
+
+def test_an_erased_user_leaves_the_results_as_if_never_counted():
+    """Erasure drops the user's per-user sums (where the pseudonym is) and their part of
+    the arm's reward moments: the reward figures equal those of the same impressions
+    without that user's."""
+
+    def feed(res, skip=()):
+        for i in range(600):
+            user = f"u{i % 40}"
+            if user in skip:
+                continue
+            arm = "control" if i % 3 else "b"
+            res.observe(arm, user, [float(i % 5 == 0), float(i % 7 == 0)], ["head", "tail"],
+                        ["gender=F"])
+
+    res, ref = ExperimentResults(_exp(), min_users=5), ExperimentResults(_exp(), min_users=5)
+    feed(res)
+    feed(ref, skip={"u3", "u17"})
+    gone = res.forget(lambda users: {u for u in users if u in ("u3", "u17", "u99")})
+    assert gone == ["u17", "u3"]
+    assert not res.forget(lambda users: {u for u in users if u == "u3"})  # already gone
+    for arm in ("control", "b"):
+        got, want = res.arms[arm].reward, ref.arms[arm].reward
+        assert (got.n, got.users) == (want.n, want.users)
+        assert got.mean == pytest.approx(want.mean, rel=1e-12)
+        assert got.var_of_mean == pytest.approx(want.var_of_mean, rel=1e-9)
+        assert "u3" not in got.users_held()
+    for got, want in zip(res.table(), ref.table(), strict=True):
+        assert got["impressions"] == want["impressions"]
+        for key in ("reward", "diff", "lower", "upper"):
+            assert got[key] == pytest.approx(want[key], rel=1e-9, nan_ok=True)
