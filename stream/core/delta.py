@@ -349,9 +349,14 @@ def fold_delta(state: LearningState, delta: StatsDelta, profiles: bool = True) -
         return False
     fmap, policy = state.space_of(p)
     if delta.stats.feature_space != fmap.feature_space:
-        raise FeatureSpaceMismatch(fmap.feature_space, delta.stats.feature_space)
-    if delta.stats.n:
-        policy.merge(delta.stats)
+        if p not in state.unbased:
+            raise FeatureSpaceMismatch(fmap.feature_space, delta.stats.feature_space)
+        # rebuilding without a checkpoint: an earlier epoch's statistics, which the
+        # partition's re-base into the current space replaces (LearningState.unbased)
+    else:
+        state.unbased.discard(p)  # its chain is in the current space
+        if delta.stats.n:
+            policy.merge(delta.stats)
     if profiles and delta.users:
         state.profiles.put(delta.users, delta.means, delta.weights, delta.last_seen)
     if delta.joiner is not None:

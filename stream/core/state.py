@@ -157,6 +157,11 @@ class LearningState:
         #: the epoch of the current feature space (0: the one the group started in)
         self.epoch = 0
         self.switch: Switch | None = None
+        #: partitions whose statistics in the current space are not in the model yet: a
+        #: worker without a checkpoint that starts in the latest bundle's space while it
+        #: reads the topic (earlier epochs' deltas fold without their statistics, and the
+        #: current epoch's markers re-base them); empty otherwise
+        self.unbased: set[int] = set()
         self._predicted = np.zeros(ft.validation_rows)
         self._batch_of = np.zeros(ft.validation_rows, dtype=np.int64)  # first seq of its batch
         #: validation of the last swap considered: {"rows", "mse_current", "mse_rebuilt"}
@@ -485,6 +490,8 @@ class LearningState:
         :meth:`rebase`'s outcomes, ``"old"`` (an epoch already switched to), ``"early"``
         (a later epoch than the switch in progress: its stats partition must wait) or
         ``"refused"`` (a feature space that is not the epoch's, or an epoch gap)."""
+        if marker.partition in self.unbased:
+            return self._rebuild(marker)
         if marker.epoch <= self.epoch:
             return "old"
         if self.switch is None:
@@ -499,6 +506,23 @@ class LearningState:
         elif marker.feature_space != self.switch.fmap.feature_space:
             return "refused"
         return self.rebase(marker.partition, marker.epoch, marker.at)
+
+    def _rebuild(self, marker: RebaseMarker) -> str:
+        """A marker of a partition not in the model yet (:attr:`unbased`): the one into
+        the space this state started in re-bases it there (and tells the epoch); another
+        (an earlier epoch's, or a later one while the state does not know its own epoch
+        yet) is ``"early"``: the caller holds it until the read is over."""
+        p = marker.partition
+        if marker.feature_space != self.fmap.feature_space or self.switch is not None:
+            return "early"
+        if self._offsets.get(p, -1) != marker.at:
+            return "skipped"
+        X, r, items = self.rebase_statistics(p, self.fmap)
+        if len(X):
+            self.policy.update(X, r, item_ids=items if self.policy.uses_item_ids else None)
+        self.unbased.discard(p)
+        self.epoch = max(self.epoch, marker.epoch)
+        return "rebased"
 
     def rebase_pending(self) -> int:
         """Partitions still to re-base in the switch in progress (0 when none is)."""
@@ -592,6 +616,7 @@ class LearningState:
                 header["profiles"][name] = value
         if self.samples is not None:  # a coordinated fine-tune's: samples, epoch, switch
             header["epoch"] = self.epoch
+            header["unbased"] = sorted(self.unbased)
             header["samples"] = {}
             for p, sample in self.samples.items():
                 head, parts = sample.state()
@@ -630,6 +655,7 @@ class LearningState:
         state._version = int(ck.header["version"])
         if state.samples is not None and "samples" in ck.header:
             state.epoch = int(ck.header["epoch"])
+            state.unbased = set(ck.header.get("unbased", []))
             for p, head in ck.header["samples"].items():
                 prefix = f"sample.{p}."
                 state.samples[int(p)] = PartitionSample.from_state(

@@ -203,6 +203,12 @@ class FineTuneControl:
         if self.tuner is None:
             return None
         self._count_drift(state)
+        if not trainer and self.tuner.running:
+            # Partition 0, and the trainer's role with it, went to another worker: its
+            # run would not be adopted; the new trainer starts its own when due.
+            self.tuner.cancel()
+            log.info("fine-tune cancelled: this worker no longer publishes")
+            return None
         try:
             result = self.tuner.poll()
         except FineTuneError as exc:

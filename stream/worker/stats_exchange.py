@@ -96,6 +96,7 @@ class StatsExchange:
         # of a later epoch than the switch in progress (folded once it completes).
         self._held: dict[int, list[Any]] = {}
         self._switched = False  # a switch completed since take_switched()
+        self._adopted: FeatureMap | None = None  # the latest bundle's map, at start
 
     # -- start ----------------------------------------------------------------------------
 
@@ -103,7 +104,8 @@ class StatsExchange:
         """The feature map of the group's latest published policy (None when there is none):
         a worker without a checkpoint starts in it, so its statistics join the group's."""
         bundle = latest_bundle(self.settings)
-        return None if bundle is None else bundle.fmap
+        self._adopted = None if bundle is None else bundle.fmap
+        return self._adopted
 
     def bind(self, state: LearningState, lock: threading.Lock) -> None:
         """Read ``fairstream.stats`` from the state's positions (the start without) and fold
@@ -122,7 +124,19 @@ class StatsExchange:
                 self.consumer.seek(tp, state.stats_positions[tp.partition])
             else:
                 self.consumer.seek_to_beginning(tp)
+        rebuild = (state.coordinated and self._adopted is not None and not state.offsets
+                   and not state.stats_positions
+                   and state.fmap.feature_space == self._adopted.feature_space)
+        if rebuild:  # no checkpoint, in the latest bundle's space: maybe not the first
+            state.unbased = set(range(n))
         self.catch_up()
+        self.metrics.stats_epoch.set(state.epoch)
+        if rebuild:
+            # Every marker of the space it started in has been read: what is still
+            # unbased never had statistics, and what was held goes the usual way now.
+            state.unbased.clear()
+            log.info("rebuilt from %s at epoch %d", self.topic, state.epoch)
+            self._release_held()
 
     # -- folding ----------------------------------------------------------------------------
 
@@ -240,13 +254,16 @@ class StatsExchange:
         m = self.metrics
         m.stats_rebases.labels(outcome=outcome).inc()
         m.stats_rebase_pending.set(self.state.rebase_pending())
+        m.stats_epoch.set(self.state.epoch)
         if outcome != "switched":
             return
         m.stats_epochs_completed.inc()
-        m.stats_epoch.set(self.state.epoch)
         log.info("epoch %d: every partition re-based; now in %s", self.state.epoch,
                  self.state.fmap.feature_space)
         self._switched = True
+        self._release_held()
+
+    def _release_held(self) -> None:
         held, self._held = self._held, {}
         for records in held.values():
             for rec in records:

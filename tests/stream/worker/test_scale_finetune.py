@@ -1,0 +1,177 @@
+"""One fine-tune across workers (docs/scaling.md), on the real broker with real MovieLens
+events: two workers with the statistics exchange and the fine-tune on. The publisher
+trains on every partition's sample and announces an epoch; every partition re-bases;
+after the drain every published bundle after the first switch is of the new feature
+space, the two workers' statistics agree, and they equal one state's that learns the
+same events and re-bases each partition at the offset its marker names."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from learners import Adapter, FeatureMap
+from stream.core.catalog import Catalog
+from stream.core.delta import is_marker, load_marker
+from stream.core.state import LearningState
+from stream.events import compact
+from stream.kafka.producers import catalog_items, publish_events
+from stream.privacy import Pseudonymizer
+from stream.worker import Worker, WorkerThread
+from tests.stream.worker.test_scale import (
+    PARTITIONS,
+    _bundles,
+    _covers,
+    _high,
+    _load,
+    _partition,
+    _same_stats,
+    _wait,
+)
+
+pytestmark = [pytest.mark.broker, pytest.mark.model]
+
+
+def _settings(make_settings):
+    return make_settings(
+        kafka={"events_partitions": PARTITIONS},
+        stats={"exchange": True, "emit_every_s": 0.5},
+        policy={"publish_every_s": 0.5},
+        worker={"checkpoint_every_s": 1.0},
+        events={"attribution_window_s": 60.0},
+        # One run: it starts once 1,200 rows are learnt or folded, on the union of the
+        # samples (4 × 150 rows); the stream holds fewer than 2,400 rows, so no second.
+        finetune={"enabled": True, "every_updates": 1200, "min_rows": 400, "steps": 40,
+                  "buffer_capacity": 600, "drift_delta": 1e-12, "duty_cycle": 1.0})
+
+
+def _markers(settings):
+    """Every re-base marker on fairstream.stats, by partition."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap,
+                             enable_auto_commit=False)
+    tps = [TopicPartition(settings.topics.stats, p) for p in range(PARTITIONS)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    end = consumer.end_offsets(tps)
+    out = []
+    while any(consumer.position(tp) < end[tp] for tp in tps):
+        for records in consumer.poll(500).values():
+            out += [load_marker(r.value, key=settings.policy.signing_key.encode())
+                    for r in records if is_marker(r.headers)]
+    consumer.close()
+    return out
+
+
+def test_two_workers_fine_tune_once_and_switch_together(make_settings, movielens, encoder,
+                                                         tmp_path):
+    settings = _settings(make_settings)
+    edge = Pseudonymizer.from_settings(settings.privacy)
+    events = [edge.event(e) for e in _load(settings, movielens)]
+    publish_events(settings, iter(events), progress=False)
+    high = _high(events)
+    workers = [Worker(settings.replace(worker={"checkpoint_path": str(tmp_path / f"w{i}.npz")}),
+                      encoder=encoder) for i in range(2)]
+    runners = [WorkerThread(w).start() for w in workers]
+    started = time.monotonic()
+    try:
+        # Phases: drained and every partition owned, then one epoch completed on both
+        # (their last marker folded), then drained again (new-space deltas folded).
+        _wait("2 workers to cover every partition",
+              lambda: all(_covers(w.state.offsets, high) for w in workers)
+              and sorted(p for w in workers for p in w._assigned) == list(range(PARTITIONS)),
+              lambda: all(r.is_alive() for r in runners))
+        _wait("both workers to switch to epoch 1",
+              lambda: all(w.state.epoch == 1 and w.state.switch is None for w in workers),
+              lambda: all(r.is_alive() for r in runners),
+              detail=lambda: [(w.state.epoch, w.state.rebase_pending(),
+                               w.finetune.summary()) for w in workers])
+        _wait("both workers to fold each other's last deltas",
+              lambda: all(_covers(w.state.offsets, high) for w in workers)
+              and all(w.exchange is not None and w.metrics.stats_lag._value.get() == 0
+                      for w in workers),
+              lambda: all(r.is_alive() for r in runners))
+    finally:
+        for r in runners:
+            r.stop_event.set()
+        for r in runners:
+            r.stop(timeout_s=120)
+    elapsed = time.monotonic() - started
+
+    # One run adopted in all (a worker that published before the second one joined may
+    # have started one and cancelled it when partition 0 moved).
+    assert sum(w.finetune.summary()["adopted"] for w in workers) == 1, \
+        [w.finetune.summary() for w in workers]
+    for w in workers:
+        assert w.metrics.stats_epochs_completed._value.get() == 1
+        assert w.metrics.stats_rebase_pending._value.get() == 0
+    new_space = workers[0].state.fmap.feature_space
+    assert workers[1].state.fmap.feature_space == new_space == \
+        workers[0].state.policy.feature_space
+    # The workers' statistics agree (the final checkpoints at stop send nothing new:
+    # every partition was covered and folded).
+    _same_stats(workers[0].state.policy.total_stats, workers[1].state.policy.total_stats)
+
+    # Every published bundle after the first switch is of the new feature space.
+    bundles = _bundles(settings)
+    versions = [b.version for b in bundles]
+    assert all(x < y for x, y in itertools.pairwise(versions)), versions
+    spaces = [b.feature_space for b in bundles]
+    first = spaces.index(new_space)
+    assert first > 0 and set(spaces[first:]) == {new_space}, spaces
+    assert len(set(spaces[:first])) == 1  # before it: the group's first space only
+
+    # One marker per partition, each naming the epoch and the trainer's adapter, and one
+    # state doing the same switch at those offsets ends with the workers' model.
+    markers = _markers(settings)
+    assert sorted(m.partition for m in markers) == list(range(PARTITIONS))
+    assert {(m.epoch, m.feature_space) for m in markers} == {(1, new_space)}
+    at = {m.partition: m.at for m in markers}
+    ref = _switched_reference(settings, movielens, encoder, events, at, markers[0].adapter)
+    assert ref.fmap.feature_space == new_space
+    for w in workers:
+        _same_stats(w.state.policy.total_stats, ref.policy.total_stats)
+        for p in range(PARTITIONS):  # the samples, identical everywhere
+            assert w.state.samples[p].rows().row_ids == ref.samples[p].rows().row_ids
+    print(f"drained and switched in {elapsed:.1f}s")
+
+    # A worker without a checkpoint starts in the latest bundle's space (epoch 1), folds
+    # the epoch-0 deltas without their statistics and re-bases every partition at its
+    # marker: it rebuilds the same model from the topic.
+    fresh = Worker(settings.replace(worker={"checkpoint_path": str(tmp_path / "w2.npz")}),
+                   encoder=encoder)
+    runner = WorkerThread(fresh).start()
+    try:
+        _wait("a fresh worker to take every partition",
+              lambda: sorted(fresh._assigned) == list(range(PARTITIONS))
+              and _covers(fresh.state.offsets, high), runner.is_alive,
+              detail=lambda: (sorted(fresh._assigned), high, fresh.state and (
+                  dict(fresh.state.offsets), fresh.state.epoch, fresh.state.unbased,
+                  fresh.exchange and {p: len(v) for p, v in fresh.exchange._held.items()})))
+    finally:
+        runner.stop(timeout_s=120)
+    assert fresh.state.epoch == 1 and fresh.state.fmap.feature_space == new_space
+    assert fresh.metrics.stats_rejected.labels(reason="feature_space")._value.get() == 0
+    _same_stats(fresh.state.policy.total_stats, ref.policy.total_stats)
+
+
+def _switched_reference(settings, movielens, encoder, events, at, adapter):
+    """One state: every partition's events before its marker's offset, the epoch, every
+    partition re-based at its offset, then the rest."""
+    catalog = Catalog(encoder.dim)
+    catalog.add(catalog_items(movielens), encoder)
+    state = LearningState.fresh(settings, catalog)
+    by_part = {p: [compact(e) for e in events if _partition(e) == p] for p in range(PARTITIONS)}
+    for p, evs in by_part.items():
+        for i in range(max(at[p], 0)):
+            state.learn(state.observe_records(p, evs[i:i + 1], i + 1).closed)
+    state.begin_epoch(1, FeatureMap(Adapter.from_bytes(adapter), dim=settings.features.dim))
+    outcomes = [state.rebase(p, 1, at[p]) for p in range(PARTITIONS)]
+    assert outcomes == ["rebased"] * (PARTITIONS - 1) + ["switched"]
+    for p, evs in by_part.items():
+        for i in range(max(at[p], 0), len(evs)):
+            state.learn(state.observe_records(p, evs[i:i + 1], i + 1).closed)
+    return state
