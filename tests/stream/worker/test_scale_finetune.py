@@ -8,7 +8,10 @@ same events and re-bases each partition at the offset its marker names."""
 from __future__ import annotations
 
 import itertools
+import re
+import signal
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from learners import Adapter, FeatureMap
 from stream.core.catalog import Catalog
+from stream.core.checkpoint import read_checkpoint
 from stream.core.delta import is_marker, load_marker
 from stream.core.state import LearningState
 from stream.events import compact
@@ -25,12 +29,15 @@ from stream.worker import Worker, WorkerThread
 from tests.stream.worker.test_scale import (
     PARTITIONS,
     _bundles,
+    _checkpoint_offsets,
     _covers,
     _high,
     _load,
     _partition,
+    _proc,
     _same_stats,
     _wait,
+    _wait_for_log,
 )
 
 pytestmark = [pytest.mark.broker, pytest.mark.model]
@@ -43,9 +50,10 @@ def _settings(make_settings):
         policy={"publish_every_s": 0.5},
         worker={"checkpoint_every_s": 1.0},
         events={"attribution_window_s": 60.0},
-        # One run: it starts once 1,200 rows are learnt or folded, on the union of the
-        # samples (4 × 150 rows); the stream holds fewer than 2,400 rows, so no second.
-        finetune={"enabled": True, "every_updates": 1200, "min_rows": 400, "steps": 40,
+        # One run: it starts once 1,300 rows are learnt or folded, on the union of the
+        # samples (4 × 150 rows); the stream holds at most 2,400 rows (one per rating),
+        # so no second.
+        finetune={"enabled": True, "every_updates": 1300, "min_rows": 400, "steps": 40,
                   "buffer_capacity": 600, "drift_delta": 1e-12, "duty_cycle": 1.0})
 
 
@@ -175,3 +183,95 @@ def _switched_reference(settings, movielens, encoder, events, at, adapter):
         for i in range(max(at[p], 0), len(evs)):
             state.learn(state.observe_records(p, evs[i:i + 1], i + 1).closed)
     return state
+
+
+def _metric(port, name) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not on /metrics")
+
+
+def _last_assigned(path):
+    found = re.findall(r"assigned \[([\d, ]+)\]", path.read_text())
+    return [int(p) for p in found[-1].split(",")] if found else []
+
+
+def test_a_switch_in_progress_survives_the_death_of_a_worker_that_had_not_cut(
+        make_settings, movielens, encoder, tmp_path):
+    """Phases, not timing: the trainer T (the owner of partition 0) starts its run only
+    once the samples hold ``min_rows`` rows, which phase 2 brings. The other worker O is
+    stopped (SIGSTOP) before phase 2, so it never reads the epoch; T cuts its own
+    partitions (its /metrics shows 2 still to re-base), then O is killed, T takes O's
+    partitions mid-switch, cuts them where O's last deltas end, and completes the switch.
+    T ends with one state's model re-based at the markers' offsets."""
+    settings = _settings(make_settings)
+    edge = Pseudonymizer.from_settings(settings.privacy)
+    events = [edge.event(e) for e in _load(settings, movielens)]
+    phase1, phase2 = events[:300], events[300:]
+    publish_events(settings, iter(phase1), progress=False)
+    finetune = {"FAIRSTREAM_FINETUNE__ENABLED": "true",
+                "FAIRSTREAM_FINETUNE__EVERY_UPDATES": "0",
+                "FAIRSTREAM_FINETUNE__EVERY_S": "0.5",
+                # phase 1 has 300 rows at most; phase 2 fills T's partitions' samples
+                "FAIRSTREAM_FINETUNE__MIN_ROWS": "350",
+                "FAIRSTREAM_FINETUNE__STEPS": "40",
+                # as in the settings the reference is built with: 150 rows per partition
+                "FAIRSTREAM_FINETUNE__BUFFER_CAPACITY": "600",
+                "FAIRSTREAM_FINETUNE__DRIFT_DELTA": "1e-12",
+                "FAIRSTREAM_EVENTS__ATTRIBUTION_WINDOW_S": "60"}
+    paths = {n: tmp_path / f"{n}.npz" for n in "ab"}
+    logs = {n: tmp_path / f"{n}.log" for n in "ab"}
+    files = {n: open(logs[n], "w") for n in "ab"}  # noqa: SIM115
+    procs = {}
+    try:
+        procs["a"] = _proc(settings, files["a"], paths["a"], **finetune)
+        high1 = _high(phase1)
+        _wait("A to cover phase 1", lambda: _covers(_checkpoint_offsets(paths["a"]), high1),
+              lambda: procs["a"].poll() is None)
+        procs["b"] = _proc(settings, files["b"], paths["b"], **finetune)
+        both = lambda: all(p.poll() is None for p in procs.values())  # noqa: E731
+        _wait("the two workers to split the partitions",
+              lambda: len(_last_assigned(logs["b"])) == 2 and len(_last_assigned(logs["a"])) == 2
+              and sorted(_last_assigned(logs["a"]) + _last_assigned(logs["b"]))
+              == list(range(PARTITIONS)), both)
+        t, o = ("a", "b") if 0 in _last_assigned(logs["a"]) else ("b", "a")
+        _wait("both to hold phase 1 in their checkpoints",
+              lambda: all(_covers(_checkpoint_offsets(paths[n]), high1) for n in "ab"), both)
+        port = int(_wait_for_log(logs[t], r"metrics on :(\d+)/metrics", both))
+        assert _metric(port, "fairstream_stats_epoch") == 0
+        procs[o].send_signal(signal.SIGSTOP)  # it will not read the epoch
+        publish_events(settings, iter(phase2), progress=False)
+        _wait("T to cut its own partitions", lambda: _metric(
+            port, "fairstream_stats_rebase_pending_partitions") == 2,
+            lambda: procs[t].poll() is None)
+        procs[o].send_signal(signal.SIGKILL)
+        procs[o].wait()
+        high = _high(events)
+        _wait("T to take O's partitions, cut them and switch", lambda: _metric(
+            port, "fairstream_stats_epochs_completed_total") == 1
+            and _covers(_checkpoint_offsets(paths[t]), high), lambda: procs[t].poll() is None)
+        assert _metric(port, "fairstream_stats_rebase_pending_partitions") == 0
+        procs[t].send_signal(signal.SIGTERM)
+        assert procs[t].wait(timeout=120) == 0, logs[t].read_text()[-3000:]
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for f in files.values():
+            f.close()
+    assert not re.search(r"epoch 1: ", logs[o].read_text())  # O never saw the epoch
+    markers = _markers(settings)
+    assert sorted(m.partition for m in markers) == list(range(PARTITIONS))
+    assert len({m.source for m in markers}) == 1  # all four cut by T
+    at = {m.partition: m.at for m in markers}
+    ref = _switched_reference(settings, movielens, encoder, events, at, markers[0].adapter)
+    state = LearningState.from_checkpoint(settings, ref.catalog, read_checkpoint(paths[t]))
+    assert state.epoch == 1 and state.switch is None
+    assert state.fmap.feature_space == ref.fmap.feature_space == markers[0].feature_space
+    _same_stats(state.policy.total_stats, ref.policy.total_stats)
+    spaces = [b.feature_space for b in _bundles(settings)]
+    first = spaces.index(ref.fmap.feature_space)
+    assert set(spaces[first:]) == {ref.fmap.feature_space}, spaces
