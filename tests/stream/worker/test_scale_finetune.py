@@ -13,7 +13,6 @@ import signal
 import time
 import urllib.request
 
-import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
@@ -102,12 +101,32 @@ def test_two_workers_fine_tune_once_and_switch_together(make_settings, movielens
               and all(w.exchange is not None and w.metrics.stats_lag._value.get() == 0
                       for w in workers),
               lambda: all(r.is_alive() for r in runners))
+        elapsed = time.monotonic() - started
+        new_space = workers[0].state.fmap.feature_space
+        _wait("the publisher's first bundle in the new space (flushed at a checkpoint)",
+              lambda: any(b.feature_space == new_space for b in _bundles(settings)),
+              lambda: all(r.is_alive() for r in runners))
+        bundles = _bundles(settings)  # before a third worker publishes
+        # A third worker without a checkpoint (a recreated replica) joins: it starts in
+        # the latest bundle's space (epoch 1), folds the epoch-0 deltas without their
+        # statistics and re-bases every partition at its marker, then takes partitions.
+        fresh = Worker(settings.replace(
+            worker={"checkpoint_path": str(tmp_path / "w2.npz")}), encoder=encoder)
+        workers.append(fresh)
+        runners.append(WorkerThread(fresh).start())
+        _wait("the third worker to own partitions and cover every one",
+              lambda: bool(fresh._assigned) and _covers(fresh.state.offsets, high)
+              and sorted(p for w in workers for p in w._assigned) == list(range(PARTITIONS)),
+              lambda: all(r.is_alive() for r in runners))
     finally:
         for r in runners:
             r.stop_event.set()
         for r in runners:
             r.stop(timeout_s=120)
-    elapsed = time.monotonic() - started
+    fresh = workers.pop()
+    assert fresh.state.epoch == 1 and fresh.state.switch is None
+    assert fresh.metrics.stats_rejected.labels(reason="feature_space")._value.get() == 0
+    _same_stats(fresh.state.policy.total_stats, workers[0].state.policy.total_stats)
 
     # One run adopted in all (a worker that published before the second one joined may
     # have started one and cancelled it when partition 0 moved).
@@ -116,15 +135,14 @@ def test_two_workers_fine_tune_once_and_switch_together(make_settings, movielens
     for w in workers:
         assert w.metrics.stats_epochs_completed._value.get() == 1
         assert w.metrics.stats_rebase_pending._value.get() == 0
-    new_space = workers[0].state.fmap.feature_space
     assert workers[1].state.fmap.feature_space == new_space == \
         workers[0].state.policy.feature_space
     # The workers' statistics agree (the final checkpoints at stop send nothing new:
     # every partition was covered and folded).
     _same_stats(workers[0].state.policy.total_stats, workers[1].state.policy.total_stats)
 
+    assert fresh.state.fmap.feature_space == new_space
     # Every published bundle after the first switch is of the new feature space.
-    bundles = _bundles(settings)
     versions = [b.version for b in bundles]
     assert all(x < y for x, y in itertools.pairwise(versions)), versions
     spaces = [b.feature_space for b in bundles]
@@ -145,25 +163,6 @@ def test_two_workers_fine_tune_once_and_switch_together(make_settings, movielens
         for p in range(PARTITIONS):  # the samples, identical everywhere
             assert w.state.samples[p].rows().row_ids == ref.samples[p].rows().row_ids
     print(f"drained and switched in {elapsed:.1f}s")
-
-    # A worker without a checkpoint starts in the latest bundle's space (epoch 1), folds
-    # the epoch-0 deltas without their statistics and re-bases every partition at its
-    # marker: it rebuilds the same model from the topic.
-    fresh = Worker(settings.replace(worker={"checkpoint_path": str(tmp_path / "w2.npz")}),
-                   encoder=encoder)
-    runner = WorkerThread(fresh).start()
-    try:
-        _wait("a fresh worker to take every partition",
-              lambda: sorted(fresh._assigned) == list(range(PARTITIONS))
-              and _covers(fresh.state.offsets, high), runner.is_alive,
-              detail=lambda: (sorted(fresh._assigned), high, fresh.state and (
-                  dict(fresh.state.offsets), fresh.state.epoch, fresh.state.unbased,
-                  fresh.exchange and {p: len(v) for p, v in fresh.exchange._held.items()})))
-    finally:
-        runner.stop(timeout_s=120)
-    assert fresh.state.epoch == 1 and fresh.state.fmap.feature_space == new_space
-    assert fresh.metrics.stats_rejected.labels(reason="feature_space")._value.get() == 0
-    _same_stats(fresh.state.policy.total_stats, ref.policy.total_stats)
 
 
 def _switched_reference(settings, movielens, encoder, events, at, adapter):
