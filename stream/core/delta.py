@@ -357,6 +357,7 @@ def fold_delta(state: LearningState, delta: StatsDelta, profiles: bool = True) -
         state.unbased.discard(p)  # its chain is in the current space
         if delta.stats.n:
             policy.merge(delta.stats)
+            state.count_rows(p, delta.stats.n)
     if profiles and delta.users:
         state.profiles.put(delta.users, delta.means, delta.weights, delta.last_seen)
     if delta.joiner is not None:

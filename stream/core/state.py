@@ -81,6 +81,8 @@ class Switch:
     fmap: FeatureMap
     policy: Policy
     rebased: set[int] = field(default_factory=set)
+    #: rows learnt in the new space so far (re-based partitions' rows after their cut)
+    rows: int = 0
 
 
 @dataclass
@@ -157,6 +159,10 @@ class LearningState:
         #: the epoch of the current feature space (0: the one the group started in)
         self.epoch = 0
         self.switch: Switch | None = None
+        #: rows of the whole group learnt in the current space since its epoch began (the
+        #: same on every worker once it has folded the same deltas): what the trainer's
+        #: ``finetune.every_updates`` counts, so a new publisher counts on
+        self.rows_in_epoch = 0
         #: partitions whose statistics in the current space are not in the model yet: a
         #: worker without a checkpoint that starts in the latest bundle's space while it
         #: reads the topic (earlier epochs' deltas fold without their statistics, and the
@@ -357,6 +363,7 @@ class LearningState:
                 self._predicted[slots] = predicted_reward(self.policy, X, ids)
                 self._batch_of[slots] = self.recent.seen
             self.policy.update(X, rewards, item_ids=ids)
+            self.rows_in_epoch += n
         else:  # a switch: rows of re-based partitions go to the new space's model only
             X = np.empty((n, self.fmap.dim))
             for mask, fmap, policy in ((~moved, self.fmap, self.policy),
@@ -370,6 +377,10 @@ class LearningState:
                                        codes[idx, 0], codes[idx, 1])
                 policy.update(X[idx], rewards[idx],
                               item_ids=None if ids is None else [ids[i] for i in idx])
+                if policy is sw.policy:
+                    sw.rows += len(idx)
+                else:
+                    self.rows_in_epoch += len(idx)
         if self.buffer is not None:
             for buffer in (self.buffer, self.recent):
                 buffer.add_batch(emb, profiles, codes[:, 0], codes[:, 1], rewards,
@@ -436,6 +447,14 @@ class LearningState:
         return ReplayRows(out.item_emb, out.profiles, out.gender, out.age, out.rewards,
                           np.arange(len(out), dtype=np.int64), out.item_rows)
 
+    def count_rows(self, partition: int, rows: int) -> None:
+        """Count ``rows`` folded for ``partition`` in the model of its space."""
+        sw = self.switch
+        if sw is not None and partition in sw.rebased:
+            sw.rows += rows
+        else:
+            self.rows_in_epoch += rows
+
     def space_of(self, partition: int) -> tuple[FeatureMap, Policy]:
         """The feature map and model a partition's statistics go to: the new space's once it
         has re-based during a switch, the current one's otherwise."""
@@ -482,6 +501,7 @@ class LearningState:
         if len(sw.rebased) < self.settings.kafka.events_partitions:
             return "rebased"
         self.fmap, self.policy, self.epoch, self.switch = sw.fmap, sw.policy, sw.epoch, None
+        self.rows_in_epoch = sw.rows
         self._adapted = np.zeros((0, sw.fmap.k_item))
         return "switched"
 
@@ -521,7 +541,8 @@ class LearningState:
         if len(X):
             self.policy.update(X, r, item_ids=items if self.policy.uses_item_ids else None)
         self.unbased.discard(p)
-        self.epoch = max(self.epoch, marker.epoch)
+        if marker.epoch > self.epoch:  # rows before this epoch's cuts do not count
+            self.epoch, self.rows_in_epoch = marker.epoch, 0
         return "rebased"
 
     def rebase_pending(self) -> int:
@@ -617,6 +638,7 @@ class LearningState:
         if self.samples is not None:  # a coordinated fine-tune's: samples, epoch, switch
             header["epoch"] = self.epoch
             header["unbased"] = sorted(self.unbased)
+            header["rows_in_epoch"] = self.rows_in_epoch
             header["samples"] = {}
             for p, sample in self.samples.items():
                 head, parts = sample.state()
@@ -624,7 +646,8 @@ class LearningState:
                 arrays |= {f"sample.{p}.{name}": a for name, a in parts.items()}
             if self.switch is not None:
                 sw = self.switch
-                header["switch"] = {"epoch": sw.epoch, "rebased": sorted(sw.rebased)}
+                header["switch"] = {"epoch": sw.epoch, "rebased": sorted(sw.rebased),
+                                    "rows": sw.rows}
                 arrays["switch.adapter"] = np.frombuffer(sw.fmap.adapter.to_bytes(),
                                                          dtype=np.uint8)
                 arrays["switch.policy"] = np.frombuffer(
@@ -656,6 +679,7 @@ class LearningState:
         if state.samples is not None and "samples" in ck.header:
             state.epoch = int(ck.header["epoch"])
             state.unbased = set(ck.header.get("unbased", []))
+            state.rows_in_epoch = int(ck.header.get("rows_in_epoch", 0))
             for p, head in ck.header["samples"].items():
                 prefix = f"sample.{p}."
                 state.samples[int(p)] = PartitionSample.from_state(
@@ -667,7 +691,8 @@ class LearningState:
                                      dim=settings.features.dim)
                 sw_policy = load_snapshot(ck.arrays["switch.policy"].tobytes(), key=key)
                 state.switch = Switch(int(ck.header["switch"]["epoch"]), sw_fmap, sw_policy,
-                                      set(ck.header["switch"]["rebased"]))
+                                      set(ck.header["switch"]["rebased"]),
+                                      int(ck.header["switch"].get("rows", 0)))
         return state
 
 

@@ -99,6 +99,7 @@ class FineTuneControl:
         self._reward_window = reward_window
         self._recent = _RewardWindow(reward_window)
         self._after: tuple[FineTuneRecord, _RewardWindow] | None = None
+        self._epoch_seen: int | None = None  # coordinated: the epoch the trigger counts in
 
     @property
     def started(self) -> int:
@@ -192,17 +193,23 @@ class FineTuneControl:
             self._after = (record, _RewardWindow(self._reward_window))
         return swapped
 
-    def step_shared(self, state: LearningState, lock: threading.Lock, rows_seen: int,
+    def step_shared(self, state: LearningState, lock: threading.Lock,
                     trainer: bool) -> FineTuneResult | None:
         """The coordinated fine-tune's step (statistics exchange on, docs/scaling.md): only
         the ``trainer`` (the publisher) starts a run, never while a switch is in progress,
         on the union of every partition's sample; a finished run passing the log-loss
         check, still from the current space, is returned for the caller to announce as the
-        next epoch (the bandit is rebuilt by the re-bases, not here). ``rows_seen``: rows
-        learnt and folded, the ``every_updates`` trigger's count."""
+        next epoch (the bandit is rebuilt by the re-bases, not here). The
+        ``every_updates`` trigger counts the group's rows since the epoch began
+        (``LearningState.rows_in_epoch``), so a new trainer counts on where the last
+        one stood."""
         if self.tuner is None:
             return None
         self._count_drift(state)
+        if self._epoch_seen != state.epoch:  # a new epoch (or the first call): count anew
+            self._epoch_seen = state.epoch
+            self.tuner.count_from(0)
+        rows_seen = state.rows_in_epoch
         if not trainer and self.tuner.running:
             # Partition 0, and the trainer's role with it, went to another worker: its
             # run would not be adopted; the new trainer starts its own when due.

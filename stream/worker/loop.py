@@ -125,7 +125,6 @@ class Worker:
         self.dead_letters: DeadLetters | None = None
         self.publisher: Publisher | None = None
         self.exchange: StatsExchange | None = None  # with stats.exchange (docs/scaling.md)
-        self._rows_folded = 0  # rows other workers learnt, folded from their deltas
         self.checkpointer = Checkpointer(settings, self.metrics)
         self.finetune = FineTuneControl(settings, self.metrics)
         self.forgetting = Forgetting(settings)
@@ -450,7 +449,6 @@ class Worker:
         rows = self.exchange.poll()
         if rows:
             self.publisher.learned(rows)
-            self._rows_folded += rows
         if self.exchange.due(time.monotonic()):
             self.exchange.emit()
         if self.exchange.take_switched():  # the first bundle of the new feature space
@@ -461,7 +459,6 @@ class Worker:
         every partition's sample and announces an adopted run as the next epoch; every
         worker then re-bases, and switches once all partitions have."""
         result = self.finetune.step_shared(self.state, self.lock,
-                                           self.report.rows_learned + self._rows_folded,
                                            trainer=self.exchange.publishes)
         if result is not None:
             self.exchange.announce(result.fmap)
