@@ -10,6 +10,7 @@ from learners.finetune import FineTuner, FineTuneResult
 from learners.profiles import ProfileStore
 from learners.refit import refit_statistics, ridge_statistics
 from learners.replay import ReplayBuffer, ReplayRows
+from learners.sample import PartitionSample, SampleRows, replay_rows, row_hashes
 
 __all__ = [
     "Adapter",
@@ -22,12 +23,16 @@ __all__ = [
     "FineTuneTimeout",
     "FineTuner",
     "LearnersError",
+    "PartitionSample",
     "ProfileStore",
     "ReplayBuffer",
     "ReplayRows",
+    "SampleRows",
     "refit_statistics",
+    "replay_rows",
     "resolve_device",
     "ridge_statistics",
+    "row_hashes",
     "user_groups",
 ]
 

@@ -225,6 +225,11 @@ class FineTuner:
             return "seconds"
         return None
 
+    def count_from(self, events_seen: int) -> None:
+        """Count the ``every_events`` trigger from ``events_seen`` (a caller whose count
+        restarts, e.g. at each feature-space epoch)."""
+        self._last_events = int(events_seen)
+
     def maybe_start(
         self,
         buffer: ReplayBuffer,

@@ -283,6 +283,28 @@ class Metrics:
             "fairstream_stats_publisher",
             "1 when this worker publishes the merged policy (it owns events partition 0).",
             registry=r)
+        # One coordinated fine-tune across workers (docs/scaling.md): epochs and re-bases.
+        self.stats_epoch = Gauge(
+            "fairstream_stats_epoch",
+            "The fine-tune epoch of the feature space this worker's policy is in (0: the "
+            "group's first).", registry=r)
+        self.stats_rebase_pending = Gauge(
+            "fairstream_stats_rebase_pending_partitions",
+            "Events partitions still to re-base into the epoch being switched to (0 when "
+            "no switch is in progress).", registry=r)
+        self.stats_epochs_started = Counter(
+            "fairstream_stats_epochs_started_total",
+            "Feature-space switches this worker began (announced, or read a marker of).",
+            registry=r)
+        self.stats_epochs_completed = Counter(
+            "fairstream_stats_epochs_completed_total",
+            "Feature-space switches this worker completed (every partition re-based).",
+            registry=r)
+        self.stats_rebases = Counter(
+            "fairstream_stats_rebases_total",
+            "Re-base markers handled, by outcome: rebased, switched (the last one), "
+            "duplicate, old (an epoch already switched to), early (held behind the switch "
+            "in progress), skipped, refused.", ["outcome"], registry=r)
         # Online experiments: series of the current experiment only (declare_experiment
         # removes the previous one's), at most MAX_ARMS arms: bounded labels.
         arm = ["experiment", "arm"]
@@ -338,6 +360,9 @@ class Metrics:
             self.feedback_unjoined.labels(reason=reason)
         for reason in ("format", "checksum", "signature", "feature_space"):
             self.stats_rejected.labels(reason=reason)
+        for outcome in ("rebased", "switched", "duplicate", "old", "early", "skipped",
+                        "refused"):
+            self.stats_rebases.labels(outcome=outcome)
 
     def declare_experiment(self, name: str, arms: Iterable[str]) -> None:
         """Create the experiment's series at 0 and drop the previous experiment's."""

@@ -495,9 +495,12 @@ def _check_stats(s: Settings) -> None:
         return
     if not (s.stats.emit_every_s > 0 and s.stats.max_delta_bytes > 0):
         raise ConfigError("stats.emit_every_s and stats.max_delta_bytes must be > 0")
-    if s.finetune.enabled:
-        raise ConfigError("stats.exchange needs finetune.enabled = false: fine-tunes across "
-                          "workers are not coordinated yet (docs/scaling.md)")
+    if s.finetune.enabled and s.finetune.buffer_capacity < s.kafka.events_partitions:
+        # one fine-tune for the group: each partition keeps buffer_capacity / partitions
+        # sampled rows (docs/scaling.md)
+        raise ConfigError(f"finetune.buffer_capacity must be >= kafka.events_partitions "
+                          f"({s.kafka.events_partitions}) with stats.exchange, got "
+                          f"{s.finetune.buffer_capacity}")
     if s.bandit.algorithm not in ("hybrid_linucb", "hybrid_ts", "linucb", "ts"):
         raise ConfigError(f"stats.exchange needs a linear or hybrid bandit.algorithm, "
                           f"got {s.bandit.algorithm!r}")

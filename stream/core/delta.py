@@ -43,6 +43,7 @@ import numpy as np
 from scipy.sparse import csc_matrix
 
 from bandits import FeatureSpaceMismatch, HybridStats, SufficientStats
+from learners.sample import SampleRows
 from stream.exceptions import DeltaError
 
 if TYPE_CHECKING:
@@ -73,6 +74,9 @@ class StatsDelta:
     last_seen: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: event ids of the range added to the dedup memory, in order
     seen: list[str] = field(default_factory=list)
+    #: rows of the range in the partition's bottom-k sample after it (a coordinated
+    #: fine-tune's: ``learners.sample``); None when the sender keeps no samples
+    sample: SampleRows | None = None
 
     @property
     def rows(self) -> int:
@@ -118,6 +122,10 @@ def _fields(delta: StatsDelta) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         arrays |= {"item_xz": np.asarray(s.item_xz, np.float64),
                    "item_zr": np.asarray(s.item_zr, np.float64),
                    "item_n": np.asarray(s.item_n, np.float64)}
+    if delta.sample is not None:
+        header["sample_rows"] = list(delta.sample.row_ids)
+        header["sample_items"] = list(delta.sample.item_ids)
+        arrays |= {f"sample_{k}": v for k, v in delta.sample.arrays().items()}
     return header, arrays
 
 
@@ -165,6 +173,11 @@ def load_delta(data: bytes, key: bytes) -> StatsDelta:
                 item_zr=arrays["item_zr"], item_n=arrays["item_n"])
         else:
             stats = SufficientStats(arrays["xtx"], arrays["xty"], h["n"], h["feature_space"])
+        sample = None
+        if "sample_rows" in h:
+            sample = SampleRows.from_arrays(
+                {k.removeprefix("sample_"): v for k, v in arrays.items()
+                 if k.startswith("sample_")}, h["sample_rows"], h["sample_items"])
         users = list(h["users"])
         if not len(users) == len(arrays["means"]) == len(arrays["weights"]) \
                 == len(arrays["last_seen"]):
@@ -173,7 +186,7 @@ def load_delta(data: bytes, key: bytes) -> StatsDelta:
                           end=int(h["end"]), stats=stats, source=str(h["source"]),
                           joiner=h["joiner"], users=users, means=arrays["means"],
                           weights=arrays["weights"], last_seen=arrays["last_seen"],
-                          seen=list(h["seen"]))
+                          seen=list(h["seen"]), sample=sample)
     except DeltaError:
         raise
     except Exception as exc:  # any malformed content is one kind of failure: format
@@ -312,31 +325,115 @@ def _item_blocks(X: np.ndarray, r: np.ndarray, group: np.ndarray, groups: int,
 def cut_delta(state: LearningState, partition: int, start: int, stats: SufficientStats,
               users: list[str], seen: list[str], source: str = "") -> StatsDelta:
     """The delta of ``partition`` from ``start`` to where ``state`` stands: ``stats`` and
-    the user state it moved (the profiles of ``users``, the join, the ids ``seen``)."""
+    the user state it moved (the profiles of ``users``, the join, the ids ``seen``, and,
+    when the state keeps samples, the rows that entered the partition's sample)."""
     held, means, weights, last_seen = state.profiles.entries(users)
     return StatsDelta(partition=partition, start=start, end=state.offsets[partition],
                       stats=stats, source=source,
                       joiner=state.joiner.partition_state(partition), users=list(held),
-                      means=means, weights=weights, last_seen=last_seen, seen=list(seen))
+                      means=means, weights=weights, last_seen=last_seen, seen=list(seen),
+                      sample=state.fresh_sample(partition))
 
 
 def fold_delta(state: LearningState, delta: StatsDelta, profiles: bool = True) -> bool:
     """Fold ``delta`` into ``state`` if it starts where the state's partition stands:
-    statistics merged, the partition's user state installed (its profiles only with
-    ``profiles``: a worker that restores them from the changelog when it takes the
-    partition leaves them out), its offset moved to the delta's end. False, with nothing
+    statistics merged (into the model of the partition's feature space: the new one's
+    once the partition has re-based during a switch, ``LearningState.space_of``), the
+    partition's user state installed (its profiles only with ``profiles``: a worker that
+    restores them from the changelog when it takes the partition leaves them out), its
+    sample rows merged, its offset moved to the delta's end. False, with nothing
     changed, otherwise; a delta of another feature space raises
     :class:`~bandits.FeatureSpaceMismatch`, with nothing changed."""
     p = delta.partition
     if state.offsets.get(p, -1) != delta.start:
         return False
-    if delta.stats.feature_space != state.fmap.feature_space:
-        raise FeatureSpaceMismatch(state.fmap.feature_space, delta.stats.feature_space)
-    if delta.stats.n:
-        state.policy.merge(delta.stats)
+    fmap, policy = state.space_of(p)
+    if delta.stats.feature_space != fmap.feature_space:
+        if p not in state.unbased:
+            raise FeatureSpaceMismatch(fmap.feature_space, delta.stats.feature_space)
+        # rebuilding without a checkpoint: an earlier epoch's statistics, which the
+        # partition's re-base into the current space replaces (LearningState.unbased)
+    else:
+        state.unbased.discard(p)  # its chain is in the current space
+        if delta.stats.n:
+            policy.merge(delta.stats)
+            state.count_rows(p, delta.stats.n)
     if profiles and delta.users:
         state.profiles.put(delta.users, delta.means, delta.weights, delta.last_seen)
     if delta.joiner is not None:
         state.joiner.load_partition(p, delta.joiner)
     state.seen.add_many(delta.seen)
+    if delta.sample is not None:
+        state.offer_sample(p, delta.sample)
     return state.absorb(p, delta.start, delta.end)
+
+
+# -- re-base markers (one coordinated fine-tune: docs/scaling.md) ----------------------------
+
+REBASE_MAGIC = b"FSREBAS1\n"
+#: The Kafka record header of a re-base marker: ``partition,epoch,at`` (ASCII). A record
+#: without it on ``fairstream.stats`` is a delta.
+REBASE_HEADER = "fairstream-rebase"
+
+
+@dataclass(frozen=True)
+class RebaseMarker:
+    """Events partition ``partition`` re-bases into epoch ``epoch``'s feature space at
+    offset ``at``: its statistics before ``at`` (old space, all in the deltas before this
+    marker) are replaced by those of its sample as of ``at`` in the new space, and its
+    deltas after the marker are in the new space. It carries the epoch itself (number,
+    feature space, the adapter's bytes), so a reader needs nothing else to start the
+    switch: each marker is also the epoch's announcement on its stats partition.
+
+    >>> m = RebaseMarker(partition=1, epoch=2, at=40, feature_space="fs-x", adapter=b"ab")
+    >>> load_marker(dump_marker(m, key=b"k"), key=b"k") == m
+    True
+    """
+
+    partition: int
+    epoch: int
+    at: int
+    feature_space: str
+    adapter: bytes = field(repr=False)
+    source: str = ""
+
+
+def dump_marker(marker: RebaseMarker, key: bytes) -> bytes:
+    """``REBASE_MAGIC | u32 len | JSON header | adapter bytes | HMAC(key, all before)``."""
+    head = json.dumps({"partition": marker.partition, "epoch": marker.epoch,
+                       "at": marker.at, "feature_space": marker.feature_space,
+                       "source": marker.source}).encode()
+    body = REBASE_MAGIC + len(head).to_bytes(4, "little") + head + marker.adapter
+    return body + hmac.new(key, body, hashlib.sha256).digest()
+
+
+def load_marker(data: bytes, key: bytes) -> RebaseMarker:
+    """Verify and decode a marker; raises :class:`~stream.exceptions.DeltaError`."""
+    data = bytes(data)
+    if len(data) < len(REBASE_MAGIC) + 4 + _DIGEST or not data.startswith(REBASE_MAGIC):
+        raise DeltaError("format", "not a fairstream re-base marker")
+    body, signature = data[:-_DIGEST], data[-_DIGEST:]
+    if not hmac.compare_digest(hmac.new(key, body, hashlib.sha256).digest(), signature):
+        raise DeltaError("signature", "HMAC does not verify (tampered, or another key)")
+    try:
+        at = len(REBASE_MAGIC) + 4
+        size = int.from_bytes(body[len(REBASE_MAGIC):at], "little")
+        h = json.loads(body[at:at + size])
+        return RebaseMarker(partition=int(h["partition"]), epoch=int(h["epoch"]),
+                            at=int(h["at"]), feature_space=str(h["feature_space"]),
+                            adapter=body[at + size:], source=str(h["source"]))
+    except Exception as exc:
+        raise DeltaError("format", f"{type(exc).__name__}: {exc}") from exc
+
+
+def marker_header(marker: RebaseMarker) -> list[tuple[str, bytes]]:
+    return [(REBASE_HEADER, f"{marker.partition},{marker.epoch},{marker.at}".encode())]
+
+
+def is_marker(headers: Any) -> bool:
+    """Whether a record's headers name it a re-base marker.
+
+    >>> is_marker([(REBASE_HEADER, b"0,1,5")]), is_marker([(SPAN_HEADER, b"0,-1,5")])
+    (True, False)
+    """
+    return any(name == REBASE_HEADER for name, _ in headers or ())

@@ -34,13 +34,20 @@ from learners import (
     DriftMonitor,
     FeatureMap,
     FineTuneResult,
+    PartitionSample,
     ProfileStore,
     ReplayBuffer,
+    ReplayRows,
+    SampleRows,
     refit_statistics,
+    replay_rows,
+    row_hashes,
 )
+from learners.adapter import Adapter as _Adapter
 from learners.features import AGE_BUCKETS, GENDERS, UNKNOWN, attr_codes, context_columns
 from stream.core.catalog import Catalog
 from stream.core.checkpoint import Checkpoint
+from stream.core.delta import RebaseMarker
 from stream.core.join import Pending, RewardJoiner, SeenIds
 from stream.core.keys import KeyRing
 from stream.events import Click, Event, Feedback, Impression, Purchase, Shown
@@ -62,6 +69,20 @@ class Learned:
     partitions: np.ndarray | None = None
     reward_by_user_group: dict[str, list[float]] = field(default_factory=dict)  # [sum, n]
     exposure_by_item_group: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Switch:
+    """A feature-space switch in progress (one coordinated fine-tune, docs/scaling.md):
+    the new space of epoch ``epoch`` and the model built in it beside the serving one,
+    from the re-based partitions (``rebased``) and their deltas after their markers."""
+
+    epoch: int
+    fmap: FeatureMap
+    policy: Policy
+    rebased: set[int] = field(default_factory=set)
+    #: rows learnt in the new space so far (re-based partitions' rows after their cut)
+    rows: int = 0
 
 
 @dataclass
@@ -117,16 +138,36 @@ class LearningState:
         self.seen = SeenIds(ev.dedup_capacity)
         self.fairness = FairnessTracker(window=settings.fairness.window)
         ft = settings.finetune
+        #: fine-tunes coordinated across the workers of a group (statistics exchange on):
+        #: per-partition bottom-k samples instead of the replay buffer, epochs, re-bases
+        self.coordinated = ft.enabled and settings.stats.exchange
+        local = ft.enabled and not self.coordinated
         # What a fine-tune trains on and the bandit is rebuilt from (NeuralLinear). Not in
         # checkpoints: after a restart it refills before the next fine-tune is due.
         self.buffer = (ReplayBuffer(capacity=ft.buffer_capacity, seed=feat.seed,
                                     emb_dim=catalog.embeddings.shape[1])
-                       if ft.enabled else None)
+                       if local else None)
         # The last rows learned, and what the policy predicted for each before learning it
         # (prequential): what a swap is judged on (see swap).
         self.recent = (ReplayBuffer(capacity=ft.validation_rows, policy="window",
                                     emb_dim=catalog.embeddings.shape[1])
-                       if ft.enabled else None)
+                       if local else None)
+        #: coordinated: each events partition's sample of its learnt rows (identical on
+        #: every worker: learners.sample), in checkpoints
+        self.samples: dict[int, PartitionSample] | None = {} if self.coordinated else None
+        self.sample_capacity = max(1, ft.buffer_capacity // settings.kafka.events_partitions)
+        #: the epoch of the current feature space (0: the one the group started in)
+        self.epoch = 0
+        self.switch: Switch | None = None
+        #: rows of the whole group learnt in the current space since its epoch began (the
+        #: same on every worker once it has folded the same deltas): what the trainer's
+        #: ``finetune.every_updates`` counts, so a new publisher counts on
+        self.rows_in_epoch = 0
+        #: partitions whose statistics in the current space are not in the model yet: a
+        #: worker without a checkpoint that starts in the latest bundle's space while it
+        #: reads the topic (earlier epochs' deltas fold without their statistics, and the
+        #: current epoch's markers re-base them); empty otherwise
+        self.unbased: set[int] = set()
         self._predicted = np.zeros(ft.validation_rows)
         self._batch_of = np.zeros(ft.validation_rows, dtype=np.int64)  # first seq of its batch
         #: validation of the last swap considered: {"rows", "mse_current", "mse_rebuilt"}
@@ -308,23 +349,206 @@ class LearningState:
         learned.exposure_by_item_group.update(sums.exposure)
         for label, total in sums.rewards.items():
             learned.reward_by_user_group[label] = [total, sums.shown[label]]
-        X = self.fmap.assemble(self.adapted_items(rows), self.fmap.adapt(profiles)[owner],
-                               codes[:, 0], codes[:, 1])
+        parts = np.fromiter((p.partition for p in closed), dtype=np.int64,
+                            count=len(closed))[owner]
         ids = [catalog.ids[r] for r in rows_l] if self.policy.uses_item_ids else None
-        if self.recent is not None:
-            slots = (self.recent.seen + np.arange(n)) % len(self._predicted)
-            self._predicted[slots] = predicted_reward(self.policy, X, ids)
-            self._batch_of[slots] = self.recent.seen
-        self.policy.update(X, rewards, item_ids=ids)
+        sw = self.switch
+        moved = (np.isin(parts, np.fromiter(sw.rebased, dtype=np.int64))
+                 if sw is not None and sw.rebased else None)
+        if moved is None or not moved.any():
+            X = self.fmap.assemble(self.adapted_items(rows), self.fmap.adapt(profiles)[owner],
+                                   codes[:, 0], codes[:, 1])
+            if self.recent is not None:
+                slots = (self.recent.seen + np.arange(n)) % len(self._predicted)
+                self._predicted[slots] = predicted_reward(self.policy, X, ids)
+                self._batch_of[slots] = self.recent.seen
+            self.policy.update(X, rewards, item_ids=ids)
+            self.rows_in_epoch += n
+        else:  # a switch: rows of re-based partitions go to the new space's model only
+            X = np.empty((n, self.fmap.dim))
+            for mask, fmap, policy in ((~moved, self.fmap, self.policy),
+                                       (moved, sw.fmap, sw.policy)):
+                idx = np.flatnonzero(mask)
+                if not len(idx):
+                    continue
+                items = (self.adapted_items(rows[idx]) if fmap is self.fmap
+                         else fmap.adapt(emb[rows[idx]]))
+                X[idx] = fmap.assemble(items, fmap.adapt(profiles)[owner[idx]],
+                                       codes[idx, 0], codes[idx, 1])
+                policy.update(X[idx], rewards[idx],
+                              item_ids=None if ids is None else [ids[i] for i in idx])
+                if policy is sw.policy:
+                    sw.rows += len(idx)
+                else:
+                    self.rows_in_epoch += len(idx)
         if self.buffer is not None:
             for buffer in (self.buffer, self.recent):
                 buffer.add_batch(emb, profiles, codes[:, 0], codes[:, 1], rewards,
                                  item_rows=rows, profile_rows=owner)
+        if self.samples is not None:
+            self._sample(closed, sizes, rows, profiles, owner, codes, rewards, parts)
         learned.rows = n
         learned.X, learned.rewards, learned.item_ids = X, rewards, ids
-        learned.partitions = np.fromiter((p.partition for p in closed), dtype=np.int64,
-                                         count=len(closed))[owner]
+        learned.partitions = parts
         return learned
+
+    # -- coordinated fine-tunes: samples, epochs, re-bases (docs/scaling.md) ------------------
+
+    def _sample(self, closed: list[Pending], sizes: list[int], rows: np.ndarray,
+                profiles: np.ndarray, owner: np.ndarray, codes: np.ndarray,
+                rewards: np.ndarray, parts: np.ndarray) -> None:
+        """Offer a learnt batch's rows to their partitions' samples (row id: the request id
+        and the item's place in the slate)."""
+        row_ids = [f"{p.request_id}/{j}" for p, size in zip(closed, sizes, strict=True)
+                   for j in range(size)]
+        hashes = row_hashes(row_ids)
+        ids = self.catalog.ids
+        for q in np.unique(parts).tolist():
+            sample = self.sample_of(q)
+            idx = np.flatnonzero(parts == q)
+            top = sample.threshold()
+            if top is not None:
+                idx = idx[hashes[idx] <= top]
+            if not len(idx):
+                continue
+            sample.offer(SampleRows.of(
+                [row_ids[i] for i in idx], [ids[r] for r in rows[idx]],
+                profiles[owner[idx]], codes[idx, 0], codes[idx, 1], rewards[idx],
+                hashes=hashes[idx]), fresh=True)
+
+    def sample_of(self, partition: int) -> PartitionSample:
+        assert self.samples is not None, "samples are kept by coordinated fine-tunes only"
+        sample = self.samples.get(partition)
+        if sample is None:
+            sample = self.samples[partition] = PartitionSample(
+                self.sample_capacity, self.catalog.embeddings.shape[1])
+        return sample
+
+    def fresh_sample(self, partition: int) -> SampleRows | None:
+        """Rows that entered the partition's sample since its last delta (None without
+        samples): what its next delta carries."""
+        return None if self.samples is None else self.sample_of(partition).take_fresh()
+
+    def offer_sample(self, partition: int, rows: SampleRows) -> None:
+        """Merge a folded delta's sample rows into the partition's sample."""
+        if self.samples is not None:
+            self.sample_of(partition).offer(rows)
+
+    def sample_union(self) -> ReplayRows:
+        """Every partition's sample as replay rows, partitions in order: what the trainer
+        fine-tunes on."""
+        parts = [replay_rows(self.sample_of(p).rows(), self.catalog.embeddings,
+                             self.catalog.index) for p in sorted(self.samples or {})]
+        if not parts:
+            d = self.catalog.embeddings.shape[1]
+            return replay_rows(SampleRows.empty(d), self.catalog.embeddings, {})
+        out = ReplayRows(*(np.concatenate([getattr(r, f) for r in parts])
+                           for f in ReplayRows.__dataclass_fields__))
+        return ReplayRows(out.item_emb, out.profiles, out.gender, out.age, out.rewards,
+                          np.arange(len(out), dtype=np.int64), out.item_rows)
+
+    def count_rows(self, partition: int, rows: int) -> None:
+        """Count ``rows`` folded for ``partition`` in the model of its space."""
+        sw = self.switch
+        if sw is not None and partition in sw.rebased:
+            sw.rows += rows
+        else:
+            self.rows_in_epoch += rows
+
+    def space_of(self, partition: int) -> tuple[FeatureMap, Policy]:
+        """The feature map and model a partition's statistics go to: the new space's once it
+        has re-based during a switch, the current one's otherwise."""
+        sw = self.switch
+        if sw is not None and partition in sw.rebased:
+            return sw.fmap, sw.policy
+        return self.fmap, self.policy
+
+    def begin_epoch(self, epoch: int, fmap: FeatureMap) -> None:
+        """Start switching to ``fmap`` (epoch ``epoch``): its model starts empty, and fills
+        as partitions re-base (:meth:`rebase`)."""
+        if self.switch is not None or epoch != self.epoch + 1:
+            raise ValueError(f"epoch {epoch} cannot start at epoch {self.epoch} "
+                             f"(switching: {self.switch is not None})")
+        self.switch = Switch(epoch, fmap, new_policy(self.settings, fmap))
+
+    def rebase_statistics(self, partition: int, fmap: FeatureMap) -> tuple[np.ndarray,
+                                                                           np.ndarray,
+                                                                           list[str]]:
+        """``(X, r, item ids)``: the partition's sample rows in ``fmap``'s space
+        (``refit_statistics``), in ``(hash, id)`` order."""
+        rows = self.sample_of(partition).rows()
+        X, r = refit_statistics(replay_rows(rows, self.catalog.embeddings, self.catalog.index),
+                                fmap)
+        return X, r, list(rows.item_ids)
+
+    def rebase(self, partition: int, epoch: int, at: int) -> str:
+        """Re-base ``partition`` into the switching epoch at offset ``at``: its sample's rows
+        (as of ``at``: the state must stand there) in the new space, learnt by the new
+        model. ``"rebased"``, ``"switched"`` (the last partition: map and policy switched),
+        ``"duplicate"`` (already re-based) or ``"skipped"`` (another epoch, or the state of
+        the partition is not at ``at``)."""
+        sw = self.switch
+        if sw is None or sw.epoch != epoch:
+            return "skipped"
+        if partition in sw.rebased:
+            return "duplicate"
+        if self._offsets.get(partition, -1) != at:
+            return "skipped"
+        X, r, items = self.rebase_statistics(partition, sw.fmap)
+        if len(X):
+            sw.policy.update(X, r, item_ids=items if sw.policy.uses_item_ids else None)
+        sw.rebased.add(partition)
+        if len(sw.rebased) < self.settings.kafka.events_partitions:
+            return "rebased"
+        self.fmap, self.policy, self.epoch, self.switch = sw.fmap, sw.policy, sw.epoch, None
+        self.rows_in_epoch = sw.rows
+        self._adapted = np.zeros((0, sw.fmap.k_item))
+        return "switched"
+
+    def fold_marker(self, marker: RebaseMarker) -> str:
+        """Fold another worker's re-base marker (the epoch starts here if it had not):
+        :meth:`rebase`'s outcomes, ``"old"`` (an epoch already switched to), ``"early"``
+        (a later epoch than the switch in progress: its stats partition must wait) or
+        ``"refused"`` (a feature space that is not the epoch's, or an epoch gap)."""
+        if marker.partition in self.unbased:
+            return self._rebuild(marker)
+        if marker.epoch <= self.epoch:
+            return "old"
+        if self.switch is None:
+            if marker.epoch != self.epoch + 1:
+                return "refused"
+            fmap = FeatureMap(_Adapter.from_bytes(marker.adapter), dim=self.fmap.dim)
+            if fmap.feature_space != marker.feature_space:
+                return "refused"
+            self.begin_epoch(marker.epoch, fmap)
+        elif marker.epoch > self.switch.epoch:
+            return "early"
+        elif marker.feature_space != self.switch.fmap.feature_space:
+            return "refused"
+        return self.rebase(marker.partition, marker.epoch, marker.at)
+
+    def _rebuild(self, marker: RebaseMarker) -> str:
+        """A marker of a partition not in the model yet (:attr:`unbased`): the one into
+        the space this state started in re-bases it there (and tells the epoch); another
+        (an earlier epoch's, or a later one while the state does not know its own epoch
+        yet) is ``"early"``: the caller holds it until the read is over."""
+        p = marker.partition
+        if marker.feature_space != self.fmap.feature_space or self.switch is not None:
+            return "early"
+        if self._offsets.get(p, -1) != marker.at:
+            return "skipped"
+        X, r, items = self.rebase_statistics(p, self.fmap)
+        if len(X):
+            self.policy.update(X, r, item_ids=items if self.policy.uses_item_ids else None)
+        self.unbased.discard(p)
+        if marker.epoch > self.epoch:  # rows before this epoch's cuts do not count
+            self.epoch, self.rows_in_epoch = marker.epoch, 0
+        return "rebased"
+
+    def rebase_pending(self) -> int:
+        """Partitions still to re-base in the switch in progress (0 when none is)."""
+        sw = self.switch
+        return 0 if sw is None else self.settings.kafka.events_partitions - len(sw.rebased)
 
     def swap(self, result: FineTuneResult) -> bool:
         """Adopt a fine-tuned feature map (NeuralLinear): rebuild the bandit in the new space
@@ -411,6 +635,23 @@ class LearningState:
                 arrays[f"profiles.{name}"] = value
             else:
                 header["profiles"][name] = value
+        if self.samples is not None:  # a coordinated fine-tune's: samples, epoch, switch
+            header["epoch"] = self.epoch
+            header["unbased"] = sorted(self.unbased)
+            header["rows_in_epoch"] = self.rows_in_epoch
+            header["samples"] = {}
+            for p, sample in self.samples.items():
+                head, parts = sample.state()
+                header["samples"][str(p)] = head
+                arrays |= {f"sample.{p}.{name}": a for name, a in parts.items()}
+            if self.switch is not None:
+                sw = self.switch
+                header["switch"] = {"epoch": sw.epoch, "rebased": sorted(sw.rebased),
+                                    "rows": sw.rows}
+                arrays["switch.adapter"] = np.frombuffer(sw.fmap.adapter.to_bytes(),
+                                                         dtype=np.uint8)
+                arrays["switch.policy"] = np.frombuffer(
+                    dump_snapshot(sw.policy, key=key, version=self._version), dtype=np.uint8)
         return Checkpoint(offsets=dict(self._offsets), header=header, arrays=arrays)
 
     @classmethod
@@ -435,6 +676,23 @@ class LearningState:
         state.stats_positions = {int(p): int(o) for p, o in
                                  ck.header.get("stats_positions", {}).items()}
         state._version = int(ck.header["version"])
+        if state.samples is not None and "samples" in ck.header:
+            state.epoch = int(ck.header["epoch"])
+            state.unbased = set(ck.header.get("unbased", []))
+            state.rows_in_epoch = int(ck.header.get("rows_in_epoch", 0))
+            for p, head in ck.header["samples"].items():
+                prefix = f"sample.{p}."
+                state.samples[int(p)] = PartitionSample.from_state(
+                    state.sample_capacity, catalog.embeddings.shape[1], head,
+                    {n.removeprefix(prefix): a for n, a in ck.arrays.items()
+                     if n.startswith(prefix)})
+            if "switch" in ck.header:
+                sw_fmap = FeatureMap(_Adapter.from_bytes(ck.arrays["switch.adapter"].tobytes()),
+                                     dim=settings.features.dim)
+                sw_policy = load_snapshot(ck.arrays["switch.policy"].tobytes(), key=key)
+                state.switch = Switch(int(ck.header["switch"]["epoch"]), sw_fmap, sw_policy,
+                                      set(ck.header["switch"]["rebased"]),
+                                      int(ck.header["switch"].get("rows", 0)))
         return state
 
 

@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from learners import FineTuneError, FineTuner, FineTuneTimeout
+from learners import FineTuneError, FineTuner, FineTuneResult, FineTuneTimeout, ReplayRows
 from stream.core.state import Learned, LearningState
 from stream.metrics import Metrics
 from stream.settings import Settings
@@ -90,6 +90,8 @@ class FineTuneControl:
             every_events=ft.every_updates or None, every_seconds=ft.every_s or None,
             min_rows=ft.min_rows, seed=settings.features.seed,
             duty_cycle=ft.duty_cycle or None, max_seconds=ft.max_seconds,
+            # coordinated (exchange on): the re-bases rebuild the bandit, not the result
+            compute_refit=not settings.stats.exchange,
         ) if ft.enabled else None
         self.records: list[FineTuneRecord] = []
         self._drift_seen: dict[str, int] = {}
@@ -97,6 +99,7 @@ class FineTuneControl:
         self._reward_window = reward_window
         self._recent = _RewardWindow(reward_window)
         self._after: tuple[FineTuneRecord, _RewardWindow] | None = None
+        self._epoch_seen: int | None = None  # coordinated: the epoch the trigger counts in
 
     @property
     def started(self) -> int:
@@ -146,11 +149,7 @@ class FineTuneControl:
         the state now holds a new feature space and policy (to be published)."""
         if self.tuner is None:
             return False
-        for segment, count in state.drift.detections.items():
-            new = count - self._drift_seen.get(segment, 0)
-            if new:
-                self.metrics.drift_detected.labels(segment=str(segment)).inc(new)
-                self._drift_seen[segment] = count
+        self._count_drift(state)
         try:
             result = self.tuner.poll()
         except FineTuneError as exc:
@@ -194,6 +193,76 @@ class FineTuneControl:
             self._after = (record, _RewardWindow(self._reward_window))
         return swapped
 
+    def step_shared(self, state: LearningState, lock: threading.Lock,
+                    trainer: bool) -> FineTuneResult | None:
+        """The coordinated fine-tune's step (statistics exchange on, docs/scaling.md): only
+        the ``trainer`` (the publisher) starts a run, never while a switch is in progress,
+        on the union of every partition's sample; a finished run passing the log-loss
+        check, still from the current space, is returned for the caller to announce as the
+        next epoch (the bandit is rebuilt by the re-bases, not here). The
+        ``every_updates`` trigger counts the group's rows since the epoch began
+        (``LearningState.rows_in_epoch``), so a new trainer counts on where the last
+        one stood."""
+        if self.tuner is None:
+            return None
+        self._count_drift(state)
+        if self._epoch_seen != state.epoch:  # a new epoch (or the first call): count anew
+            self._epoch_seen = state.epoch
+            self.tuner.count_from(0)
+        rows_seen = state.rows_in_epoch
+        if not trainer and self.tuner.running:
+            # Partition 0, and the trainer's role with it, went to another worker: its
+            # run would not be adopted; the new trainer starts its own when due.
+            self.tuner.cancel()
+            log.info("fine-tune cancelled: this worker no longer publishes")
+            return None
+        try:
+            result = self.tuner.poll()
+        except FineTuneError as exc:
+            timed_out = isinstance(exc, FineTuneTimeout)
+            self.metrics.finetune_failures.inc()
+            self.metrics.finetunes.labels(outcome="timed_out" if timed_out else "failed").inc()
+            log.error("%s", exc)
+            return None
+        if result is None:
+            if trainer and state.switch is None:
+                with lock:
+                    view = _SampleView(state)
+                self.tuner.maybe_start(view, state.fmap, events_seen=rows_seen,
+                                       drift=state.drift_detected())
+                if self.tuner.runs_started > self._started_seen:
+                    self.metrics.finetunes_started.inc(
+                        self.tuner.runs_started - self._started_seen)
+                    self._started_seen = self.tuner.runs_started
+            return None
+        self.metrics.finetune_seconds.observe(result.wall_seconds or result.train_seconds)
+        adopt = (trainer and state.switch is None
+                 and result.previous_feature_space == state.fmap.feature_space
+                 and result.loss_after < result.loss_before)
+        outcome = "swapped" if adopt else "rejected"
+        self.metrics.finetunes.labels(outcome=outcome).inc()
+        self.records.append(FineTuneRecord(
+            trigger=result.trigger, rows=result.rows, steps=result.steps,
+            wall_seconds=result.wall_seconds, loss_before=result.loss_before,
+            loss_after=result.loss_after, outcome=outcome,
+            feature_space=result.feature_space, at_rows_learned=rows_seen))
+        log.info("fine-tune (%s, %d sample rows, %d steps, %.1fs): log-loss %.4f -> %.4f; %s",
+                 result.trigger, result.rows, result.steps, result.wall_seconds,
+                 result.loss_before, result.loss_after,
+                 f"announcing epoch {state.epoch + 1} in {result.feature_space}" if adopt
+                 else "kept the current space")
+        self.metrics.finetune_loss_before.set(result.loss_before)
+        if adopt:
+            self.metrics.finetune_loss.set(result.loss_after)
+        return result if adopt else None
+
+    def _count_drift(self, state: LearningState) -> None:
+        for segment, count in state.drift.detections.items():
+            new = count - self._drift_seen.get(segment, 0)
+            if new:
+                self.metrics.drift_detected.labels(segment=str(segment)).inc(new)
+                self._drift_seen[segment] = count
+
     def stop(self, timeout_s: float = 60.0) -> None:
         """Stop a running fine-tune (its child is killed and reaped) before the worker exits."""
         if self.tuner is None:
@@ -203,6 +272,23 @@ class FineTuneControl:
             self.tuner.wait(timeout=timeout_s)
         except FineTuneError as exc:
             log.warning("fine-tune at shutdown: %s", exc)
+
+
+class _SampleView:
+    """What :meth:`learners.FineTuner.maybe_start` reads of a buffer (its length, a
+    snapshot, ``seen``), over the union of the partitions' samples; the union is
+    gathered once, when a run starts."""
+
+    def __init__(self, state: LearningState) -> None:
+        self._state = state
+        self._n = sum(map(len, (state.samples or {}).values()))
+        self.seen = self._n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def snapshot(self) -> ReplayRows:
+        return self._state.sample_union()
 
 
 def _fmt(x: float | None) -> str:

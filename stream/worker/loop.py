@@ -204,7 +204,9 @@ class Worker:
             n = self.step()
             if self.exchange is not None:
                 self._exchange_step()
-            if self.finetune.step(self.state, self.lock, self.report.rows_learned):
+            if self.exchange is not None and self.state.coordinated:
+                self._coordinated_finetune()
+            elif self.finetune.step(self.state, self.lock, self.report.rows_learned):
                 self.publish()
             now = time.monotonic()
             if n:
@@ -468,6 +470,19 @@ class Worker:
             self.publisher.learned(rows)
         if self.exchange.due(time.monotonic()):
             self.exchange.emit()
+        if self.exchange.take_switched():  # the first bundle of the new feature space
+            self.publish()
+
+    def _coordinated_finetune(self) -> None:
+        """One fine-tune for the whole group (docs/scaling.md): the publisher trains on
+        every partition's sample and announces an adopted run as the next epoch; every
+        worker then re-bases, and switches once all partitions have."""
+        result = self.finetune.step_shared(self.state, self.lock,
+                                           trainer=self.exchange.publishes)
+        if result is not None:
+            self.exchange.announce(result.fmap)
+        if self.exchange.take_switched():
+            self.publish()
 
     def checkpoint(self, commit: bool = True) -> None:
         """Flush what must be acked, write state + offsets atomically, then (optionally)

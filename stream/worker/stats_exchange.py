@@ -29,13 +29,18 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from bandits import FeatureSpaceMismatch
 from learners import FeatureMap
 from stream.core.delta import (
+    RebaseMarker,
     StatsAccumulator,
     StatsDelta,
     cut_delta,
     delta_span,
     dump_delta,
+    dump_marker,
     fold_delta,
+    is_marker,
     load_delta,
+    load_marker,
+    marker_header,
     span_header,
 )
 from stream.core.join import Pending
@@ -87,6 +92,11 @@ class StatsExchange:
         self._members: dict[int, set[str]] = {}
         self._forgotten: set[str] = set()  # erased since the last settle
         self._own_end: dict[int, int] = {}  # partition -> offset after its last own delta
+        # Coordinated fine-tunes: records of a stats partition held back behind a marker
+        # of a later epoch than the switch in progress (folded once it completes).
+        self._held: dict[int, list[Any]] = {}
+        self._switched = False  # a switch completed since take_switched()
+        self._adopted: FeatureMap | None = None  # the latest bundle's map, at start
 
     # -- start ----------------------------------------------------------------------------
 
@@ -94,7 +104,8 @@ class StatsExchange:
         """The feature map of the group's latest published policy (None when there is none):
         a worker without a checkpoint starts in it, so its statistics join the group's."""
         bundle = latest_bundle(self.settings)
-        return None if bundle is None else bundle.fmap
+        self._adopted = None if bundle is None else bundle.fmap
+        return self._adopted
 
     def bind(self, state: LearningState, lock: threading.Lock) -> None:
         """Read ``fairstream.stats`` from the state's positions (the start without) and fold
@@ -113,7 +124,19 @@ class StatsExchange:
                 self.consumer.seek(tp, state.stats_positions[tp.partition])
             else:
                 self.consumer.seek_to_beginning(tp)
+        rebuild = (state.coordinated and self._adopted is not None and not state.offsets
+                   and not state.stats_positions
+                   and state.fmap.feature_space == self._adopted.feature_space)
+        if rebuild:  # no checkpoint, in the latest bundle's space: maybe not the first
+            state.unbased = set(range(n))
         self.catch_up()
+        self.metrics.stats_epoch.set(state.epoch)
+        if rebuild:
+            # Every marker of the space it started in has been read: what is still
+            # unbased never had statistics, and what was held goes the usual way now.
+            state.unbased.clear()
+            log.info("rebuilt from %s at epoch %d", self.topic, state.epoch)
+            self._release_held()
 
     # -- folding ----------------------------------------------------------------------------
 
@@ -139,6 +162,12 @@ class StatsExchange:
     def _fold(self, rec: Any) -> int:
         m = self.metrics
         stats_partition, offset = rec.partition, rec.offset
+        if stats_partition in self._held:  # behind an early marker: in order, later
+            self._held[stats_partition].append(rec)
+            return 0
+        if is_marker(rec.headers):
+            self._fold_marker(rec)
+            return 0
         span = delta_span(rec.headers)
         if span is not None:
             # Decided before decoding: a delta that does not start where this worker's
@@ -182,6 +211,109 @@ class StatsExchange:
         m.stats_folded.inc()
         return delta.rows
 
+    # -- coordinated fine-tunes: epochs and re-bases (docs/scaling.md) --------------------
+
+    def _fold_marker(self, rec: Any) -> None:
+        m = self.metrics
+        try:
+            marker = load_marker(rec.value, key=self.key)
+        except DeltaError as exc:
+            m.stats_rejected.labels(reason=exc.reason).inc()
+            log.error("refused re-base marker at %s/%d/%d: %s", self.topic, rec.partition,
+                      rec.offset, exc)
+            with self.lock:
+                self.state.stats_positions[rec.partition] = rec.offset + 1
+            return
+        with self.lock:
+            state = self.state
+            started = state.switch is None
+            if marker.partition in self.owned:
+                m.stats_conflicts.inc()
+                log.error("re-base marker %r for partition %d, which this worker owns",
+                          marker, marker.partition)
+                outcome = "skipped"
+            else:
+                outcome = state.fold_marker(marker)
+            if outcome == "early":  # wait for the switch in progress: hold this partition
+                self._held[rec.partition] = [rec]
+                return
+            state.stats_positions[rec.partition] = rec.offset + 1
+            started = started and (state.switch is not None or outcome == "switched")
+        if outcome == "refused":
+            m.stats_rejected.labels(reason="feature_space").inc()
+            log.error("re-base marker %r refused (not the epoch in progress, or a gap)", marker)
+        if started:
+            m.stats_epochs_started.inc()
+            log.info("epoch %d: switching to %s (announced by %s)", marker.epoch,
+                     marker.feature_space, marker.source)
+        self._rebased(outcome)
+        self.rebase_owned()
+
+    def _rebased(self, outcome: str) -> None:
+        """Count a re-base outcome; after a completed switch, fold what was held back."""
+        m = self.metrics
+        m.stats_rebases.labels(outcome=outcome).inc()
+        m.stats_rebase_pending.set(self.state.rebase_pending())
+        m.stats_epoch.set(self.state.epoch)
+        if outcome != "switched":
+            return
+        m.stats_epochs_completed.inc()
+        log.info("epoch %d: every partition re-based; now in %s", self.state.epoch,
+                 self.state.fmap.feature_space)
+        self._switched = True
+        self._release_held()
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, {}
+        for records in held.values():
+            for rec in records:
+                self._fold(rec)
+
+    def take_switched(self) -> bool:
+        """Whether a switch completed since the last call (the publisher publishes then)."""
+        switched, self._switched = self._switched, False
+        return switched
+
+    def announce(self, fmap: FeatureMap) -> None:
+        """The trainer's adopted fine-tune: start the next epoch in ``fmap`` here, and cut
+        the partitions this worker owns (their markers announce it to the others)."""
+        with self.lock:
+            epoch = self.state.epoch + 1
+            self.state.begin_epoch(epoch, fmap)
+        self.metrics.stats_epochs_started.inc()
+        self.metrics.stats_rebase_pending.set(self.state.rebase_pending())
+        log.info("epoch %d: announcing %s", epoch, fmap.feature_space)
+        self.rebase_owned()
+
+    def rebase_owned(self) -> None:
+        """During a switch, cut every owned partition not re-based yet: its last old-space
+        delta, then its marker (after the delta, on its stats partition), then its re-base
+        here. From then on its rows are learnt in the new space."""
+        state = self.state
+        if state is None or state.switch is None:
+            return
+        for p in sorted(self.owned):
+            with self.lock:
+                sw = state.switch
+                if sw is None or p in sw.rebased:
+                    continue
+                delta = self._delta(p)
+                self._acc.pop(p, None)
+                at = state.offsets.get(p, -1)
+            if delta is not None:
+                self._send(delta)
+                self.metrics.stats_sent.inc()
+                self.producer.flush()  # the delta before the marker on the partition
+            marker = RebaseMarker(partition=p, epoch=sw.epoch, at=at,
+                                  feature_space=sw.fmap.feature_space,
+                                  adapter=sw.fmap.adapter.to_bytes(), source=self.source)
+            self.producer.send(self.topic, partition=p, key=str(p).encode(),
+                               value=dump_marker(marker, key=self.key),
+                               headers=marker_header(marker))
+            with self.lock:
+                outcome = state.rebase(p, sw.epoch, at)
+            self._rebased(outcome)
+
     def _update_lag(self) -> None:
         # highwater() is what the last fetch answered with: no request of its own.
         lag = 0
@@ -222,7 +354,7 @@ class StatsExchange:
     def _accumulator(self, p: int) -> StatsAccumulator:
         acc = self._acc.get(p)
         if acc is None:
-            policy = self.state.policy
+            policy = self.state.space_of(p)[1]  # the new space's once p has re-based
             acc = self._acc[p] = StatsAccumulator(
                 policy.dim, policy.feature_space, getattr(policy, "z", None)
                 if policy.uses_item_ids else None)
@@ -241,15 +373,18 @@ class StatsExchange:
         for delta in deltas:
             if delta is None:
                 continue
-            future = self.producer.send(self.topic, partition=delta.partition,
-                                        key=str(delta.partition).encode(),
-                                        value=dump_delta(delta, key=self.key),
-                                        headers=span_header(delta))
-            self._unlogged.append((delta, future))
+            self._send(delta)
             sent += 1
         self.metrics.stats_sent.inc(sent)
         self._last_emit = time.monotonic()
         return sent
+
+    def _send(self, delta: StatsDelta) -> None:
+        future = self.producer.send(self.topic, partition=delta.partition,
+                                    key=str(delta.partition).encode(),
+                                    value=dump_delta(delta, key=self.key),
+                                    headers=span_header(delta))
+        self._unlogged.append((delta, future))
 
     def _delta(self, p: int) -> StatsDelta | None:
         state = self.state
@@ -336,6 +471,7 @@ class StatsExchange:
                 with self.lock:
                     self.state.skip_versions_to(bundle.version)
         self.metrics.stats_publisher.set(1 if self.publishes else 0)
+        self.rebase_owned()  # a switch in progress: partitions taken before their cut
         return self.publishes and not was
 
     def revoked(self, partitions: list[int]) -> None:

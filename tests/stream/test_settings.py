@@ -63,9 +63,11 @@ def test_missing_or_broken_file(tmp_path):
 def test_the_statistics_exchange_refuses_what_it_cannot_merge():
     on = {"exchange": True}
     assert Settings().replace(stats=on, finetune={"enabled": False}).stats.exchange
-    for sections, key in [({}, "finetune.enabled"),
+    # one fine-tune for the group (docs/scaling.md): each partition samples its share
+    assert Settings().replace(stats=on, finetune={"enabled": True}).finetune.enabled
+    for sections, key in [({"finetune": {"enabled": True, "buffer_capacity": 3},
+                            "kafka": {"events_partitions": 4}}, "finetune.buffer_capacity"),
                           ({"bandit": {"algorithm": "egreedy"}}, "bandit.algorithm"),
                           ({"bandit": {"algorithm": "linucb", "gamma": 0.99}}, "bandit.gamma")]:
         with pytest.raises(ConfigError, match=key):
-            Settings().replace(stats=on, **({"finetune": {"enabled": False}} | sections
-                                            if sections else {}))
+            Settings().replace(stats=on, **({"finetune": {"enabled": False}} | sections))
