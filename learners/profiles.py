@@ -87,8 +87,7 @@ class ProfileStore:
         reward = float(reward)
         if not reward > 0.0:  # also rejects NaN
             if entry is not None:  # activity keeps the profile warm
-                entry[2] = now
-                self._users.move_to_end(user_id)
+                self._touch(user_id, entry, now)
             return
         e = np.asarray(item_emb, dtype=np.float32)
         if e.shape != (self.emb_dim,):
@@ -139,9 +138,9 @@ class ProfileStore:
         user); returns the entry."""
         if entry is None:
             entry = self._users[user_id] = [e.copy(), reward, now]
+            self._changed(user_id)
             if len(self._users) > self.capacity:
-                self._users.popitem(last=False)
-                self.evictions += 1
+                self._overflow()
             return entry
         w_old = self.decay * entry[1]
         w_new = w_old + reward
@@ -154,7 +153,25 @@ class ProfileStore:
         entry[1] = w_new
         entry[2] = now
         self._users.move_to_end(user_id)
+        self._changed(user_id)
         return entry
+
+    # Hooks for a store that keeps more than memory holds (learners.profile_disk).
+
+    def _touch(self, user_id: Hashable, entry: list[Any], now: float) -> None:
+        """Activity without a positive reward: only the last-seen time moves."""
+        entry[2] = now
+        self._users.move_to_end(user_id)
+        self._changed(user_id)
+
+    def _changed(self, user_id: Hashable) -> None:
+        """``user_id``'s entry was created or changed (a disk store marks it dirty)."""
+
+    def _overflow(self) -> None:
+        """More than ``capacity`` users are held: evict the least recently observed."""
+        while len(self._users) > self.capacity:
+            self._users.popitem(last=False)
+            self.evictions += 1
 
     def get(self, user_id: Hashable, now: float | None = None) -> np.ndarray:
         """The user's profile (float32, read-only), zeros when unknown or expired."""
@@ -228,9 +245,7 @@ class ProfileStore:
             for u, mean, w, t in zip(ids, means, ws, ts, strict=True):
                 users[u] = [mean, w, t]
                 move(u)
-        while len(self._users) > self.capacity:
-            self._users.popitem(last=False)
-            self.evictions += 1
+        self._overflow()
 
     def drop(self, user_ids: Sequence[Hashable]) -> int:
         """Forget these users (their state moved elsewhere); returns how many were held."""
