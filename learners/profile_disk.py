@@ -17,7 +17,8 @@ beside the in-memory store (docs/scaling.md, "Measured").
 What changed since the last :meth:`~DiskProfileStore.flush` (the *dirty* profiles in
 memory) is written by it, so a flush costs what changed, not the number of users; a
 profile spilled is written once when it leaves memory. :meth:`~DiskProfileStore.close`
-flushes, and a store opened again on the same directory has the same profiles.
+flushes and releases the files, and a store opened again on the same directory has the
+same profiles.
 
 With a TTL, an expired profile is forgotten when it is next read, in memory or on disk,
 as in the memory store; :meth:`~DiskProfileStore.expire` sweeps memory and disk, so it
@@ -211,7 +212,7 @@ class DiskProfileStore(ProfileStore):
         super().__init__(emb_dim=emb_dim, decay=decay, capacity=capacity,
                          ttl_seconds=ttl_seconds)
         self.path, self.backend = Path(path), backend
-        self._kv = open_backend(backend, path, fresh=fresh)
+        self._open: KeyValue | None = open_backend(backend, path, fresh=fresh)
         self._size = 16 + 4 * self.emb_dim
         self._row = np.dtype([("w", "<f8"), ("t", "<f8"), ("m", "<f4", (self.emb_dim,))])
         self._dirty: set[Hashable] = set()  # in memory, newer than on disk (or not there)
@@ -230,6 +231,12 @@ class DiskProfileStore(ProfileStore):
         return (f"DiskProfileStore(users={len(self)}, in_memory={len(self._users)}/"
                 f"{self.capacity}, backend={self.backend}, emb_dim={self.emb_dim}, "
                 f"decay={self.decay}, ttl_seconds={self.ttl_seconds}, spills={self.spills})")
+
+    @property
+    def _kv(self) -> KeyValue:
+        if self._open is None:  # closed, and used again: its files are its own still
+            self._open = open_backend(self.backend, self.path)
+        return self._open
 
     @property
     def in_memory(self) -> int:
@@ -455,8 +462,12 @@ class DiskProfileStore(ProfileStore):
         return len(dirty)
 
     def close(self) -> None:
-        self.flush()
-        self._kv.close()
+        """Flush, and release the files (RocksDB's lock with them); a closed store used
+        again opens them again."""
+        if self._open is not None:
+            self.flush()
+            self._open.close()
+            self._open = None
 
 
 def _key(user_id: Hashable) -> bytes:

@@ -247,6 +247,14 @@ class ProfileStore:
                 move(u)
         self._overflow()
 
+    def flush(self) -> int:
+        """Make changed profiles durable: nothing to do in memory (a disk store writes
+        them). Returns how many were written."""
+        return 0
+
+    def close(self) -> None:
+        """Release what the store holds outside the process (nothing, in memory)."""
+
     def drop(self, user_ids: Sequence[Hashable]) -> int:
         """Forget these users (their state moved elsewhere); returns how many were held."""
         held = [u for u in user_ids if u in self._users]

@@ -36,6 +36,7 @@ from stream.core.state import LearningState
 from stream.metrics import Metrics
 from stream.settings import Settings
 from stream.worker.checkpoint_lock import checkpoint_file
+from stream.worker.profile_store import open_profiles
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,14 @@ class Checkpointer:
         """The state of the last checkpoint (a fresh one without, in ``fmap``'s feature
         space when given), whose version counter is past every version published since."""
         ck = read_checkpoint(self.path)
+        # A disk store when the settings ask for one (emptied: it is filled as partitions
+        # are assigned, from their changelog), else None: in memory.
+        profiles = open_profiles(self.settings, catalog.embeddings.shape[1])
         if ck is None:
-            state = LearningState.fresh(self.settings, catalog, fmap)
+            state = LearningState.fresh(self.settings, catalog, fmap, profiles)
             log.info("no checkpoint: fresh %r", state.policy)
         else:
-            state = LearningState.from_checkpoint(self.settings, catalog, ck)
+            state = LearningState.from_checkpoint(self.settings, catalog, ck, profiles)
             log.info("resumed from checkpoint at offsets %s", ck.offsets)
         # Versions published after the last checkpoint must not be reused: servers only
         # swap to a newer number, so a reused one would be ignored.
@@ -111,6 +115,9 @@ class Checkpointer:
         for sink in self.acked:
             sink.settle()
         with lock:
+            # A disk store writes the profiles changed since the last checkpoint (a memory
+            # store: nothing).
+            state.profiles.flush()
             # With the statistics exchange, profiles live in their changelog topic.
             ck = state.to_checkpoint(profiles=not self.settings.stats.exchange)
             write_checkpoint(self.path, ck)

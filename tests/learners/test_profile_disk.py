@@ -208,9 +208,16 @@ def test_bad_input_is_refused_with_a_clear_error(tmp_path):
     wider.close()
 
 
-def test_rocksdb_refuses_a_second_open_of_one_directory(tmp_path):
+def test_rocksdb_refuses_a_second_open_of_one_directory_until_closed(tmp_path):
     """RocksDB's own lock: two stores on one directory would corrupt each other."""
-    store = DiskProfileStore(tmp_path / "p", emb_dim=2)
+    store = DiskProfileStore(tmp_path / "p", emb_dim=2, capacity=1)
+    store.observe("a", np.ones(2), 1.0)
     with pytest.raises(Exception, match="(?i)lock"):
         DiskProfileStore(tmp_path / "p", emb_dim=2)
+    store.close()
+    store.close()  # twice: nothing more
+    other = DiskProfileStore(tmp_path / "p", emb_dim=2)
+    assert "a" in other
+    other.close()
+    assert store.get("a").tolist() == [1.0, 1.0]  # a closed store used again reopens
     store.close()
