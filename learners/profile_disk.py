@@ -64,7 +64,7 @@ class KeyValue(Protocol):
     def write(self, puts: Sequence[tuple[bytes, bytes]], deletes: Sequence[bytes] = ()) -> None:
         """Apply ``puts`` then ``deletes`` as one batch."""
 
-    def keys(self) -> Iterator[bytes]: ...
+    def all_keys(self) -> Iterator[bytes]: ...
 
     def items(self) -> Iterator[tuple[bytes, bytes]]: ...
 
@@ -117,7 +117,7 @@ class RocksStore:
             batch.delete(k)
         self.db.write(batch)
 
-    def keys(self) -> Iterator[bytes]:
+    def all_keys(self) -> Iterator[bytes]:
         return iter(self.db.keys())
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
@@ -170,7 +170,7 @@ class SqliteStore:
             raise
         db.execute("COMMIT")
 
-    def keys(self) -> Iterator[bytes]:
+    def all_keys(self) -> Iterator[bytes]:
         return (k for (k,) in self.db.execute("SELECT user FROM profiles"))
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
@@ -217,7 +217,7 @@ class DiskProfileStore(ProfileStore):
         self._row = np.dtype([("w", "<f8"), ("t", "<f8"), ("m", "<f4", (self.emb_dim,))])
         self._dirty: set[Hashable] = set()  # in memory, newer than on disk (or not there)
         self._stored: set[Hashable] = set()  # in memory, and on disk too (maybe older)
-        self._disk = sum(1 for _ in self._kv.keys())  # users on disk
+        self._disk = sum(1 for _ in self._kv.all_keys())  # users on disk
         self.spills = 0  # profiles written to disk as they left memory
         self.loads = 0  # profiles read back from disk into memory
 
@@ -353,7 +353,7 @@ class DiskProfileStore(ProfileStore):
         """Every user with a profile: those only on disk first, then memory's, least
         recently observed first. Reads every key on disk."""
         hot = self._users
-        return [u for u in (k.decode() for k in self._kv.keys()) if u not in hot] + list(hot)
+        return [u for u in (k.decode() for k in self._kv.all_keys()) if u not in hot] + list(hot)
 
     def expire(self, now: float | None = None) -> int:
         """Drop every user idle for more than ``ttl_seconds``, in memory and on disk."""

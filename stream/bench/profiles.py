@@ -215,14 +215,14 @@ def table(result: dict[str, Any]) -> str:
         stores = list(row)
         held = ", ".join(f"{s}: {row[s]['in_memory']:,} in memory" for s in stores)
         lines.append(f"{int(n):,} users ({held})")
-        lines.append("  " + " | ".join([f"{'':26s}"] + [f"{s:>26s}" for s in stores]))
+        lines.append("  " + " | ".join([f"{'':26s}", *(f"{s:>26s}" for s in stores)]))
         for key, name, fmt in keys:
             cells = []
             for s in stores:
                 v = row[s][key]
                 cells.append(f"{fmt.format(v['median'])} [{fmt.format(v['min'])}–"
                              f"{fmt.format(v['max'])}]".rjust(26))
-            lines.append("  " + " | ".join([f"{name:26s}"] + cells))
+            lines.append("  " + " | ".join([f"{name:26s}", *cells]))
     la = result["load_average"]
     lines.append(f"load average (1 min) {la['start'][0]:.2f} → {la['end'][0]:.2f}; "
                  f"{result['repeats']} repeats")

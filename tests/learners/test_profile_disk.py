@@ -212,7 +212,7 @@ def test_rocksdb_refuses_a_second_open_of_one_directory_until_closed(tmp_path):
     """RocksDB's own lock: two stores on one directory would corrupt each other."""
     store = DiskProfileStore(tmp_path / "p", emb_dim=2, capacity=1)
     store.observe("a", np.ones(2), 1.0)
-    with pytest.raises(Exception, match="(?i)lock"):
+    with pytest.raises(Exception, match=r"(?i)lock"):
         DiskProfileStore(tmp_path / "p", emb_dim=2)
     store.close()
     store.close()  # twice: nothing more
