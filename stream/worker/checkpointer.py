@@ -59,6 +59,7 @@ class Checkpointer:
         self.version_path = self.path.with_name(self.path.name + ".published")
         self._last = time.monotonic()
         self._since = 0  # records covered since the last checkpoint
+        self._spills = 0  # the profile store's spill count at the last checkpoint
 
     # -- restore and the published-version record ---------------------------------------
 
@@ -96,6 +97,17 @@ class Checkpointer:
 
     # -- checkpoints ----------------------------------------------------------------------
 
+    def _profile_metrics(self, profiles) -> None:
+        m = self.metrics
+        held = len(profiles)
+        in_memory = getattr(profiles, "in_memory", held)
+        m.profiles_held.labels(where="memory").set(in_memory)
+        m.profiles_held.labels(where="disk").set(held - in_memory)
+        spills = getattr(profiles, "spills", 0)
+        if spills > self._spills:
+            m.profile_spills.inc(spills - self._spills)
+        self._spills = spills
+
     def covered(self, records: int) -> None:
         self._since += records
 
@@ -118,6 +130,7 @@ class Checkpointer:
             # A disk store writes the profiles changed since the last checkpoint (a memory
             # store: nothing).
             state.profiles.flush()
+            self._profile_metrics(state.profiles)
             # With the statistics exchange, profiles live in their changelog topic.
             ck = state.to_checkpoint(profiles=not self.settings.stats.exchange)
             write_checkpoint(self.path, ck)
