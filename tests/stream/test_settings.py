@@ -77,7 +77,7 @@ def test_the_profile_store_is_on_disk_with_the_exchange_and_refused_on_disk_with
         with pytest.raises(ConfigError, match=rf"^features.profile_store = '{store}' needs "
                                               r"stats.exchange = true"):
             Settings().replace(features={"profile_store": store})
-    with pytest.raises(ConfigError, match="features.profile_store"):
+    with pytest.raises(ConfigError, match=r"features\.profile_store"):
         load_settings(env={"FAIRSTREAM_FEATURES__PROFILE_STORE": "lmdb"})
-    with pytest.raises(ConfigError, match="features.profile_capacity must be > 0"):
+    with pytest.raises(ConfigError, match=r"features\.profile_capacity must be > 0"):
         on.replace(features={"profile_capacity": 0})
