@@ -15,10 +15,10 @@ Two embedded stores sit behind one small protocol (:class:`KeyValue`): RocksDB t
 beside the in-memory store (docs/scaling.md, "Measured").
 
 What changed since the last :meth:`~DiskProfileStore.flush` (the *dirty* profiles in
-memory) is written by it, so a flush costs what changed, not the number of users; a
-profile spilled is written once when it leaves memory. :meth:`~DiskProfileStore.close`
-flushes and releases the files, and a store opened again on the same directory has the
-same profiles.
+memory) is written by it to the embedded store, so a flush costs what changed, not the
+number of users; a profile spilled is written once when it leaves memory.
+:meth:`~DiskProfileStore.close` flushes to the files and releases them, and a store
+opened again on the same directory has the same profiles.
 
 With a TTL, an expired profile is forgotten when it is next read, in memory or on disk,
 as in the memory store; :meth:`~DiskProfileStore.expire` sweeps memory and disk, so it
@@ -77,8 +77,8 @@ class KeyValue(Protocol):
 class RocksStore:
     """RocksDB through ``rocksdict``: bloom filters (a miss reads no data block), no
     compression (float noise does not compress), no write-ahead log (a write is in the
-    memtable until :meth:`flush` writes it to a table file; a crashed process's files are
-    not used again, see :func:`open_backend`)."""
+    memtable until it fills, or until :meth:`flush` or :meth:`close` writes it to a table
+    file; a crashed process's files are never read again: the worker empties them)."""
 
     def __init__(self, path: Path) -> None:
         from rocksdict import (
@@ -449,9 +449,13 @@ class DiskProfileStore(ProfileStore):
 
     # -- durability -----------------------------------------------------------------------------
 
-    def flush(self) -> int:
-        """Write the profiles changed in memory since the last flush, and make the disk
-        store durable; returns how many were written (the cost is theirs, not the users')."""
+    def flush(self, durable: bool = False) -> int:
+        """Write the profiles changed in memory since the last flush to the embedded store
+        (``durable``: and on to its files, e.g. RocksDB's memtable to table files); returns
+        how many were written (the cost is theirs, not the users').
+
+        Not durable by default: the worker empties the store at start (it is a cache of
+        the changelog), so a checkpoint need not wait for the disk; :meth:`close` is."""
         dirty = [u for u in self._users if u in self._dirty] if self._dirty else []
         if dirty:
             users = self._users
@@ -462,14 +466,15 @@ class DiskProfileStore(ProfileStore):
             self._disk += len(fresh)
             self._stored.update(fresh)
             self._dirty.clear()
-        self._kv.flush()
+        if durable:
+            self._kv.flush()
         return len(dirty)
 
     def close(self) -> None:
         """Flush, and release the files (RocksDB's lock with them); a closed store used
         again opens them again."""
         if self._open is not None:
-            self.flush()
+            self.flush(durable=True)
             self._open.close()
             self._open = None
 

@@ -247,9 +247,9 @@ class ProfileStore:
                 move(u)
         self._overflow()
 
-    def flush(self) -> int:
-        """Make changed profiles durable: nothing to do in memory (a disk store writes
-        them). Returns how many were written."""
+    def flush(self, durable: bool = False) -> int:
+        """Write changed profiles to where they are kept: nothing to do in memory (a disk
+        store writes them). Returns how many were written."""
         return 0
 
     def close(self) -> None:
