@@ -6,7 +6,7 @@ from stream.bench.profiles import run_profiles_bench, table
 
 
 def test_bench_profiles_reports_each_store_beside_memory(tmp_path):
-    out = run_profiles_bench(users=(3000,), repeats=2, updates=600, gets=200, dim=16,
+    out = run_profiles_bench(users=(3000,), repeats=1, updates=600, gets=200, dim=16,
                              json_path=tmp_path / "p.json", workdir=str(tmp_path),
                              progress=False)
     row = out["by_users"]["3000"]
