@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -90,7 +91,7 @@ def run_case(store_kind: str, n_users: int, dim: int = 384, memory_share: float 
     out: dict[str, Any] = {"store": store_kind, "users": n_users,
                            "in_memory": n_users if store_kind == "memory"
                            else store.capacity}
-    flush = getattr(store, "flush", lambda: 0)
+    flush = store.flush
 
     t0 = time.perf_counter()
     for lo in range(0, n_users, _CHUNK):
@@ -125,12 +126,10 @@ def run_case(store_kind: str, n_users: int, dim: int = 384, memory_share: float 
     out["get_us_p99"] = float(np.percentile(lat, 99)) / 1e3
 
     out["rss_mb"] = _peak_mb() - rss0
+    flush(durable=True)  # everything in the files (RocksDB's memtable too) for their size
     out["disk_mb"] = _dir_mb(path)
     assert len(store) == n_users, (len(store), n_users)
-    if hasattr(store, "close"):
-        store.close()
-    import shutil
-
+    store.close()
     shutil.rmtree(path, ignore_errors=True)
     return out
 
