@@ -173,6 +173,12 @@ def test_profiles_beyond_memory_spill_to_disk_and_both_workers_stay_exact(
     for w in workers:
         _same_stats(w.state.policy.total_stats, ref.policy.total_stats)
         assert w.state.profiles.in_memory <= 4
+        # /metrics as of the worker's last checkpoint, its final one
+        held = w.metrics.profiles_held
+        assert held.labels(where="memory")._value.get() == w.state.profiles.in_memory
+        assert held.labels(where="disk")._value.get() == \
+            len(w.state.profiles) - w.state.profiles.in_memory
+        assert w.metrics.profile_spills._value.get() == w.state.profiles.spills
     assert sum(w.state.profiles.spills for w in workers) > 0
     expect = ref.profiles.state()
     assert len(expect["user_ids"]) > 8 * len(workers)
