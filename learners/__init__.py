@@ -7,6 +7,7 @@ from learners.encoder import Encoder
 from learners.exceptions import DeviceUnavailable, FineTuneError, FineTuneTimeout, LearnersError
 from learners.features import FeatureMap, user_groups
 from learners.finetune import FineTuner, FineTuneResult
+from learners.profile_disk import DiskProfileStore
 from learners.profiles import ProfileStore
 from learners.refit import refit_statistics, ridge_statistics
 from learners.replay import ReplayBuffer, ReplayRows
@@ -15,6 +16,7 @@ from learners.sample import PartitionSample, SampleRows, replay_rows, row_hashes
 __all__ = [
     "Adapter",
     "DeviceUnavailable",
+    "DiskProfileStore",
     "DriftMonitor",
     "Encoder",
     "FeatureMap",

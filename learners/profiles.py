@@ -87,8 +87,7 @@ class ProfileStore:
         reward = float(reward)
         if not reward > 0.0:  # also rejects NaN
             if entry is not None:  # activity keeps the profile warm
-                entry[2] = now
-                self._users.move_to_end(user_id)
+                self._touch(user_id, entry, now)
             return
         e = np.asarray(item_emb, dtype=np.float32)
         if e.shape != (self.emb_dim,):
@@ -139,13 +138,14 @@ class ProfileStore:
         user); returns the entry."""
         if entry is None:
             entry = self._users[user_id] = [e.copy(), reward, now]
+            self._changed(user_id)
             if len(self._users) > self.capacity:
-                self._users.popitem(last=False)
-                self.evictions += 1
+                self._overflow()
             return entry
         entry[0], entry[1] = self._step(entry[0], entry[1], e, reward)
         entry[2] = now
         self._users.move_to_end(user_id)
+        self._changed(user_id)
         return entry
 
     def _step(self, mean: np.ndarray, weight: float, e: np.ndarray,
@@ -173,8 +173,10 @@ class ProfileStore:
         >>> [round(float(v), 3) for v in mean], weight, last, store.get("u").tolist()
         ([0.333, 0.667], 1.5, 2.0, [1.0, 0.0])
         """
-        entry = self._users.get(user_id)
-        mean, weight, last = (None, 0.0, 0.0) if entry is None else entry
+        # Through entries(): a store that keeps profiles on disk too reads them there.
+        held, means, weights, last_seen = self.entries([user_id])
+        mean, weight, last = ((means[0], float(weights[0]), float(last_seen[0])) if held
+                              else (None, 0.0, 0.0))
         for e, reward, now in items:
             if not reward > 0.0:
                 continue
@@ -184,6 +186,23 @@ class ProfileStore:
                 mean, weight = self._step(mean, weight, e, float(reward))
             last = float(now)
         return None if mean is None else (mean, weight, last)
+
+    # Hooks for a store that keeps more than memory holds (learners.profile_disk).
+
+    def _touch(self, user_id: Hashable, entry: list[Any], now: float) -> None:
+        """Activity without a positive reward: only the last-seen time moves."""
+        entry[2] = now
+        self._users.move_to_end(user_id)
+        self._changed(user_id)
+
+    def _changed(self, user_id: Hashable) -> None:
+        """``user_id``'s entry was created or changed (a disk store marks it dirty)."""
+
+    def _overflow(self) -> None:
+        """More than ``capacity`` users are held: evict the least recently observed."""
+        while len(self._users) > self.capacity:
+            self._users.popitem(last=False)
+            self.evictions += 1
 
     def get(self, user_id: Hashable, now: float | None = None) -> np.ndarray:
         """The user's profile (float32, read-only), zeros when unknown or expired."""
@@ -257,9 +276,15 @@ class ProfileStore:
             for u, mean, w, t in zip(ids, means, ws, ts, strict=True):
                 users[u] = [mean, w, t]
                 move(u)
-        while len(self._users) > self.capacity:
-            self._users.popitem(last=False)
-            self.evictions += 1
+        self._overflow()
+
+    def flush(self, durable: bool = False) -> int:
+        """Write changed profiles to where they are kept: nothing to do in memory (a disk
+        store writes them). Returns how many were written."""
+        return 0
+
+    def close(self) -> None:
+        """Release what the store holds outside the process (nothing, in memory)."""
 
     def put_rows(self, user_ids: Sequence[Hashable], means: Sequence[np.ndarray],
                  weights: Sequence[float], last_seen: Sequence[float]) -> None:

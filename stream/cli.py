@@ -255,6 +255,20 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_profiles(args: argparse.Namespace) -> int:
+    from stream.bench.profiles import run_profiles_bench, table
+
+    results = run_profiles_bench(users=tuple(args.users), repeats=args.repeats,
+                                 stores=tuple(args.stores.split(",")),
+                                 memory_share=args.memory_share, updates=args.updates,
+                                 gets=args.gets, json_path=args.json, workdir=args.dir)
+    print("fairstream bench profiles")
+    print(table(results))
+    if args.json is not None:
+        print(f"written: {args.json}")
+    return 0
+
+
 def cmd_bench_bandits(args: argparse.Namespace) -> int:
     from learners.features import context_columns
     from stream.bench.bandits import run_bandits_bench
@@ -434,6 +448,20 @@ def build_parser() -> argparse.ArgumentParser:
     bsc.add_argument("--out", default="runs/bench-scale", help="where the results go")
     bsc.add_argument("--json", type=Path, help="also write the results as JSON here")
     bsc.set_defaults(func=cmd_bench_scale)
+    bpr = bsub.add_parser("profiles", help="profile stores: memory beside RocksDB and SQLite "
+                                           "on disk (docs/scaling.md)")
+    bpr.add_argument("--users", type=_int_list, default=[100_000, 1_000_000],
+                     help="user counts, comma-separated")
+    bpr.add_argument("--repeats", type=int, default=3, help="runs of every case")
+    bpr.add_argument("--stores", default="memory,rocksdb,sqlite",
+                     help="stores to measure, comma-separated")
+    bpr.add_argument("--memory-share", type=float, default=0.1,
+                     help="share of the users the disk stores hold in memory")
+    bpr.add_argument("--updates", type=int, default=50_000, help="observes per pattern")
+    bpr.add_argument("--gets", type=int, default=20_000, help="timed random gets")
+    bpr.add_argument("--dir", help="where the stores' files go (default: the temp dir)")
+    bpr.add_argument("--json", type=Path, help="also write the results as JSON here")
+    bpr.set_defaults(func=cmd_bench_profiles)
     bb = bsub.add_parser("bandits", help="update and scoring cost beside a naive numpy baseline")
     bb.add_argument("--dims", type=_int_list, default=[32, 64, 128],
                     help="LinUCB feature dims (comma-separated)")

@@ -119,6 +119,16 @@ class Metrics:
             "Checkpoints of state and offsets written.",
             registry=r,
         )
+        self.profiles_held = Gauge(
+            "fairstream_worker_profiles",
+            "Users whose profiles the worker holds, in memory and on disk (as of the last "
+            "checkpoint).",
+            ["where"], registry=r)
+        self.profile_spills = Counter(
+            "fairstream_worker_profile_spills_total",
+            "Profiles written to the disk store as they left memory "
+            "(features.profile_capacity).",
+            registry=r)
         self.checkpoint_seconds = Histogram(
             "fairstream_checkpoint_duration_seconds",
             "Wall time to write one checkpoint (atomic replace included).",

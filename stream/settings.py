@@ -119,8 +119,28 @@ class ModelSettings(_Section):
 class FeatureSettings(_Section):
     dim: int = 64
     profile_decay: float = 0.9
+    #: profiles held in memory (least recently observed leave first: evicted by the
+    #: memory store, written to disk by a disk store)
     profile_capacity: int = 100_000
+    #: where a worker keeps its partitions' profiles with stats.exchange on: "rocksdb" or
+    #: "sqlite" (profile_capacity in memory, the rest on disk), "memory" (all in memory,
+    #: beyond profile_capacity evicted); "auto": rocksdb with the exchange, else memory.
+    #: Without the exchange profiles live in the checkpoint, in memory.
+    profile_store: Literal["auto", "memory", "rocksdb", "sqlite"] = "auto"
+    #: a disk store's directory (emptied at worker start: a cache of the profiles'
+    #: changelog); empty: beside the checkpoint, <checkpoint file>.profiles
+    profile_dir: str = ""
     seed: int = 0
+
+    def store(self, exchange: bool) -> str:
+        """The profile store a worker uses: "memory", "rocksdb" or "sqlite".
+
+        >>> FeatureSettings().store(exchange=True), FeatureSettings().store(exchange=False)
+        ('rocksdb', 'memory')
+        """
+        if self.profile_store == "auto":
+            return "rocksdb" if exchange else "memory"
+        return self.profile_store
 
 
 class BanditSettings(_Section):
@@ -492,6 +512,10 @@ def _check_experiment(s: Settings) -> None:
 def _check_stats(s: Settings) -> None:
     """What the statistics exchange needs: additive statistics in one feature space."""
     if not s.stats.exchange:
+        if s.features.profile_store in ("rocksdb", "sqlite"):
+            raise ConfigError(f"features.profile_store = {s.features.profile_store!r} needs "
+                              "stats.exchange = true (without it profiles are checkpointed "
+                              "whole, from memory)")
         return
     if not (s.stats.emit_every_s > 0 and s.stats.max_delta_bytes > 0):
         raise ConfigError("stats.emit_every_s and stats.max_delta_bytes must be > 0")

@@ -22,8 +22,9 @@ Four measurements, in one run, on one broker:
   deltas and from a checkpoint file.
 
 Honest limits: this machine's cores are few and shared, so absolute scaling is capped
-by CPU (the CPU figures show where it went). The profiles live in memory, not in an
-on-disk store, so the checkpoint is flat in the users but a worker's memory is not.
+by CPU (the CPU figures show where it went). The checkpoint and restore figures here
+put the profiles in memory; what the worker's disk store (the default with the
+exchange) costs beside memory is ``fairstream bench profiles`` (stream/bench/profiles.py).
 """
 
 from __future__ import annotations

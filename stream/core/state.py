@@ -130,9 +130,10 @@ class LearningState:
         self.catalog = catalog
         self.fmap = fmap
         self.policy = policy
-        self.profiles = profiles or ProfileStore(emb_dim=catalog.embeddings.shape[1],
-                                                 decay=feat.profile_decay,
-                                                 capacity=feat.profile_capacity)
+        # `is None`, not falsy: an empty store given (a disk store) is the one to use.
+        self.profiles = profiles if profiles is not None else ProfileStore(
+            emb_dim=catalog.embeddings.shape[1], decay=feat.profile_decay,
+            capacity=feat.profile_capacity)
         self.joiner = RewardJoiner(ev.attribution_window_s,
                                    {"click": ev.click_weight, "purchase": ev.purchase_weight})
         self.seen = SeenIds(ev.dedup_capacity)
@@ -183,16 +184,17 @@ class LearningState:
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
-    def fresh(cls, settings: Settings, catalog: Catalog,
-              fmap: FeatureMap | None = None) -> LearningState:
+    def fresh(cls, settings: Settings, catalog: Catalog, fmap: FeatureMap | None = None,
+              profiles: ProfileStore | None = None) -> LearningState:
         """A new state in ``fmap``'s feature space (one adopted from a published policy),
-        by default the PCA projection of the current catalog."""
+        by default the PCA projection of the current catalog; ``profiles``: an empty store
+        to learn them in (default: in memory)."""
         if fmap is None:
             feat = settings.features
             adapter = Adapter.from_pca(catalog.embeddings,
                                        out_dim=FeatureMap.adapter_dim(feat.dim), seed=feat.seed)
             fmap = FeatureMap(adapter, dim=feat.dim)
-        return cls(settings, catalog, fmap, new_policy(settings, fmap))
+        return cls(settings, catalog, fmap, new_policy(settings, fmap), profiles)
 
     # -- learning -----------------------------------------------------------------------------
 
@@ -655,8 +657,11 @@ class LearningState:
         return Checkpoint(offsets=dict(self._offsets), header=header, arrays=arrays)
 
     @classmethod
-    def from_checkpoint(cls, settings: Settings, catalog: Catalog,
-                        ck: Checkpoint) -> LearningState:
+    def from_checkpoint(cls, settings: Settings, catalog: Catalog, ck: Checkpoint,
+                        profiles: ProfileStore | None = None) -> LearningState:
+        """The state ``ck`` holds; its profiles, or (a checkpoint without them, written
+        with the statistics exchange) ``profiles``, an empty store the partitions'
+        profiles are restored into."""
         snapshot = ck.arrays["policy"].tobytes()
         # Written with the signing key of its day: any accepted key may open it (rotation).
         key = KeyRing.from_settings(settings.policy).key_for(snapshot) \
@@ -668,8 +673,11 @@ class LearningState:
         for name, value in ck.arrays.items():
             if name.startswith("profiles."):
                 profile_state[name.removeprefix("profiles.")] = value
-        state = cls(settings, catalog, fmap, policy,
-                    ProfileStore.from_state(profile_state) if profile_state else None)
+        if profile_state:
+            if profiles is not None:
+                profiles.close()  # the checkpoint's profiles are in memory
+            profiles = ProfileStore.from_state(profile_state)
+        state = cls(settings, catalog, fmap, policy, profiles)
         state.joiner.load_state(ck.header["joiner"])
         state.seen.load_state(ck.header["seen"])
         state._offsets.update(ck.offsets)

@@ -38,6 +38,7 @@ from stream.core.state import LearningState
 from stream.metrics import Metrics
 from stream.settings import Settings
 from stream.worker.checkpoint_lock import checkpoint_file
+from stream.worker.profile_store import open_profiles
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class Checkpointer:
         self.version_path = self.path.with_name(self.path.name + ".published")
         self._last = time.monotonic()
         self._since = 0  # records covered since the last checkpoint
+        self._spills = 0  # the profile store's spill count at the last checkpoint
 
     # -- restore and the published-version record ---------------------------------------
 
@@ -81,11 +83,14 @@ class Checkpointer:
         """The state of the last checkpoint (a fresh one without, in ``fmap``'s feature
         space when given), whose version counter is past every version published since."""
         ck = read_checkpoint(self.path)
+        # A disk store when the settings ask for one (emptied: it is filled as partitions
+        # are assigned, from their changelog), else None: in memory.
+        profiles = open_profiles(self.settings, catalog.embeddings.shape[1])
         if ck is None:
-            state = LearningState.fresh(self.settings, catalog, fmap)
+            state = LearningState.fresh(self.settings, catalog, fmap, profiles)
             log.info("no checkpoint: fresh %r", state.policy)
         else:
-            state = LearningState.from_checkpoint(self.settings, catalog, ck)
+            state = LearningState.from_checkpoint(self.settings, catalog, ck, profiles)
             log.info("resumed from checkpoint at offsets %s", ck.offsets)
             saved = ck.header.get("parts", {})
             for part in self.parts:
@@ -114,6 +119,17 @@ class Checkpointer:
 
     # -- checkpoints ----------------------------------------------------------------------
 
+    def _profile_metrics(self, profiles) -> None:
+        m = self.metrics
+        held = len(profiles)
+        in_memory = getattr(profiles, "in_memory", held)
+        m.profiles_held.labels(where="memory").set(in_memory)
+        m.profiles_held.labels(where="disk").set(held - in_memory)
+        spills = getattr(profiles, "spills", 0)
+        if spills > self._spills:
+            m.profile_spills.inc(spills - self._spills)
+        self._spills = spills
+
     def covered(self, records: int) -> None:
         self._since += records
 
@@ -133,6 +149,10 @@ class Checkpointer:
         for sink in self.acked:
             sink.settle()
         with lock:
+            # A disk store writes the profiles changed since the last checkpoint (a memory
+            # store: nothing).
+            state.profiles.flush()
+            self._profile_metrics(state.profiles)
             # With the statistics exchange, profiles live in their changelog topic.
             ck = state.to_checkpoint(profiles=not self.settings.stats.exchange)
             for part in self.parts:

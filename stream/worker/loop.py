@@ -237,6 +237,8 @@ class Worker:
         self.experiments.close()
         self.serving.close()
         self.catalog_feed = self.dead_letters = self.publisher = self.exchange = None
+        if self.state is not None:
+            self.state.profiles.close()  # a disk store: flushed, its lock released
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server = None

@@ -71,3 +71,19 @@ def test_the_statistics_exchange_refuses_what_it_cannot_merge():
                           ({"bandit": {"algorithm": "linucb", "gamma": 0.99}}, "bandit.gamma")]:
         with pytest.raises(ConfigError, match=key):
             Settings().replace(stats=on, **({"finetune": {"enabled": False}} | sections))
+
+
+def test_the_profile_store_is_on_disk_with_the_exchange_and_refused_on_disk_without():
+    on = Settings().replace(stats={"exchange": True}, finetune={"enabled": False})
+    assert on.features.store(on.stats.exchange) == "rocksdb"
+    assert Settings().features.store(False) == "memory"
+    chosen = on.replace(features={"profile_store": "sqlite"})
+    assert chosen.features.store(True) == "sqlite"
+    for store in ("rocksdb", "sqlite"):
+        with pytest.raises(ConfigError, match=rf"^features.profile_store = '{store}' needs "
+                                              r"stats.exchange = true"):
+            Settings().replace(features={"profile_store": store})
+    with pytest.raises(ConfigError, match=r"features\.profile_store"):
+        load_settings(env={"FAIRSTREAM_FEATURES__PROFILE_STORE": "lmdb"})
+    with pytest.raises(ConfigError, match=r"features\.profile_capacity must be > 0"):
+        on.replace(features={"profile_capacity": 0})

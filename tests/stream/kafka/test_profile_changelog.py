@@ -8,7 +8,7 @@ import pytest
 from kafka import KafkaProducer
 
 from bandits import SufficientStats
-from learners import ProfileStore
+from learners import DiskProfileStore, ProfileStore
 from stream.core.delta import StatsDelta, dump_delta
 from stream.kafka.profile_changelog import CHUNK, MARKER, ProfileChangelog, encode_chunk
 from stream.kafka.topics import ensure_topics
@@ -103,10 +103,19 @@ def _live(records):
     return {k: v for k, v in last.items() if v is not None and k != MARKER}
 
 
-def test_chunks_are_repacked_and_tombstoned_and_erased_users_leave(make_settings):
+@pytest.mark.parametrize("kind", ["memory", "rocksdb"])
+def test_chunks_are_repacked_and_tombstoned_and_erased_users_leave(make_settings, tmp_path,
+                                                                   kind):
     """Rewriting most users of a chunk repacks it (its current users in a new chunk, the
     old one tombstoned); forgetting a user rewrites its chunk without it; a restore
-    reads the result, one record per chunk."""
+    reads the result, one record per chunk. The same with the owner's and the restorer's
+    profiles in a disk store holding 50 of the 522 users in memory."""
+
+    def new_store(name):
+        if kind == "memory":
+            return ProfileStore(emb_dim=4, capacity=10 * n)
+        return DiskProfileStore(tmp_path / name, emb_dim=4, capacity=50)
+
     from stream.kafka.profile_changelog import decode_chunk
 
     settings = make_settings(stats={"exchange": True})
@@ -114,7 +123,7 @@ def test_chunks_are_repacked_and_tombstoned_and_erased_users_leave(make_settings
     rng = np.random.default_rng(1)
     p, n = 1, CHUNK + 10
     users = [f"u{i}" for i in range(n)]
-    store = ProfileStore(emb_dim=4, capacity=10 * n)
+    store = new_store("owner")
     changelog = ProfileChangelog(settings)
     try:
         first = _delta(p, -1, 10, users, rng)  # two chunks: CHUNK and 10 profiles
@@ -135,7 +144,7 @@ def test_chunks_are_repacked_and_tombstoned_and_erased_users_leave(make_settings
         assert sorted(held) == sorted(set(users) - {"u3", f"u{n - 1}"})  # each once
         assert len(live) <= 3
 
-        restored = ProfileStore(emb_dim=4, capacity=10 * n)
+        restored = new_store("restorer")
         out = ProfileChangelog(settings)
         try:
             r = out.restore(restored, p, end=20)
@@ -143,8 +152,10 @@ def test_chunks_are_repacked_and_tombstoned_and_erased_users_leave(make_settings
             out.close()
         assert "u3" not in restored and f"u{n - 1}" not in restored
         assert r.from_changelog == n - 2 and r.from_deltas == 0
+        assert len(restored) == n - 2
         for u in users:
             if u in restored:
                 np.testing.assert_array_equal(restored.get(u), store.get(u))
     finally:
         changelog.close()
+        store.close()

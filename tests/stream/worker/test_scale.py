@@ -167,6 +167,41 @@ def test_1_2_and_4_workers_end_with_one_workers_statistics(make_settings, moviel
             assert got[user].weight == pytest.approx(p.weight, rel=1e-9)
 
 
+def test_profiles_beyond_memory_spill_to_disk_and_both_workers_stay_exact(
+        make_settings, movielens, encoder, tmp_path):
+    """Four profiles in memory per worker, far fewer than the users: the rest are on disk
+    (RocksDB, the default with the exchange), restored into it on assignment, and the
+    statistics and every profile equal one worker's with every profile in memory."""
+    settings = _settings(make_settings).replace(features={"profile_capacity": 4})
+    assert settings.features.store(settings.stats.exchange) == "rocksdb"
+    events = _load(settings, movielens)
+    publish_events(settings, iter(events), progress=False)
+    workers = _run_threads(settings, encoder, 2, tmp_path, events)
+    ref = reference_state(settings.replace(features={"profile_capacity": 100_000}),
+                          movielens, encoder, events)
+    for w in workers:
+        _same_stats(w.state.policy.total_stats, ref.policy.total_stats)
+        assert w.state.profiles.in_memory <= 4
+        # /metrics as of the worker's last checkpoint, its final one
+        held = w.metrics.profiles_held
+        assert held.labels(where="memory")._value.get() == w.state.profiles.in_memory
+        assert held.labels(where="disk")._value.get() == \
+            len(w.state.profiles) - w.state.profiles.in_memory
+        assert w.metrics.profile_spills._value.get() == w.state.profiles.spills
+    assert sum(w.state.profiles.spills for w in workers) > 0
+    expect = ref.profiles.state()
+    assert len(expect["user_ids"]) > 8 * len(workers)
+    held = [w.state.profiles.entries(expect["user_ids"]) for w in workers]
+    users = [u for h in held for u in h[0]]
+    assert sorted(users) == sorted(expect["user_ids"])  # each user on one worker only
+    order = {u: i for i, u in enumerate(expect["user_ids"])}
+    for ids, means, weights, seen in held:
+        rows = [order[u] for u in ids]
+        np.testing.assert_array_equal(means, expect["means"][rows])
+        np.testing.assert_array_equal(weights, expect["weights"][rows])
+        np.testing.assert_array_equal(seen, expect["last_seen"][rows])
+
+
 def reference_state(settings, movielens, encoder, events):
     """One learning state fed every event in its partition's order: what one worker ends
     with (tests/stream/worker/test_worker.py checks that a worker does)."""

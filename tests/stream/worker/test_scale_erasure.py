@@ -9,6 +9,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from test_scale import N_RATINGS, PARTITIONS, _covers, _high, _settings, _wait
 
+from learners import DiskProfileStore
 from stream.kafka.erasure import publish_erasure
 from stream.kafka.producers import catalog_items, publish_catalog, publish_events, replay_events
 from stream.kafka.profile_changelog import MARKER, decode_chunk
@@ -16,8 +17,18 @@ from stream.kafka.tail import read_to_end
 from stream.kafka.topics import ensure_topics
 from stream.privacy import Pseudonymizer
 from stream.worker import Worker, WorkerThread
+from stream.worker.profile_store import profile_dir
 
 pytestmark = [pytest.mark.broker, pytest.mark.model]
+
+
+def _in_files(worker, encoder) -> set[str]:
+    """The users in a stopped worker's profile store, read from its files."""
+    store = DiskProfileStore(profile_dir(worker.settings), emb_dim=encoder.dim)
+    try:
+        return set(store.users())
+    finally:
+        store.close()
 
 
 def _changelog_users(settings) -> set[str]:
@@ -76,6 +87,8 @@ def test_an_erased_users_profile_leaves_the_changelog_and_never_comes_back(
         running.stop(timeout_s=120)
     on_disk = _changelog_users(settings)
     assert erased_live not in on_disk and set(kept) | {erased_later} <= on_disk
+    # The worker's own profile store (RocksDB, the default with the exchange) lost it too.
+    assert _in_files(first, encoder) == set(kept) | {erased_later}
 
     # Nobody runs when the second user is erased: the changelog still holds it.
     publish_erasure(settings, raw[erased_later])
@@ -97,3 +110,4 @@ def test_an_erased_users_profile_leaves_the_changelog_and_never_comes_back(
         running.stop(timeout_s=120)
     on_disk = _changelog_users(settings)
     assert not {erased_live, erased_later} & on_disk and set(kept) <= on_disk
+    assert _in_files(second, encoder) == set(kept)
