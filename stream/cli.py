@@ -422,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="impressions per user at factor 1")
     bsr.add_argument("--clicks", type=int, default=2, help="clicks per user in each phase")
     bsr.add_argument("--factors", type=_int_list, default=[1, 10],
-                     help="event volume factors (more impressions), comma-separated")
+                     help="event volume factors, separated by commas (each multiplies the "
+                          "impressions)")
     bsr.add_argument("--json", type=Path, help="also write the results as JSON here")
     bsr.set_defaults(func=cmd_bench_serve_reads)
     bp = bsub.add_parser("pipeline", help="events/s learned end to end vs the raw consume rate")
