@@ -136,7 +136,7 @@ def test_a_busy_port_is_one_line_naming_the_setting(broker, command):
     (("produce", "replay", "--limit", "-5"), "argument --limit: must be > 0, got -5"),
     (("data", "fetch", "nosuch"), "unknown data set 'nosuch'"),
     (("dlq", "tail", "-n", "0"), "argument -n: must be > 0, got 0"),
-    (("bench",), "required: {learners,serve,serve-reads,pipeline,scale,bandits,soak}"),
+    (("bench",), "required: {learners,serve,serve-reads,pipeline,scale,profiles,bandits,soak}"),
 ])
 def test_a_bad_command_line_is_one_line_pointing_at_the_help(args, says):
     done = run(*args)
