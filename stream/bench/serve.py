@@ -39,10 +39,25 @@ from stream.bench.hoststats import CpuWindow
 from stream.core.bundle import dump_bundle
 from stream.core.catalog import Catalog
 from stream.core.state import LearningState
+from stream.events import CatalogItem
 from stream.kafka.producers import catalog_items, make_producer, publish_catalog
 from stream.kafka.topics import ensure_topics
 from stream.serve.server import ServerThread, ServeRuntime
 from stream.settings import ServeSettings, Settings
+
+
+def published_catalog(settings: Settings, encoder: Encoder | None,
+                      n_items: int | None) -> tuple[Encoder, list[CatalogItem]]:
+    """The encoder (``encoder``, or the settings' one) and the first ``n_items`` MovieLens
+    items (all by default), published on the settings' topics (created first)."""
+    encoder = encoder or Encoder(cache_dir=settings.embedding_cache_dir,
+                                 device=settings.model.device,
+                                 batch_size=settings.model.batch_size)
+    data.fetch(settings.data.cache_dir, ("ml100k",))
+    items = catalog_items(data.load_movielens(settings.data.cache_dir))[:n_items]
+    ensure_topics(settings)
+    publish_catalog(settings, items)
+    return encoder, items
 
 
 def run_serve_bench(settings: Settings | None = None, *, bootstrap: str | None = None,
@@ -69,13 +84,7 @@ def run_serve_bench(settings: Settings | None = None, *, bootstrap: str | None =
 
             bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap
         settings = settings.replace(kafka={"bootstrap": bootstrap})
-        encoder = encoder or Encoder(cache_dir=settings.embedding_cache_dir,
-                                     device=settings.model.device,
-                                     batch_size=settings.model.batch_size)
-        data.fetch(settings.data.cache_dir, ("ml100k",))
-        items = catalog_items(data.load_movielens(settings.data.cache_dir))[:n_items]
-        ensure_topics(settings)
-        publish_catalog(settings, items)
+        encoder, items = published_catalog(settings, encoder, n_items)
         say(f"embedding {len(items)} items")
         catalog = Catalog(encoder.dim)
         catalog.add(items, encoder)

@@ -36,13 +36,12 @@ import httpx
 from kafka import KafkaConsumer, TopicPartition
 
 from learners import Encoder
-from stream import data
 from stream.bench.procstats import load_average, proc_sample
+from stream.bench.serve import published_catalog
 from stream.core.keys import run_key
 from stream.events import Click, EventCodec, Impression
 from stream.kafka.broker import free_port
-from stream.kafka.producers import catalog_items, make_producer, publish_catalog
-from stream.kafka.topics import ensure_topics
+from stream.kafka.producers import make_producer
 from stream.privacy import Pseudonymizer
 from stream.settings import Settings, settings_env
 from stream.worker import Worker, WorkerThread
@@ -151,13 +150,7 @@ def run_serve_reads_bench(settings: Settings | None = None, *, bootstrap: str | 
             broker = stack.enter_context(EmbeddedBroker(log_path=tmp / "broker.log"))
             bootstrap, broker_pid = broker.bootstrap, broker.pid
         settings = settings.replace(kafka={"bootstrap": bootstrap})
-        encoder = encoder or Encoder(cache_dir=settings.embedding_cache_dir,
-                                     device=settings.model.device,
-                                     batch_size=settings.model.batch_size)
-        data.fetch(settings.data.cache_dir, ("ml100k",))
-        items = catalog_items(data.load_movielens(settings.data.cache_dir))[:n_items]
-        ensure_topics(settings)
-        publish_catalog(settings, items)
+        encoder, items = published_catalog(settings, encoder, n_items)
         say(f"{len(items)} items; starting the worker")
         worker = Worker(settings, encoder=encoder)
         running = WorkerThread(worker).start(timeout_s=None)

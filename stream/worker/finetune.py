@@ -144,19 +144,26 @@ class FineTuneControl:
                          record.reward_after, self._reward_window)
                 self._after = None
 
+    def _poll(self) -> tuple[bool, FineTuneResult | None]:
+        """``(True, the finished run or None while none has finished)``; ``(False, None)``
+        when the run failed or timed out (counted and logged)."""
+        try:
+            return True, self.tuner.poll()
+        except FineTuneError as exc:
+            timed_out = isinstance(exc, FineTuneTimeout)
+            self.metrics.finetune_failures.inc()
+            self.metrics.finetunes.labels(outcome="timed_out" if timed_out else "failed").inc()
+            log.error("%s", exc)
+            return False, None
+
     def step(self, state: LearningState, lock: threading.Lock, rows_learned: int) -> bool:
         """Start a background fine-tune when due; adopt a finished one. Returns True when
         the state now holds a new feature space and policy (to be published)."""
         if self.tuner is None:
             return False
         self._count_drift(state)
-        try:
-            result = self.tuner.poll()
-        except FineTuneError as exc:
-            timed_out = isinstance(exc, FineTuneTimeout)
-            self.metrics.finetune_failures.inc()
-            self.metrics.finetunes.labels(outcome="timed_out" if timed_out else "failed").inc()
-            log.error("%s", exc)
+        ok, result = self._poll()
+        if not ok:
             return False
         if result is None:
             self.tuner.maybe_start(state.buffer, state.fmap, events_seen=rows_learned,
@@ -216,13 +223,8 @@ class FineTuneControl:
             self.tuner.cancel()
             log.info("fine-tune cancelled: this worker no longer publishes")
             return None
-        try:
-            result = self.tuner.poll()
-        except FineTuneError as exc:
-            timed_out = isinstance(exc, FineTuneTimeout)
-            self.metrics.finetune_failures.inc()
-            self.metrics.finetunes.labels(outcome="timed_out" if timed_out else "failed").inc()
-            log.error("%s", exc)
+        ok, result = self._poll()
+        if not ok:
             return None
         if result is None:
             if trainer and state.switch is None:
