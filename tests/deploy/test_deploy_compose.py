@@ -220,13 +220,17 @@ def _service_settings(compose, name):
 def test_workers_exchange_statistics_and_topic_init_creates_their_topic(compose):
     """The worker role folds the others' statistics (docs/scaling.md), with what that
     needs; the server does not take part; topic-init creates fairstream.stats with a
-    partition per events partition, kept for ever, and the profiles' compacted
-    changelog beside it."""
+    partition per events partition, kept for ever, the profiles' compacted changelog
+    beside it, and the compacted serving profiles the servers read."""
     from stream.kafka.topics import topic_specs
 
     worker = _service_settings(compose, "worker")
-    assert worker.stats.exchange and not worker.finetune.enabled
-    assert not _service_settings(compose, "serve").stats.exchange
+    # one fine-tune for the group (the publisher trains, every partition re-bases), and
+    # the profiles' store on disk
+    assert worker.stats.exchange and worker.finetune.enabled
+    assert worker.features.store(worker.stats.exchange) == "rocksdb"
+    serve = _service_settings(compose, "serve")
+    assert not serve.stats.exchange and serve.serve.profiles == "topic"
     specs = {t.name: t for t in topic_specs(_service_settings(compose, "topic-init"))}
     stats = specs[worker.topics.stats]
     assert stats.num_partitions == specs[worker.topics.events].num_partitions \
@@ -236,6 +240,9 @@ def test_workers_exchange_statistics_and_topic_init_creates_their_topic(compose)
     profiles = specs[worker.topics.profiles]  # restored by a partition's next owner
     assert profiles.num_partitions == worker.kafka.events_partitions
     assert dict(profiles.topic_configs)["cleanup.policy"] == "compact"
+    serving = specs[worker.topics.serving_profiles]  # what servers read, not the events
+    assert serving.num_partitions == worker.kafka.events_partitions
+    assert dict(serving.topic_configs)["cleanup.policy"] == "compact"
 
 
 def test_scaling_workers_is_documented_with_its_bound():
