@@ -15,6 +15,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from stream.kafka.producers import publish_catalog
 from stream.kafka.serving_profiles import decode_profile
+from stream.kafka.tail import read_to_end
 from stream.kafka.topics import ensure_topics
 from stream.serve import ServerThread, ServeRuntime
 from stream.settings import ServeSettings
@@ -35,11 +36,7 @@ def _records(settings, topic: str) -> list:
     tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
-    ends = consumer.end_offsets(tps)
-    out = []
-    while any(consumer.position(tp) < ends[tp] for tp in tps):
-        for records in consumer.poll(200).values():
-            out.extend(records)
+    out = list(read_to_end(consumer, tps))
     consumer.close()
     return out
 

@@ -23,6 +23,7 @@ from stream.core.delta import is_marker, load_marker
 from stream.core.state import LearningState
 from stream.events import compact
 from stream.kafka.producers import catalog_items, publish_events
+from stream.kafka.tail import read_to_end
 from stream.privacy import Pseudonymizer
 from stream.worker import Worker, WorkerThread
 from tests.stream.worker.test_scale import (
@@ -63,12 +64,8 @@ def _markers(settings):
     tps = [TopicPartition(settings.topics.stats, p) for p in range(PARTITIONS)]
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
-    end = consumer.end_offsets(tps)
-    out = []
-    while any(consumer.position(tp) < end[tp] for tp in tps):
-        for records in consumer.poll(500).values():
-            out += [load_marker(r.value, key=settings.policy.signing_key.encode())
-                    for r in records if is_marker(r.headers)]
+    out = [load_marker(r.value, key=settings.policy.signing_key.encode())
+           for r in read_to_end(consumer, tps) if is_marker(r.headers)]
     consumer.close()
     return out
 
