@@ -40,14 +40,19 @@ class Checkpoint:
 
 
 def write_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
-    path = Path(path)
+    write_atomic(path, encode_checkpoint(checkpoint))
+
+
+def encode_checkpoint(checkpoint: Checkpoint) -> memoryview:
+    """The bytes :func:`write_checkpoint` writes (a writer can encode while it waits for
+    what the checkpoint depends on, then write)."""
     meta = {"format": FORMAT_VERSION,
             "offsets": {str(p): o for p, o in checkpoint.offsets.items()},
             "header": checkpoint.header}
     buf = io.BytesIO()
     np.savez(buf, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
              **checkpoint.arrays)
-    write_atomic(path, buf.getbuffer())
+    return buf.getbuffer()
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | memoryview) -> None:

@@ -4,11 +4,19 @@ A checkpoint covers offsets, so before it is written every message sent on behal
 the records it covers must be acknowledged: the dead letters of rejected records, and
 the policy bundles and fairness reports whose version the state carries. In order:
 
-1. settle what must be acked (``acked``: the dead-letter sender, which retries and
-   raises rather than let a checkpoint cover a lost dead letter, and the publisher);
-2. write state + offsets, atomically (:func:`stream.core.checkpoint.write_checkpoint`);
-3. commit those offsets to the group (best effort: the checkpoint is the source of
+1. start sending what is still to send (``acked`` sinks that have a ``start_settle``:
+   the statistics exchange cuts its deltas), without waiting;
+2. take the state and encode it, while the broker acknowledges (nothing learns
+   meanwhile: the worker loop is the one that checkpoints);
+3. settle what must be acked (``acked``: the dead-letter sender, which retries and
+   raises rather than let a checkpoint cover a lost dead letter, the publisher, the
+   exchange's deltas and changelog);
+4. write state + offsets, atomically (:func:`stream.core.checkpoint.write_atomic`);
+5. commit those offsets to the group (best effort: the checkpoint is the source of
    truth; commits feed lag tooling).
+
+A crash anywhere before 4 leaves the previous checkpoint, whose offsets nothing sent
+since can be missing from.
 
 It also owns the published-version record, a file beside the checkpoint holding the
 number of the last published policy (written before the bundle is sent), and the
@@ -30,9 +38,9 @@ from stream.core.catalog import Catalog
 from stream.core.checkpoint import (
     Checkpoint,
     CheckpointError,
+    encode_checkpoint,
     read_checkpoint,
     write_atomic,
-    write_checkpoint,
 )
 from stream.core.state import LearningState
 from stream.metrics import Metrics
@@ -44,6 +52,9 @@ log = logging.getLogger(__name__)
 
 
 class Acked(Protocol):
+    """What a checkpoint waits for. A sink may also have ``start_settle()``: called
+    first, to start sending what the checkpoint covers without waiting for it."""
+
     def settle(self) -> None:
         """Return once everything sent so far is acknowledged (or raise)."""
 
@@ -143,11 +154,13 @@ class Checkpointer:
 
     def checkpoint(self, state: LearningState, lock: threading.Lock,
                    commit: Callable[[dict[int, int]], None] | None = None) -> Checkpoint:
-        """Settle what must be acked, write state + offsets atomically, then ``commit``
-        the offsets written (when given)."""
+        """Send, encode, settle what must be acked, write state + offsets atomically, then
+        ``commit`` the offsets written (when given): the module doc's order."""
         t0 = time.perf_counter()
         for sink in self.acked:
-            sink.settle()
+            start = getattr(sink, "start_settle", None)
+            if start is not None:
+                start()
         with lock:
             # A disk store writes the profiles changed since the last checkpoint (a memory
             # store: nothing).
@@ -160,7 +173,10 @@ class Checkpointer:
                 if got is not None:
                     ck.header.setdefault("parts", {})[part.name] = got[0]
                     ck.arrays.update({f"part.{part.name}.{k}": v for k, v in got[1].items()})
-            write_checkpoint(self.path, ck)
+            data = encode_checkpoint(ck)
+        for sink in self.acked:
+            sink.settle()
+        write_atomic(self.path, data)
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
         self.metrics.checkpoints.inc()
         self._last = time.monotonic()

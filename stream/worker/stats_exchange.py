@@ -152,6 +152,8 @@ class StatsExchange:
 
     def poll(self, timeout_ms: int = 0) -> int:
         """Fold what one poll brings; returns the rows folded."""
+        if self.owned.issuperset(tp.partition for tp in self._tps):
+            return 0  # every partition is this worker's: nothing to fold (one worker)
         rows = 0
         for records in self.consumer.poll(timeout_ms=timeout_ms).values():
             for rec in records:
@@ -399,10 +401,15 @@ class StatsExchange:
         return cut_delta(state, p, start, stats, list(self._users.pop(p, {})),
                          self._seen.pop(p, []), source=self.source)
 
+    def start_settle(self) -> None:
+        """A checkpoint's first step: send what the owned partitions learnt, without
+        waiting (the checkpoint encodes the state meanwhile; :meth:`settle` waits)."""
+        self.emit()
+
     def settle(self) -> None:
-        """Send what the owned partitions learnt and wait for the broker's acks (a
-        checkpoint's first step: the deltas are the durable record other workers fold),
-        then write their profiles to the changelog, after them (see
+        """Send what the owned partitions learnt (nothing right after
+        :meth:`start_settle`) and wait for the broker's acks (the deltas are the durable
+        record other workers fold), then write their profiles to the changelog, after them (see
         :mod:`stream.kafka.profile_changelog`), and wait for those acks too."""
         self.emit()
         self.producer.flush()

@@ -45,6 +45,39 @@ def test_settles_before_writing_then_commits_what_it_wrote(setup):
     assert read_checkpoint(ck.path).header["version"] == 0
 
 
+class _SendsThenSettles(_Settled):
+    """A two-phase sink (the statistics exchange's shape): notes the order of its calls."""
+
+    def __init__(self, path, fail=False):
+        super().__init__(path)
+        self.calls, self.fail = [], fail
+
+    def start_settle(self):
+        self.calls.append(("start", self.path.exists()))
+
+    def settle(self):
+        self.calls.append(("settle", self.path.exists()))
+        if self.fail:
+            raise RuntimeError("not acknowledged")
+
+
+def test_sends_first_settles_before_writing_and_a_failed_settle_writes_nothing(setup):
+    settings, catalog = setup
+    path = Path(settings.worker.checkpoint_path)
+    first = _SendsThenSettles(path)
+    ck = Checkpointer(settings, Metrics(), acked=[first, _Settled(path)])
+    state = ck.restore(catalog)
+    ck.checkpoint(state, lock=threading.Lock())
+    assert first.calls == [("start", False), ("settle", False)]
+    before = path.read_bytes()
+    state.next_version()  # moved on since: a checkpoint that cannot settle must not record it
+    failing = Checkpointer(settings, Metrics(), acked=[_SendsThenSettles(path, fail=True)])
+    committed = []
+    with pytest.raises(RuntimeError, match="not acknowledged"):
+        failing.checkpoint(state, lock=threading.Lock(), commit=committed.append)
+    assert path.read_bytes() == before and committed == []
+
+
 def test_restore_skips_every_published_version(setup):
     settings, catalog = setup
     ck = Checkpointer(settings, Metrics())
