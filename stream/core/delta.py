@@ -4,9 +4,10 @@ message for ``fairstream.stats`` (see ``docs/scaling.md``).
 A delta carries the additive statistics of the rows learnt from events partition
 ``partition`` between offsets ``start`` and ``end`` (``start = -1``: from the log
 start), and the user state that partition had at ``end``: its open impressions, the
-profiles its closed impressions touched, and the event ids added to the dedup memory.
-A worker folds it only when ``start`` is where its own state of that partition stands,
-so folding is idempotent (:meth:`LearningState.absorb`).
+profiles its closed impressions touched, the event ids added to the dedup memory and
+the closed impressions the running online experiment counted. A worker folds it only
+when ``start`` is where its own state of that partition stands, so folding is
+idempotent (:meth:`LearningState.absorb`).
 
 Encoding (no pickle, format 2): a magic line, the length of a JSON header, the header
 (the delta's fields and, for each array, its name, dtype and shape), the arrays' raw
@@ -77,6 +78,10 @@ class StatsDelta:
     #: rows of the range in the partition's bottom-k sample after it (a coordinated
     #: fine-tune's: ``learners.sample``); None when the sender keeps no samples
     sample: SampleRows | None = None
+    #: the range's closed impressions counted by the running online experiment, as
+    #: ``[experiment, arm, user, rewards, item groups, user groups]`` (what
+    #: :meth:`ExperimentResults.observe` takes): every worker's results are the group's
+    experiment: list[list[Any]] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -122,6 +127,8 @@ def _fields(delta: StatsDelta) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         arrays |= {"item_xz": np.asarray(s.item_xz, np.float64),
                    "item_zr": np.asarray(s.item_zr, np.float64),
                    "item_n": np.asarray(s.item_n, np.float64)}
+    if delta.experiment:
+        header["experiment"] = delta.experiment
     if delta.sample is not None:
         header["sample_rows"] = list(delta.sample.row_ids)
         header["sample_items"] = list(delta.sample.item_ids)
@@ -186,11 +193,26 @@ def load_delta(data: bytes, key: bytes) -> StatsDelta:
                           end=int(h["end"]), stats=stats, source=str(h["source"]),
                           joiner=h["joiner"], users=users, means=arrays["means"],
                           weights=arrays["weights"], last_seen=arrays["last_seen"],
-                          seen=list(h["seen"]), sample=sample)
+                          seen=list(h["seen"]), sample=sample,
+                          experiment=_experiment_rows(h.get("experiment", [])))
     except DeltaError:
         raise
     except Exception as exc:  # any malformed content is one kind of failure: format
         raise DeltaError("format", f"{type(exc).__name__}: {exc}") from exc
+
+
+def _experiment_rows(rows: Any) -> list[list[Any]]:
+    """The experiment rows of a delta's header, checked (a malformed one: format)."""
+    out = []
+    for row in rows:
+        name, arm, user, rewards, item_groups, user_groups = row
+        rewards = [float(r) for r in rewards]
+        if not (isinstance(name, str) and isinstance(arm, str) and isinstance(user, str)
+                and len(rewards) == len(item_groups)
+                and all(isinstance(g, str) for g in [*item_groups, *user_groups])):
+            raise ValueError(f"malformed experiment row {row!r:.200}")
+        out.append([name, arm, user, rewards, list(item_groups), list(user_groups)])
+    return out
 
 
 #: The Kafka record header naming a delta's ``partition,start,end`` (ASCII), so a reader
@@ -323,16 +345,18 @@ def _item_blocks(X: np.ndarray, r: np.ndarray, group: np.ndarray, groups: int,
 
 
 def cut_delta(state: LearningState, partition: int, start: int, stats: SufficientStats,
-              users: list[str], seen: list[str], source: str = "") -> StatsDelta:
+              users: list[str], seen: list[str], source: str = "",
+              experiment: list[list[Any]] | None = None) -> StatsDelta:
     """The delta of ``partition`` from ``start`` to where ``state`` stands: ``stats`` and
     the user state it moved (the profiles of ``users``, the join, the ids ``seen``, and,
-    when the state keeps samples, the rows that entered the partition's sample)."""
+    when the state keeps samples, the rows that entered the partition's sample), and
+    the range's ``experiment`` rows."""
     held, means, weights, last_seen = state.profiles.entries(users)
     return StatsDelta(partition=partition, start=start, end=state.offsets[partition],
                       stats=stats, source=source,
                       joiner=state.joiner.partition_state(partition), users=list(held),
                       means=means, weights=weights, last_seen=last_seen, seen=list(seen),
-                      sample=state.fresh_sample(partition))
+                      sample=state.fresh_sample(partition), experiment=experiment or [])
 
 
 def fold_delta(state: LearningState, delta: StatsDelta, profiles: bool = True) -> bool:

@@ -19,9 +19,14 @@ Who stops an arm: the worker, because it alone sees rewards; the servers only fo
 versions from the topic, so a stop reaches them like any admin change. The results
 are part of the worker's checkpoint (:meth:`ExperimentResultsRoom.dump`): they move
 with its offsets, so a restart goes on counting exactly where the checkpoint stands.
-Limit: with the statistics exchange each worker counts its own partitions (users are
-split by partition, so each is a valid random subset), and a partition that moves to
-another worker leaves its past counts with the previous one.
+
+Several workers (the statistics exchange, ``docs/scaling.md``): each counts the
+partitions it owns, and what it counted goes out with each partition's statistics
+delta (:meth:`observed` returns the rows); every worker folds the others' rows
+(:meth:`absorb`) exactly once, as it folds their statistics. So every worker holds the
+group's results, a partition that moves keeps its past counts, and the results in a
+checkpoint match its offsets. Only the publisher (``leads``) acts on them: it flags
+breaches, stops arms and publishes the results record; every worker sets the gauges.
 """
 
 from __future__ import annotations
@@ -64,6 +69,9 @@ class ExperimentResultsRoom:
         self._next = 0.0
         self._flagged: set[tuple[str, str, str]] = set()
         self._stopping: set[tuple[str, str]] = set()
+        #: whether this worker acts on the results (flags, stops, publishes them): the
+        #: group's publisher when workers exchange statistics, else always
+        self.leads: Callable[[], bool] = lambda: True
         configured = experiment_from_settings(settings.experiment)
         if configured is not None:
             self._adopt(configured)
@@ -146,15 +154,18 @@ class ExperimentResultsRoom:
             for exp in self.feed.poll():
                 self._adopt(exp)
 
-    def observed(self, closed: Iterable[Pending], catalog: Catalog) -> None:
-        """Count the closed impressions the running experiment served."""
+    def observed(self, closed: Iterable[Pending],
+                 catalog: Catalog) -> list[tuple[int, list[Any]]]:
+        """Count the closed impressions the running experiment served; returns what it
+        counted as ``(events partition, row)``, a row being what :meth:`absorb` takes."""
         res = self.results
         if res is None:
-            return
+            return []
         name = res.experiment.name
         index, groups = catalog.index, catalog.popularity
         m = self.metrics
         counted: dict[str, list[float]] = {}
+        rows: list[tuple[int, list[Any]]] = []
         for p in closed:
             if p.experiment != name:
                 continue
@@ -164,9 +175,29 @@ class ExperimentResultsRoom:
                 acc = counted.setdefault(p.arm, [0, 0.0])
                 acc[0] += 1
                 acc[1] += math.fsum(p.rewards) / len(p.rewards)
+                rows.append((p.partition, [name, p.arm, p.user_id, list(p.rewards),
+                                           item_groups, labels]))
         for arm, (n, reward) in counted.items():
             m.experiment_impressions.labels(name, arm).inc(n)
             m.experiment_reward.labels(name, arm).inc(reward)
+        return rows
+
+    def absorb(self, rows: list[list[Any]],
+               erased: Callable[[Iterable[str]], set[str]] | None = None) -> int:
+        """Count rows another worker counted (a folded statistics delta's) as
+        :meth:`observed` counted them there; rows of another experiment, and of users
+        ``erased`` names, are left out. Returns how many were counted. The per-arm
+        counters stay the counting worker's: summed over workers they count each
+        impression once."""
+        res = self.results
+        if res is None or not rows:
+            return 0
+        gone = erased({row[2] for row in rows}) if erased is not None else set()
+        name, n = res.experiment.name, 0
+        for exp, arm, user, rewards, item_groups, labels in rows:
+            if exp == name and user not in gone:
+                n += res.observe(arm, user, rewards, item_groups, labels)
+        return n
 
     def due(self, now: float) -> bool:
         return self.results is not None and now >= self._next
@@ -196,6 +227,9 @@ class ExperimentResultsRoom:
             for guardrail in ("reward", "disparity"):
                 m.experiment_breached.labels(exp.name, arm.name, guardrail).set(
                     1 if (arm.name, guardrail) in now_breached else 0)
+        res.record(time.time())
+        if not self.leads():  # the publisher flags, stops and publishes (module doc)
+            return sorted(now_breached)
         for b in breaches:
             key = (exp.name, b.arm, b.guardrail)
             if key not in self._flagged:
@@ -205,7 +239,6 @@ class ExperimentResultsRoom:
                             exp.name, b.arm, b.guardrail, b.detail)
             if exp.auto_stop and (exp.name, b.arm) not in self._stopping:
                 self._stop(b.arm, f"guardrail {b.guardrail}: {b.detail}")
-        res.record(time.time())
         self._publish_results()
         return sorted(now_breached)
 

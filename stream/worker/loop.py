@@ -259,9 +259,12 @@ class Worker:
         # What a checkpoint covers must be acknowledged before it is written.
         self.checkpointer.acked = [self.dead_letters, self.publisher, self.serving]
         if s.stats.exchange:
-            self.exchange = StatsExchange(s, self.metrics,
-                                          source=f"{socket.gethostname()}-{os.getpid()}")
+            self.exchange = StatsExchange(
+                s, self.metrics, source=f"{socket.gethostname()}-{os.getpid()}",
+                on_experiment=lambda rows: self.experiments.absorb(
+                    rows, self.forgetting.erasures.erased))
             self.checkpointer.acked.append(self.exchange)
+            self.experiments.leads = lambda: self.exchange.publishes
 
     def _load_catalog(self, stop: threading.Event) -> None:
         """Read fairstream.items to its end (waiting for a first item if it is empty)."""
@@ -422,7 +425,9 @@ class Worker:
         for group, exposure in learned.exposure_by_item_group.items():
             self.metrics.exposure.labels(item_group=group).inc(exposure)
         self.outcomes.count(closed)  # reward by source: per version, and per user group
-        self.experiments.observed(closed, self.catalog)  # reward and exposure per arm
+        counted = self.experiments.observed(closed, self.catalog)  # reward, exposure per arm
+        if self.exchange is not None and counted:
+            self.exchange.counted(counted)
         return learned
 
     def _log_progress(self) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -59,12 +60,16 @@ log = logging.getLogger(__name__)
 class StatsExchange:
     """Send the owned partitions' deltas, fold everyone else's (see module doc).
 
-    ``source`` names this worker in the deltas it sends (logs, conflict reports).
+    ``source`` names this worker in the deltas it sends (logs, conflict reports);
+    ``on_experiment`` takes the experiment rows of every delta it folds (the worker's
+    experiment results, :meth:`ExperimentResultsRoom.absorb`).
     """
 
-    def __init__(self, settings: Settings, metrics: Metrics, source: str) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, source: str,
+                 on_experiment: Callable[[list[list[Any]]], None] | None = None) -> None:
         s = settings
         self.settings, self.metrics, self.source = settings, metrics, source
+        self.on_experiment = on_experiment
         self.topic = s.topics.stats
         self.key = s.policy.signing_key.encode()
         k, limit = s.kafka, s.stats.max_delta_bytes
@@ -81,6 +86,7 @@ class StatsExchange:
         self._acc: dict[int, StatsAccumulator] = {}
         self._users: dict[int, dict[str, None]] = {}  # users whose profiles moved, in order
         self._seen: dict[int, list[str]] = {}
+        self._experiment: dict[int, list[list[Any]]] = {}  # rows counted, by partition
         self._tps: list[TopicPartition] = []
         self._last_emit = time.monotonic()
         self.changelog = ProfileChangelog(settings)
@@ -210,6 +216,9 @@ class StatsExchange:
                 m.stats_rejected.labels(reason="feature_space").inc()
                 log.error("delta %r not folded: %s", delta, exc)
                 return 0
+            # Under the lock, with the offsets it moved: a checkpoint holds both or neither.
+            if delta.experiment and self.on_experiment is not None:
+                self.on_experiment(delta.experiment)
         m.stats_folded.inc()
         return delta.rows
 
@@ -353,6 +362,12 @@ class StatsExchange:
             self._accumulator(p).add(learned.X[rows], learned.rewards[rows],
                                      None if ids is None else ids[rows].tolist())
 
+    def counted(self, rows: list[tuple[int, list[Any]]]) -> None:
+        """Keep the experiment rows the worker counted from its partitions (``(events
+        partition, row)``): each goes out with its partition's next delta."""
+        for p, row in rows:
+            self._experiment.setdefault(p, []).append(row)
+
     def _accumulator(self, p: int) -> StatsAccumulator:
         acc = self._acc.get(p)
         if acc is None:
@@ -399,7 +414,8 @@ class StatsExchange:
         self._acc.pop(p, None)
         self._emitted[p] = end
         return cut_delta(state, p, start, stats, list(self._users.pop(p, {})),
-                         self._seen.pop(p, []), source=self.source)
+                         self._seen.pop(p, []), source=self.source,
+                         experiment=self._experiment.pop(p, []))
 
     def start_settle(self) -> None:
         """A checkpoint's first step: send what the owned partitions learnt, without
@@ -470,6 +486,7 @@ class StatsExchange:
                 self._acc.pop(p, None)
                 self._users.pop(p, None)
                 self._seen.pop(p, None)
+                self._experiment.pop(p, None)
         # Its own partitions' deltas are this worker's: not fetched while it owns them.
         self.consumer.pause(*[tp for tp in self._tps if tp.partition in self.owned])
         if self.publishes and not was:

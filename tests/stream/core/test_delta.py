@@ -78,6 +78,24 @@ def test_a_delta_round_trips_and_any_changed_byte_is_refused():
     with pytest.raises(DeltaError) as exc:
         load_delta(bytes(flipped), key=b"k")
     assert exc.value.reason == "checksum"
+
+
+def test_a_deltas_experiment_rows_round_trip_and_a_malformed_one_is_refused():
+    stats = SufficientStats.from_batch(np.eye(2), np.ones(2), "fs")
+    rows = [["e", "b", "u1", [1.0, 0.0], ["head", "tail"], ["gender=F", "age=25-34"]],
+            ["e", "control", "u2", [0.0], ["unknown"], []]]
+    delta = StatsDelta(partition=1, start=-1, end=3, stats=stats, experiment=rows)
+    assert load_delta(dump_delta(delta, key=b"k"), key=b"k").experiment == rows
+    assert load_delta(dump_delta(StatsDelta(partition=1, start=-1, end=3, stats=stats),
+                                 key=b"k"), key=b"k").experiment == []
+    for bad in (["e", "b", "u1", [1.0, 0.0], ["head"], []],  # a reward without its group
+                ["e", "b", 7, [1.0], ["head"], []],
+                ["e", "b", "u1", [1.0], ["head"]]):
+        signed = dump_delta(StatsDelta(partition=1, start=-1, end=3, stats=stats,
+                                       experiment=[bad]), key=b"k")
+        with pytest.raises(DeltaError) as exc:
+            load_delta(signed, key=b"k")
+        assert exc.value.reason == "format"
     with pytest.raises(DeltaError) as exc:
         load_delta(b"not a delta at all" * 10, key=b"k")
     assert exc.value.reason == "format"

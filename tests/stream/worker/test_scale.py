@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import msgspec
 import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
@@ -22,11 +23,15 @@ from stream.core.bundle import load_bundle
 from stream.core.catalog import Catalog
 from stream.core.checkpoint import read_checkpoint
 from stream.core.state import LearningState
+from stream.events import Impression
 from stream.kafka.producers import catalog_items, publish_catalog, publish_events, replay_events
 from stream.kafka.profile_changelog import ProfileChangelog
 from stream.kafka.serving_profiles import read_serving_profiles
 from stream.kafka.topics import ensure_topics
+from stream.metrics import Metrics
+from stream.settings import settings_env
 from stream.worker import Worker, WorkerThread
+from stream.worker.experiments import ExperimentResultsRoom
 from tests.stream.worker.conftest import handled
 
 pytestmark = [pytest.mark.broker, pytest.mark.model]
@@ -50,6 +55,35 @@ def _load(settings, movielens):
     ensure_topics(settings)
     publish_catalog(settings, catalog_items(movielens))
     return list(replay_events(movielens, limit=N_RATINGS))
+
+
+EXPERIMENT = {"name": "e", "arms": [{"name": "control", "share": 0.5},
+                                    {"name": "b", "share": 0.5}]}
+
+
+def _in_experiment(events):
+    """The impressions as a two-arm experiment's servers log them (sticky by user)."""
+    return [msgspec.structs.replace(e, experiment="e",
+                                    arm="b" if murmur2(e.user_id.encode()) % 2 else "control")
+            if isinstance(e, Impression) else e for e in events]
+
+
+def _same_results(a, b):
+    """Two workers' experiment results: per arm, the same impressions of the same users
+    with the same rewards, user groups and exposure (float sums to 1e-9)."""
+    assert a.arms.keys() == b.arms.keys()
+    for arm in a.arms:
+        x, y = a.arms[arm], b.arms[arm]
+        assert x.reward.n == y.reward.n > 0 and x.shown == y.shown
+        assert x.reward._per_user.keys() == y.reward._per_user.keys()
+        for user, (n, total) in x.reward._per_user.items():
+            assert y.reward._per_user[user] == pytest.approx([n, total], rel=1e-9)
+        got, want = x.to_dict(), y.to_dict()
+        for key in ("reward", "exposure", "merit"):
+            assert got[key] == pytest.approx(want[key], rel=1e-9), (arm, key)
+        assert got["by_user_group"].keys() == want["by_user_group"].keys()
+        for label, moments in got["by_user_group"].items():
+            assert moments == pytest.approx(want["by_user_group"][label], rel=1e-9)
 
 
 def _high(events) -> dict[int, int]:
@@ -125,10 +159,13 @@ def _run_threads(settings, encoder, n, tmp_path, events):
 
 def test_1_2_and_4_workers_end_with_one_workers_statistics(make_settings, movielens, encoder,
                                                           tmp_path):
+    """... and with one worker's experiment results: a two-arm experiment runs, and each
+    worker holds every partition's counts, not only its own."""
     results, serving = {}, {}
     for n in (1, 2, 4):
-        settings = _settings(make_settings)
-        events = _load(settings, movielens)
+        # With a running experiment: each worker's results are the group's too.
+        settings = _settings(make_settings).replace(experiment=EXPERIMENT)
+        events = _in_experiment(_load(settings, movielens))
         publish_events(settings, iter(events), progress=False)
         workers = _run_threads(settings, encoder, n, tmp_path / str(n), events)
         results[n] = workers
@@ -150,6 +187,7 @@ def test_1_2_and_4_workers_end_with_one_workers_statistics(make_settings, moviel
         workers, last = results[n]
         for w in workers:
             _same_stats(w.state.policy.total_stats, ref)
+            _same_results(w.experiments.results, results[1][0][0].experiments.results)
         # Profiles are partition-owned: each worker holds only its own partitions' users,
         # and together they hold one worker's.
         everyone = set(results[1][0][0].state.profiles.state()["user_ids"])
@@ -202,9 +240,10 @@ def test_profiles_beyond_memory_spill_to_disk_and_both_workers_stay_exact(
         np.testing.assert_array_equal(seen, expect["last_seen"][rows])
 
 
-def reference_state(settings, movielens, encoder, events):
+def reference_state(settings, movielens, encoder, events, room=None):
     """One learning state fed every event in its partition's order: what one worker ends
-    with (tests/stream/worker/test_worker.py checks that a worker does)."""
+    with (tests/stream/worker/test_worker.py checks that a worker does); ``room`` (an
+    ExperimentResultsRoom) counts what it closes, as a worker's does."""
     catalog = Catalog(encoder.dim)
     catalog.add(catalog_items(movielens), encoder)
     state = LearningState.fresh(settings, catalog)
@@ -212,8 +251,20 @@ def reference_state(settings, movielens, encoder, events):
     for event in events:
         if event.event_id not in seen:
             seen.add(event.event_id)
-            state.learn(state.observe(event, _partition(event)))
+            closed = state.observe(event, _partition(event))
+            state.learn(closed)
+            if room is not None:
+                room.observed(closed, catalog)
     return state
+
+
+def _checkpointed_results(settings, ck):
+    """The experiment results a checkpoint holds (its ``experiment`` part)."""
+    room = ExperimentResultsRoom(settings, Metrics())
+    prefix = "part.experiment."
+    room.load(ck.header["parts"]["experiment"],
+              {k.removeprefix(prefix): v for k, v in ck.arrays.items() if k.startswith(prefix)})
+    return room.results
 
 
 def test_a_worker_that_joins_mid_stream_takes_partitions_with_their_state(
@@ -277,6 +328,9 @@ def _proc(settings, log, checkpoint_path, **env):
             # refuses the built-in one
             "FAIRSTREAM_POLICY__SIGNING_KEY": settings.policy.signing_key,
             **env}
+    # The experiment, when the test runs one (the settings' environment form of it).
+    base |= {k: v for k, v in settings_env(settings, base={}).items()
+             if k.startswith("FAIRSTREAM_EXPERIMENT__")}
     return subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], stdout=log,
                             stderr=subprocess.STDOUT, env=base)
 
@@ -296,9 +350,11 @@ def test_a_worker_killed_mid_stream_is_replaced_from_its_last_delta(
     and sends once. It learns its share of phase 2b (under 2K: no checkpoint), and once
     /metrics shows that handled it is SIGKILLed, never restarted. A takes B's partitions
     where B's delta ended, with their open impressions and profiles from it, learns B's
-    share of 2b again, then phase 3, and ends with one worker's statistics."""
-    settings = _settings(make_settings)
-    events = _load(settings, movielens)
+    share of 2b again, then phase 3, and ends with one worker's statistics and, of the
+    experiment that runs meanwhile, one worker's results: B's counts came with its delta,
+    and what B counted after it is counted again by A, once."""
+    settings = _settings(make_settings).replace(experiment=EXPERIMENT)
+    events = _in_experiment(_load(settings, movielens))
     cut1 = len(events) // 3
     rest = {p: [e for e in events[cut1:] if _partition(e) == p] for p in range(PARTITIONS)}
     k = min(len(v) for v in rest.values()) // 3
@@ -354,10 +410,12 @@ def test_a_worker_killed_mid_stream_is_replaced_from_its_last_delta(
                 proc.wait()
         for f in files.values():
             f.close()
-    ref = reference_state(settings, movielens, encoder, events)
+    ref_room = ExperimentResultsRoom(settings, Metrics())
+    ref = reference_state(settings, movielens, encoder, events, ref_room)
     ck = read_checkpoint(paths["a"])
     state = LearningState.from_checkpoint(settings, ref.catalog, ck)
     _same_stats(state.policy.total_stats, ref.policy.total_stats)
+    _same_results(_checkpointed_results(settings, ck), ref_room.results)
     assert len(state.joiner) == len(ref.joiner)
     # Profiles are not in the checkpoint: the changelog (and the deltas after it) hold
     # them, and restore every partition's users as one worker has them.
