@@ -74,7 +74,9 @@ class StatsExchange:
         self.key = s.policy.signing_key.encode()
         k, limit = s.kafka, s.stats.max_delta_bytes
         self.producer = KafkaProducer(bootstrap_servers=k.bootstrap, acks="all", linger_ms=5,
-                                      max_request_size=limit, client_id=f"{k.client_id}-stats")
+                                      max_request_size=limit, client_id=f"{k.client_id}-stats",
+                                      compression_type=None if s.stats.compression == "none"
+                                      else s.stats.compression)
         self.consumer = KafkaConsumer(bootstrap_servers=k.bootstrap, enable_auto_commit=False,
                                       client_id=f"{k.client_id}-stats-reader",
                                       fetch_max_wait_ms=20,  # read_to_end: fresh ends
