@@ -26,7 +26,7 @@ from bandits.hybrid import HybridLinUCB, HybridTS
 from bandits.hybrid_serving import HybridServing
 from bandits.hybrid_stats import HybridStats
 from bandits.linucb import LinUCB
-from bandits.registry import policy_from_config, policy_from_state
+from bandits.registry import policy_from_config, policy_from_state, with_exploration
 from bandits.slates import Slate
 from bandits.snapshot import dump_snapshot, load_snapshot, read_snapshot
 from bandits.stats import SufficientStats
@@ -64,4 +64,5 @@ __all__ = [
     "position_weights",
     "predicted_reward",
     "read_snapshot",
+    "with_exploration",
 ]

@@ -134,8 +134,11 @@ class Recommender:
                  impressions: ImpressionSink | None = None,
                  exposure: ExposureController | None = None,
                  feedback_weights: Mapping[str, float] | None = None,
-                 recent: RecentImpressions | None = None) -> None:
+                 recent: RecentImpressions | None = None, thompson_v: float = 1.0) -> None:
         self.seed = int(seed)
+        #: the posterior scale of an experiment arm that serves a linear policy by Thompson
+        #: sampling (``bandit.v``; the served policy's own when it has one)
+        self.thompson_v = float(thompson_v)
         self.profiles = profiles or ProfileStore()
         self.max_candidates = int(max_candidates)
         self.max_k = int(max_k)
@@ -195,7 +198,8 @@ class Recommender:
 
     def set_experiment(self, experiment: Experiment | None) -> Split | None:
         """Serve ``experiment``'s arms from the next request on (None: no experiment)."""
-        self.split = None if experiment is None else Split(experiment, self.exposure)
+        self.split = None if experiment is None else Split(experiment, self.exposure,
+                                                           thompson_v=self.thompson_v)
         return self.split
 
     def set_catalog(self, ids: Sequence[str], embeddings: np.ndarray,

@@ -79,7 +79,7 @@ class ServeRuntime:
             feedback_weights={"click": ev.click_weight, "purchase": ev.purchase_weight},
             exposure=ExposureController(lam=settings.fairness.exposure_strength,
                                         target=settings.fairness.exposure_target),
-            recent=recent_impressions(settings))
+            recent=recent_impressions(settings), thompson_v=settings.bandit.v)
         self.policies = PolicyFollower(settings, self.recommender, self.metrics,
                                        keep_versions=self.serve.keep_versions)
         self.catalog = CatalogFollower(settings, self.recommender, self.metrics, self.encoder)

@@ -5,9 +5,11 @@ A :class:`Split` is immutable apart from its caches and is swapped as a unit by
 one keyed hash (:class:`stream.experiments.assign.Router`) and one dictionary look-up:
 
 * an arm that changes nothing serves the served bundle as is;
-* an arm with ``alpha`` or ``exploration`` serves a shallow copy of the served policy
-  with that hyper-parameter changed: the same statistics, another exploration, so
-  its propensities (those ``select`` returns) are its own;
+* an arm with ``alpha`` or ``exploration`` serves the served policy's statistics with
+  that hyper-parameter changed (:func:`bandits.with_exploration`: a hybrid policy
+  switches its rule; a linear one is served by LinUCB or linear Thompson sampling over
+  the same ridge model, TS at the policy's own ``v``, else ``bandit.v``), so its
+  propensities (those ``select`` returns) are its own;
 * an arm pinned to a ``version`` serves that kept verified bundle (the policy
   follower keeps ``serve.keep_versions``) with its own feature map and adapted
   catalog; a version no longer kept falls back to the served bundle, logged once;
@@ -30,7 +32,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bandits import ExposureController
+from bandits import ExposureController, InvalidInput, with_exploration
 from bandits.base import Policy
 from stream.core.bundle import PolicyBundle
 from stream.experiments import Arm, Experiment, Router
@@ -43,8 +45,10 @@ _MAX_CACHED = 64
 class Split:
     """Routing and per-arm scoring of one experiment version."""
 
-    def __init__(self, experiment: Experiment, exposure: ExposureController | None) -> None:
+    def __init__(self, experiment: Experiment, exposure: ExposureController | None,
+                 thompson_v: float = 1.0) -> None:
         self.experiment = experiment
+        self.thompson_v = float(thompson_v)
         self.router = Router(experiment)
         self.arms: dict[str, Arm] = {a.name: a for a in experiment.arms}
         lam = exposure.lam if exposure is not None else 0.0
@@ -91,16 +95,25 @@ class Split:
                     table = pinned.fmap.adapt(emb) if len(emb) else \
                         np.zeros((0, pinned.fmap.k_item))
         policy = bundle.policy
-        if arm.alpha is not None or arm.exploration is not None:
-            policy = copy.copy(policy)
-            for name, value in (("alpha", arm.alpha), ("exploration", arm.exploration)):
-                if value is None:
-                    continue
-                if hasattr(policy, name):
-                    setattr(policy, name, float(value) if name == "alpha" else value)
-                elif (arm.name, name) not in self._missing:
-                    self._missing.add((arm.name, name))  # the arm then serves as control
-                    log.warning("experiment %s arm %s: the served %s policy has no %s; "
-                                "ignored", self.experiment.name, arm.name,
-                                policy.algorithm, name)
+        if arm.exploration is not None:
+            try:
+                policy = with_exploration(policy, arm.exploration, alpha=arm.alpha,
+                                          v=getattr(policy, "v", self.thompson_v))
+            except InvalidInput as exc:
+                self._ignored(arm, policy, "exploration", exc)
+            if arm.alpha is not None and not hasattr(policy, "alpha"):
+                self._ignored(arm, policy, "alpha", "Thompson sampling has no alpha")
+        if arm.alpha is not None and policy is bundle.policy:
+            if hasattr(policy, "alpha"):
+                policy = copy.copy(policy)
+                policy.alpha = float(arm.alpha)
+            else:
+                self._ignored(arm, policy, "alpha", f"{policy.algorithm} has no alpha")
         return bundle, policy, table
+
+    def _ignored(self, arm: Arm, policy: Policy, knob: str, why: object) -> None:
+        """A knob the served policy cannot take: the arm serves without it (warned once)."""
+        if (arm.name, knob) not in self._missing:
+            self._missing.add((arm.name, knob))
+            log.warning("experiment %s arm %s: %s ignored on the served %s policy (%s)",
+                        self.experiment.name, arm.name, knob, policy.algorithm, why)

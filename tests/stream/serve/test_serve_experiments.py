@@ -104,6 +104,48 @@ def test_propensities_are_the_arm_policys(served, ml_catalog):
         assert again.propensities.tolist() == got.propensities
 
 
+def test_an_arm_serves_the_linear_policy_by_thompson_sampling(served, ml_catalog):
+    """The served policy is LinUCB: an arm with ``exploration = "ts"`` serves linear
+    Thompson sampling over the same ridge model (its posterior mean is LinUCB's θ, at
+    the server's ``bandit.v``), with its own Monte Carlo propensities; the control arm
+    stays LinUCB. Back to ``"ucb"`` at another α: the closed form θᵀx + α·width."""
+    from bandits import LinearTS, LinUCB
+
+    _client, rec, control, *_ = served
+    rec.thompson_v = 0.25
+    control.create(Experiment(name="algo-ab", arms=[
+        Arm(name="control", share=0.5), Arm(name="ts", share=0.5, exploration="ts")]))
+    served_policy = rec.bundle.policy
+    assert isinstance(served_policy, LinUCB)
+    _b, ts, table, _ = rec.split.resolve("ts", rec.bundle, rec._view.table, rec._view.emb,
+                                         rec.kept)
+    assert isinstance(ts, LinearTS) and ts.v == 0.25
+    np.testing.assert_array_equal(ts.theta, served_policy.theta)
+    _b, ctl, _t, _ = rec.split.resolve("control", rec.bundle, rec._view.table, rec._view.emb,
+                                       rec.kept)
+    assert ctl is served_policy
+    cands = ml_catalog.ids[:30]
+    users = [f"t{n}" for n in range(200)]
+    got = {u: rec.recommend(u, {}, cands, 5, request_id=f"q{u}") for u in users}
+    by_arm = {a: [g for u, g in got.items() if rec.split.router.arm(u) == a]
+              for a in ("control", "ts")}
+    assert by_arm["control"] and by_arm["ts"]
+    assert all(g.arm == "ts" and len(g.propensities) == 5 for g in by_arm["ts"])
+    assert any(p < 1.0 for g in by_arm["ts"] for p in g.propensities)  # sampled, not argmax
+    # LinUCB's propensities are those of its deterministic top-k (ε = 0): 1 each.
+    assert all(p == 1.0 for g in by_arm["control"] for p in g.propensities)
+
+    control.rollback("next experiment")
+    control.create(Experiment(name="algo-ab2", arms=[
+        Arm(name="control", share=0.5), Arm(name="ucb", share=0.5, exploration="ucb",
+                                             alpha=3.0)]))
+    _b, ucb, table, _ = rec.split.resolve("ucb", rec.bundle, rec._view.table, rec._view.emb,
+                                          rec.kept)
+    X = rec.bundle.fmap.transform(None, rec.profiles.get("t0"), {}, adapted_items=table[:10])
+    np.testing.assert_allclose(ucb.score(X), X @ served_policy.theta
+                               + 3.0 * served_policy.widths(X), rtol=1e-12)
+
+
 @pytest.mark.parametrize("body, reason", [
     ({**EXPERIMENT, "arms": [{"name": "control", "share": 0.5},
                              {"name": "b", "share": 0.4}]}, "invalid_shares"),
