@@ -181,6 +181,18 @@ class HybridPolicy(Policy):
         self._model.check_stats(stats)
         self._model.add(stats)
 
+    def batch_stats(self) -> HybridStats | None:
+        """The statistics the last :meth:`update` added, as it summed them (so a caller
+        that needs the batch's sums, such as a statistics delta, need not sum the rows
+        again); None before any update and after one that the item cap made go row by
+        row."""
+        b = getattr(self._model, "batch", None)
+        if b is None:
+            return None
+        ids, dB, dc, dn, xtx, xty, m = b
+        return HybridStats(xtx, xty, m, self.feature_space, z=self._model.z,
+                           item_ids=tuple(ids), item_xz=dB, item_zr=dc, item_n=dn)
+
     def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return self._model.get_state()
 

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from bandits.exceptions import InvalidInput
-from bandits.hybrid_stats import HybridStats, check_z
+from bandits.hybrid_stats import HybridStats, check_z, item_sums
 from bandits.stats import SufficientStats
 
 __all__ = ["HybridModel"]
@@ -89,6 +89,9 @@ class HybridModel:
         self._grow(min(self.max_items, 256))
         #: own-row statistics, kept separately only after the first merge (before it, own = all)
         self.own: dict[str, Any] | None = None
+        #: what the last update added, ``(ids, ΔB, Δc, Δn, ΔXᵀX, ΔXᵀr, rows)`` (None after
+        #: one that went row by row): :meth:`HybridPolicy.batch_stats`
+        self.batch: tuple[Any, ...] | None = None
         self._changed()
 
     # -- storage -------------------------------------------------------------
@@ -213,17 +216,15 @@ class HybridModel:
         else:
             pos = {i: t for t, i in enumerate(order)}
             inv = np.fromiter((pos[i] for i in ids), dtype=np.intp, count=m)
-            o = np.argsort(inv, kind="stable")
-            starts = np.flatnonzero(np.r_[True, np.diff(inv[o]) != 0])
-            Zo, Xo = Z[o], X[o]
-            dB = np.add.reduceat(Zo[:, :, None] * Xo[:, None, :], starts, axis=0)
-            dc = np.add.reduceat(Zo * r[o][:, None], starts, axis=0)
-            dn = np.bincount(inv, minlength=len(order)).astype(np.float64)
+            dB, dc, dn = item_sums(X, r, Z, inv, len(order))
         if not self._apply(order, dB, dc, dn, own=True):
             for j in range(m):  # the cap bites inside this batch: exact row-by-row order
                 self.update(X[j:j + 1], r[j:j + 1], ids[j:j + 1])
+            self.batch = None
             return
-        self._add_shared(X.T @ X, X.T @ r, m, own=True)
+        xtx, xty = X.T @ X, X.T @ r
+        self._add_shared(xtx, xty, m, own=True)
+        self.batch = (order, dB, dc, dn, xtx, xty, m)
 
     def check_stats(self, stats: SufficientStats) -> None:
         if stats.dim != self.dim:

@@ -37,13 +37,14 @@ import hashlib
 import hmac
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.sparse import csc_matrix
 
 from bandits import FeatureSpaceMismatch, HybridStats, SufficientStats
+from bandits.hybrid_stats import item_sums
 from learners.sample import SampleRows
 from stream.exceptions import DeltaError
 
@@ -298,6 +299,33 @@ class StatsAccumulator:
             return
         if item_ids is None:
             raise ValueError("a hybrid accumulator needs the rows' item ids")
+        inv = self._slots_of(item_ids)
+        items, group = np.unique(inv, return_inverse=True)
+        blocks, zr, counts = _item_blocks(X, r, group, len(items), self.z)
+        self._xz[items] += blocks
+        self._zr[items] += zr
+        self._n[items] += counts
+
+    def add_stats(self, stats: SufficientStats) -> None:
+        """Add a batch's statistics already summed: what the policy's own update added
+        for those rows (:meth:`HybridPolicy.batch_stats`), the sums :meth:`add` would
+        compute from them again."""
+        if stats.feature_space != self.feature_space:
+            raise FeatureSpaceMismatch(self.feature_space, stats.feature_space)
+        self.xtx += stats.xtx
+        self.xty += stats.xty
+        self.rows += stats.n
+        if self.z is None:
+            return
+        if not isinstance(stats, HybridStats) or stats.z != self.z:
+            raise ValueError("a hybrid accumulator adds hybrid statistics of its z layout")
+        idx = self._slots_of(stats.item_ids)  # distinct ids: one slot each
+        self._xz[idx] += stats.item_xz
+        self._zr[idx] += stats.item_zr
+        self._n[idx] += stats.item_n
+
+    def _slots_of(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Each id's slot (new ids get the next ones; the arrays grow to hold them)."""
         slot = self._slot
         inv = np.fromiter((slot.setdefault(i, len(slot)) for i in item_ids), dtype=np.intp,
                           count=len(item_ids))
@@ -308,11 +336,7 @@ class StatsAccumulator:
                 new = np.zeros((cap, *old.shape[1:]))
                 new[:len(old)] = old
                 setattr(self, name, new)
-        items, group = np.unique(inv, return_inverse=True)
-        blocks, zr, counts = _item_blocks(X, r, group, len(items), self.z)
-        self._xz[items] += blocks
-        self._zr[items] += zr
-        self._n[items] += counts
+        return inv
 
     def take(self) -> SufficientStats:
         """The statistics accumulated so far; starts over."""
@@ -330,18 +354,9 @@ class StatsAccumulator:
 
 def _item_blocks(X: np.ndarray, r: np.ndarray, group: np.ndarray, groups: int,
                  z: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per group ``g``: ``(Σ z_i x_iᵀ, Σ z_i r_i, count)`` over the rows ``i`` of ``g``.
-
-    One sparse product ``S @ X`` with ``S[g·k + j, i] = z_ij`` for row ``i`` of group ``g``:
-    no ``(rows, k, d)`` outer products in memory and no per-group reduction (a
-    ``reduceat`` over them cost about ten times as much)."""
-    n, d = X.shape
-    Z = np.ones((n, 1)) if z == "bias" else X[:, list(z)]
-    k = Z.shape[1]
-    rows = (group[:, None] * k + np.arange(k)).ravel()
-    S = csc_matrix((Z.ravel(), rows, np.arange(0, n * k + 1, k)), shape=(groups * k, n))
-    return ((S @ X).reshape(groups, k, d), (S @ r).reshape(groups, k),
-            np.bincount(group, minlength=groups).astype(np.float64))
+    """Per group ``g``: ``(Σ z_i x_iᵀ, Σ z_i r_i, count)`` (:func:`bandits.item_sums`)."""
+    Z = np.ones((len(X), 1)) if z == "bias" else X[:, list(z)]
+    return item_sums(X, r, Z, group, groups)
 
 
 def cut_delta(state: LearningState, partition: int, start: int, stats: SufficientStats,

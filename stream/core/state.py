@@ -24,6 +24,7 @@ import numpy as np
 from bandits import (
     FairnessTracker,
     Policy,
+    SufficientStats,
     dump_snapshot,
     load_snapshot,
     policy_from_config,
@@ -67,6 +68,9 @@ class Learned:
     rewards: np.ndarray | None = None
     item_ids: list[str] | None = None
     partitions: np.ndarray | None = None
+    #: the rows' statistics as the policy's update summed them (hybrid policies; None
+    #: otherwise, and during a switch): a statistics delta adds these, not the rows again
+    stats: SufficientStats | None = None
     reward_by_user_group: dict[str, list[float]] = field(default_factory=dict)  # [sum, n]
     exposure_by_item_group: dict[str, float] = field(default_factory=dict)
 
@@ -365,6 +369,8 @@ class LearningState:
                 self._predicted[slots] = predicted_reward(self.policy, X, ids)
                 self._batch_of[slots] = self.recent.seen
             self.policy.update(X, rewards, item_ids=ids)
+            batch_stats = getattr(self.policy, "batch_stats", None)
+            learned.stats = batch_stats() if batch_stats is not None else None
             self.rows_in_epoch += n
         else:  # a switch: rows of re-based partitions go to the new space's model only
             X = np.empty((n, self.fmap.dim))

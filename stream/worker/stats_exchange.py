@@ -354,9 +354,12 @@ class StatsExchange:
         parts = learned.partitions
         present = np.unique(parts).tolist()
         if len(present) == 1:  # the usual batch: one poll's partition, no copies
-            self._accumulator(present[0]).add(learned.X, learned.rewards,
-                                              None if learned.item_ids is None
-                                              else list(learned.item_ids))
+            acc = self._accumulator(present[0])
+            if learned.stats is not None and learned.stats.feature_space == acc.feature_space:
+                acc.add_stats(learned.stats)  # summed once, by the policy's update
+            else:
+                acc.add(learned.X, learned.rewards,
+                        None if learned.item_ids is None else list(learned.item_ids))
             return
         ids = None if learned.item_ids is None else np.asarray(learned.item_ids, dtype=object)
         for p in present:

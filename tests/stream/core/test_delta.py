@@ -46,6 +46,38 @@ def test_the_accumulator_equals_the_closed_form_of_all_rows():
     assert shared.take().allclose(SufficientStats.from_batch(X, r, "fs"))
 
 
+def test_the_policys_own_batch_sums_add_up_to_the_accumulators():
+    """A worker's delta adds what the hybrid policy's update summed for a batch instead
+    of summing the rows again: the same statistics, batch after batch; an update the
+    item cap made go row by row has no batch sums (the rows are summed then)."""
+    from bandits import HybridLinUCB
+
+    rng = np.random.default_rng(1)
+    policy = HybridLinUCB(dim=6, alpha=0.3, z=(4, 5), max_items=30, feature_space="fs")
+    assert policy.batch_stats() is None
+    by_rows = StatsAccumulator(dim=6, feature_space="fs", z=(4, 5))
+    shared = StatsAccumulator(dim=6, feature_space="fs", z=(4, 5))
+    fell_back = 0
+    for size in (1, 7, 40, 3, 60):
+        X, r = rng.normal(size=(size, 6)), rng.random(size)
+        ids = [f"i{j}" for j in rng.integers(0, 45, size=size)]  # > max_items: the cap bites
+        policy.update(X, r, item_ids=ids)
+        by_rows.add(X, r, ids)
+        batch = policy.batch_stats()
+        if batch is None:
+            fell_back += 1
+            shared.add(X, r, ids)
+        else:
+            assert batch.n == size and set(batch.item_ids) == set(ids)
+            shared.add_stats(batch)
+    assert fell_back >= 1  # the row-by-row path was taken
+    got, want = shared.take(), by_rows.take()
+    assert got.n == want.n
+    assert got.allclose(want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(FeatureSpaceMismatch):
+        StatsAccumulator(dim=6, feature_space="other", z=(4, 5)).add_stats(got)
+
+
 def test_a_delta_round_trips_and_any_changed_byte_is_refused():
     stats = HybridStats.from_rows(np.eye(3), np.ones(3), ["a", "b", "a"], z=(2,),
                                   feature_space="fs")
