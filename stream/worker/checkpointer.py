@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from learners import FeatureMap
+from stream import failpoints
 from stream.core.catalog import Catalog
 from stream.core.checkpoint import (
     Checkpoint,
@@ -176,7 +177,9 @@ class Checkpointer:
             data = encode_checkpoint(ck)
         for sink in self.acked:
             sink.settle()
+        failpoints.hit("checkpoint.settled")  # crash tests: acked, not yet covered
         write_atomic(self.path, data)
+        failpoints.hit("checkpoint.written")  # crash tests: covered, not yet committed
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
         self.metrics.checkpoints.inc()
         self._last = time.monotonic()

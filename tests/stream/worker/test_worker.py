@@ -183,8 +183,9 @@ def test_worker_learns_exactly_what_the_stream_holds(loaded, movielens, encoder,
     assert "fairstream_checkpoint_age_seconds" in text
 
 
-def _worker_proc(settings, log, exit_when_idle=None, **worker):
+def _worker_proc(settings, log, exit_when_idle=None, failpoints="", **worker):
     env = {**os.environ,
+           "FAILPOINTS": failpoints,  # stream.failpoints: where a crash test kills it
            "FAIRSTREAM_KAFKA__BOOTSTRAP": settings.kafka.bootstrap,
            "FAIRSTREAM_KAFKA__GROUP_ID": settings.kafka.group_id,
            "FAIRSTREAM_KAFKA__EVENTS_PARTITIONS": str(settings.kafka.events_partitions),
@@ -295,6 +296,79 @@ def test_sigkill_after_learning_past_a_checkpoint_then_restart_equals_one_run(
                 for v in read_topic(settings, settings.topics.policies)]
     assert len(versions) >= 3
     assert all(a < b for a, b in itertools.pairwise(versions)), versions
+
+
+@pytest.mark.parametrize("failpoint", ["checkpoint.settled", "checkpoint.written"])
+def test_a_crash_between_flush_and_checkpoint_or_checkpoint_and_commit_loses_nothing(
+        failpoint, make_settings, movielens, encoder, tmp_path, same_policy):
+    """A failpoint (stream.failpoints) kills the worker at its second checkpoint, at one
+    exact place, so no race decides where:
+
+    * ``checkpoint.settled``: phase 2's dead letters and bundles are acknowledged, the
+      file not written. The restart resumes at checkpoint 1 and handles phase 2 again:
+      its dead letters go out a second time (at least once), nothing is learnt twice;
+    * ``checkpoint.written``: the file is written, its offsets not committed. The
+      restart resumes at checkpoint 2 (the file is the truth, not the group's commits)
+      and handles only phase 3.
+
+    Each phase is exactly one checkpoint interval, bad records included; both runs end
+    as one uninterrupted run, with every bad record on the DLQ."""
+    settings = make_settings()
+    ensure_topics(settings)
+    publish_catalog(settings, catalog_items(movielens))
+    events = list(replay_events(movielens, limit=N_RATINGS))
+    bad = [*MALFORMED.values(), b"x" * (settings.events.max_bytes + 1), UNKNOWN_IN_SLATE]
+    a = len(events) // 3
+    interval = a + len(bad)
+    phases = [events[:a], events[a:2 * a], events[2 * a:]]
+
+    def publish(phase, with_bad):
+        publish_events(settings, iter(phase), progress=False)
+        if with_bad:
+            producer = make_producer(settings)
+            for value in bad:
+                producer.send(settings.topics.events, key=b"bad", value=value)
+            producer.flush()
+            producer.close()
+
+    log_path = tmp_path / "worker.log"
+    log = open(log_path, "w")  # noqa: SIM115
+    path = settings.worker.checkpoint_path
+    knobs = {"checkpoint_every_events": interval, "checkpoint_every_s": 3600}
+    procs = []
+    try:
+        publish(phases[0], with_bad=True)
+        first = _worker_proc(settings, log, failpoints=f"{failpoint}=2", **knobs)
+        procs.append(first)
+        _wait_for("checkpoint 1", lambda: _checkpointed(path) == interval, first, log_path)
+        publish(phases[1], with_bad=True)
+        assert first.wait(timeout=180) == -signal.SIGKILL, log_path.read_text()
+        dead_letters = len(read_topic(settings, settings.topics.dlq, partitions=2))
+        assert dead_letters == 2 * len(bad)  # acknowledged before the crash, in both cases
+        at_restart = interval if failpoint == "checkpoint.settled" else 2 * interval
+        assert _checkpointed(path) == at_restart
+
+        publish(phases[2], with_bad=False)
+        second = _worker_proc(settings, log, exit_when_idle=3, **knobs)
+        procs.append(second)
+        assert second.wait(timeout=180) == 0, log_path.read_text()
+        log.close()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    ck = read_checkpoint(path)
+    assert sum(ck.offsets.values()) == len(events) + 2 * len(bad)
+    ref = reference_state(settings, movielens, encoder, events)
+    assert_same_learning(LearningState.from_checkpoint(settings, ref.catalog, ck), ref,
+                         same_policy)
+    again = len(bad) if failpoint == "checkpoint.settled" else 0  # phase 2's, sent twice
+    assert len(read_topic(settings, settings.topics.dlq, partitions=2)) == 2 * len(bad) + again
+    versions = [load_bundle(v, key=settings.policy.signing_key.encode(),
+                            dim=settings.features.dim).version
+                for v in read_topic(settings, settings.topics.policies)]
+    assert len(versions) >= 2 and all(x < y for x, y in itertools.pairwise(versions)), versions
 
 
 def test_a_second_worker_checkpoints_the_first_and_learns_its_partition_from_the_start(
