@@ -107,8 +107,14 @@ class _Child:
         lines = self.log.read_text(errors="replace").splitlines()[-n:]
         return "\n".join(f"    {line}" for line in lines)
 
-    def check(self) -> None:
-        code = self.proc.poll()
+    def check(self, wait_s: float = 0.0) -> None:
+        """Raise if the process has exited; ``wait_s``: wait that long for its exit status
+        (one that /proc already shows gone may not be reapable yet: its threads are still
+        being torn down)."""
+        try:
+            code = self.proc.wait(wait_s) if wait_s else self.proc.poll()
+        except subprocess.TimeoutExpired:
+            return
         if code is not None:
             raise SoakFailure(f"{self.name} (pid {self.proc.pid}) exited with code {code}; "
                               f"the end of {self.log}:\n{self.tail()}")
@@ -225,6 +231,9 @@ def run_soak(settings: Settings, minutes: float, *, out_dir: str | os.PathLike[s
                 c.check()
             for name, pid in pids.items():
                 if samples[-1]["procs"][name] is None:
+                    for c in children:  # ours: report how it ended, not only that it did
+                        if c.proc.pid == pid:
+                            c.check(wait_s=10.0)
                     raise SoakFailure(f"{name} (pid {pid}) is gone at minute {t / 60:.1f}")
             for load in loads:
                 if load.error is not None:
