@@ -168,6 +168,9 @@ class Member:
                                            self.state.policy.z)
             self.users[p], self.seen[p] = {}, []
 
+    def _acc(self, p):
+        return self.acc[p]
+
     def consume(self, p, events, next_offset):
         observed = self.state.observe_records(p, events, next_offset)
         self.seen[p] += [e.event_id for e in events]
@@ -175,7 +178,7 @@ class Member:
         for pending in observed.closed:
             self.users[p][pending.user_id] = None
         if learned.rows:
-            self.acc[p].add(learned.X, learned.rewards, learned.item_ids)
+            self._acc(p).add(learned.X, learned.rewards, learned.item_ids)
 
     def emit(self, log):
         for p in sorted(self.owned):

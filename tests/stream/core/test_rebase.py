@@ -31,6 +31,7 @@ from stream.events import compact
 from stream.exceptions import DeltaError
 from stream.kafka.producers import catalog_items, replay_events
 from stream.settings import load_settings
+from tests.stream.core.test_delta import Member as DeltaMember
 
 PARTITIONS = 4
 KEY = b"k"
@@ -118,7 +119,7 @@ def stream_parts(movielens, encoder, data_cache):
     return settings, catalog, parts
 
 
-class Member:
+class Member(DeltaMember):
     """One worker stripped of Kafka (test_delta.py's, with samples and markers)."""
 
     def __init__(self, settings, catalog, name, owned):
@@ -133,15 +134,6 @@ class Member:
             policy = self.state.space_of(p)[1]
             self.acc[p] = StatsAccumulator(policy.dim, policy.feature_space, policy.z)
         return self.acc[p]
-
-    def consume(self, p, events, next_offset):
-        observed = self.state.observe_records(p, events, next_offset)
-        self.seen[p] += [e.event_id for e in events]
-        learned = self.state.learn(observed.closed)
-        for pending in observed.closed:
-            self.users[p][pending.user_id] = None
-        if learned.rows:
-            self._acc(p).add(learned.X, learned.rewards, learned.item_ids)
 
     def emit(self, log, p=None):
         for q in sorted(self.owned) if p is None else [p]:

@@ -13,3 +13,11 @@ def handled(port: int) -> float:
                if line.startswith(("fairstream_events_consumed_total{",
                                    "fairstream_events_rejected_total{",
                                    "fairstream_events_duplicate_total ")))
+
+
+def kill_left(procs) -> None:
+    """Kill and reap the processes a test started that still run (its ``finally``)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -32,7 +32,7 @@ from stream.metrics import Metrics
 from stream.settings import settings_env
 from stream.worker import Worker, WorkerThread
 from stream.worker.experiments import ExperimentResultsRoom
-from tests.stream.worker.conftest import handled
+from tests.stream.worker.conftest import handled, kill_left
 
 pytestmark = [pytest.mark.broker, pytest.mark.model]
 
@@ -404,10 +404,7 @@ def test_a_worker_killed_mid_stream_is_replaced_from_its_last_delta(
         procs["a"].send_signal(signal.SIGTERM)
         assert procs["a"].wait(timeout=120) == 0, logs["a"].read_text()
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        kill_left(procs.values())
         for f in files.values():
             f.close()
     ref_room = ExperimentResultsRoom(settings, Metrics())

@@ -26,6 +26,7 @@ from stream.kafka.producers import catalog_items, publish_events
 from stream.kafka.tail import read_to_end
 from stream.privacy import Pseudonymizer
 from stream.worker import Worker, WorkerThread
+from tests.stream.worker.conftest import kill_left
 from tests.stream.worker.test_scale import (
     PARTITIONS,
     _bundles,
@@ -252,10 +253,7 @@ def test_a_switch_in_progress_survives_the_death_of_a_worker_that_had_not_cut(
         procs[t].send_signal(signal.SIGTERM)
         assert procs[t].wait(timeout=120) == 0, logs[t].read_text()[-3000:]
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        kill_left(procs.values())
         for f in files.values():
             f.close()
     assert not re.search(r"epoch 1: ", logs[o].read_text())  # O never saw the epoch

@@ -38,7 +38,7 @@ from stream.kafka.producers import (
 from stream.kafka.topics import ensure_topics
 from stream.sim.demo import MALFORMED
 from stream.worker import Worker, WorkerThread
-from tests.stream.worker.conftest import handled
+from tests.stream.worker.conftest import handled, kill_left
 
 pytestmark = [pytest.mark.broker, pytest.mark.model]
 
@@ -109,6 +109,18 @@ FUTURE = far_future_clicks(2)
 BAD = len(MALFORMED) + 2 + len(FUTURE)  # with oversize, UNKNOWN_IN_SLATE and FUTURE
 
 
+def bad_records(settings) -> list[bytes]:
+    """The malformed, oversize and unknown-item records the worker tests interleave."""
+    return [*MALFORMED.values(), b"x" * (settings.events.max_bytes + 1), UNKNOWN_IN_SLATE]
+
+
+def published_versions(settings) -> list[int]:
+    """The version of every bundle on the policies topic, in order."""
+    return [load_bundle(v, key=settings.policy.signing_key.encode(),
+                        dim=settings.features.dim).version
+            for v in read_topic(settings, settings.topics.policies)]
+
+
 @pytest.fixture
 def loaded(make_settings, movielens):
     """Topics, catalog and a replay slice (plus malformed messages and one duplicate)."""
@@ -122,10 +134,8 @@ def loaded(make_settings, movielens):
         producer.send(settings.topics.events, key=key, value=value)
     producer.flush()
     publish_events(settings, iter([*events[:100], duplicate, *events[100:]]), progress=False)
-    for _reason, value in MALFORMED.items():
-        producer.send(settings.topics.events, key=b"bad", value=value, headers=[])
-    producer.send(settings.topics.events, key=b"bad", value=b"x" * (settings.events.max_bytes + 1))
-    producer.send(settings.topics.events, key=b"bad", value=UNKNOWN_IN_SLATE)
+    for value in bad_records(settings):
+        producer.send(settings.topics.events, key=b"bad", value=value)
     producer.flush()
     producer.close()
     return settings, events
@@ -242,7 +252,7 @@ def test_sigkill_after_learning_past_a_checkpoint_then_restart_equals_one_run(
         producer.send(settings.topics.events, key=key, value=value)
     producer.flush()
     publish_events(settings, iter([*events[:100], duplicate, *events[100:cut1]]), progress=False)
-    for value in [*MALFORMED.values(), b"x" * (settings.events.max_bytes + 1), UNKNOWN_IN_SLATE]:
+    for value in bad_records(settings):
         producer.send(settings.topics.events, key=b"bad", value=value)
     producer.flush()
     producer.close()
@@ -274,10 +284,7 @@ def test_sigkill_after_learning_past_a_checkpoint_then_restart_equals_one_run(
         assert second.wait(timeout=180) == 0, log_path.read_text()
         log.close()
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        kill_left(procs)
     summary = json.loads(log_path.read_text().strip().splitlines()[-1])
     assert summary["events"] == len(events) - cut1  # resumed at the checkpoint, not before
 
@@ -291,9 +298,7 @@ def test_sigkill_after_learning_past_a_checkpoint_then_restart_equals_one_run(
     assert len(read_topic(settings, settings.topics.dlq, partitions=2)) == BAD
 
     # Policy versions only go up across the crash: servers swap only to a newer number.
-    versions = [load_bundle(v, key=settings.policy.signing_key.encode(),
-                            dim=settings.features.dim).version
-                for v in read_topic(settings, settings.topics.policies)]
+    versions = published_versions(settings)
     assert len(versions) >= 3
     assert all(a < b for a, b in itertools.pairwise(versions)), versions
 
@@ -317,7 +322,7 @@ def test_a_crash_between_flush_and_checkpoint_or_checkpoint_and_commit_loses_not
     ensure_topics(settings)
     publish_catalog(settings, catalog_items(movielens))
     events = list(replay_events(movielens, limit=N_RATINGS))
-    bad = [*MALFORMED.values(), b"x" * (settings.events.max_bytes + 1), UNKNOWN_IN_SLATE]
+    bad = bad_records(settings)
     a = len(events) // 3
     interval = a + len(bad)
     phases = [events[:a], events[a:2 * a], events[2 * a:]]
@@ -354,10 +359,7 @@ def test_a_crash_between_flush_and_checkpoint_or_checkpoint_and_commit_loses_not
         assert second.wait(timeout=180) == 0, log_path.read_text()
         log.close()
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        kill_left(procs)
     ck = read_checkpoint(path)
     assert sum(ck.offsets.values()) == len(events) + 2 * len(bad)
     ref = reference_state(settings, movielens, encoder, events)
@@ -365,9 +367,7 @@ def test_a_crash_between_flush_and_checkpoint_or_checkpoint_and_commit_loses_not
                          same_policy)
     again = len(bad) if failpoint == "checkpoint.settled" else 0  # phase 2's, sent twice
     assert len(read_topic(settings, settings.topics.dlq, partitions=2)) == 2 * len(bad) + again
-    versions = [load_bundle(v, key=settings.policy.signing_key.encode(),
-                            dim=settings.features.dim).version
-                for v in read_topic(settings, settings.topics.policies)]
+    versions = published_versions(settings)
     assert len(versions) >= 2 and all(x < y for x, y in itertools.pairwise(versions)), versions
 
 
